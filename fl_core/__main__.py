@@ -1,0 +1,7 @@
+"""`python -m fl_core`."""
+
+import sys
+
+from fl_core.cli import main
+
+sys.exit(main())

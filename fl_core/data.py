@@ -1,0 +1,210 @@
+"""CIFAR-10 (or a CIFAR-shaped synthetic set), split into federated clients.
+
+Images stay uint8 NCHW numpy arrays in one `FederatedData` object: the driver
+puts it in Ray's object store once and every worker reads it from shared memory.
+Clients are index arrays into the training set, built with Flower Datasets'
+partitioners.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fl_core.config import ConfigError, SimConfig
+
+NUM_CLASSES = 10
+CIFAR_FOLDER = "cifar-10-batches-py"
+DEFAULT_DATA_DIR = "data"
+
+
+@dataclass
+class FederatedData:
+    """Train/test arrays plus each client's train and validation indices."""
+
+    train_images: np.ndarray  # uint8, (N, 3, 32, 32)
+    train_labels: np.ndarray  # int64, (N,)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    client_train: list[np.ndarray]  # per client, indices into the training set
+    client_val: list[np.ndarray]
+
+    @property
+    def num_clients(self) -> int:
+        """Number of client partitions."""
+        return len(self.client_train)
+
+    def client_arrays(self, cid: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of one client's `train` or `val` split (a copy of that split only)."""
+        idx = (self.client_train if split == "train" else self.client_val)[cid]
+        return self.train_images[idx], self.train_labels[idx]
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch file -> (uint8 NCHW images, int64 labels)."""
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read CIFAR-10 from `data_dir/cifar-10-batches-py`, downloading it with torchvision if absent.
+
+    The batches are read directly, so a copy whose archive checksum differs from
+    the official one (e.g. a re-encoded mirror) still loads.
+    """
+    root = data_dir or DEFAULT_DATA_DIR
+    folder = os.path.join(root, CIFAR_FOLDER)
+    if not os.path.isdir(folder):
+        try:
+            import torchvision
+
+            os.makedirs(root, exist_ok=True)
+            torchvision.datasets.CIFAR10(root=root, train=True, download=True)
+        except Exception as exc:  # offline, proxy, disk: all end the same way for the user
+            raise ConfigError(
+                f"CIFAR-10 is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}); "
+                f"put the python-version archive's {CIFAR_FOLDER}/ folder under --data-dir, or use --dataset synthetic"
+            ) from None
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise ConfigError(f"{folder} is incomplete (missing {', '.join(missing)}): restore it or delete it to re-download")
+    try:
+        parts = [_read_batch(os.path.join(folder, n)) for n in names]
+    except Exception as exc:
+        raise ConfigError(f"cannot read CIFAR-10 batches in {folder}: {type(exc).__name__}: {exc}") from None
+    train_x = np.concatenate([p[0] for p in parts[:5]])
+    train_y = np.concatenate([p[1] for p in parts[:5]])
+    return train_x, train_y, parts[5][0], parts[5][1]
+
+
+def make_synthetic(num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A learnable CIFAR-shaped set: each class is a smooth random template plus noise.
+
+    The test set has num_train // 5 images (at least 10). Same (size, seed), same bytes.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    templates = rng.uniform(-1, 1, size=(NUM_CLASSES, 3, 4, 4)).astype(np.float32)
+    templates = 127.5 + 60.0 * np.kron(templates, np.ones((1, 1, 8, 8), np.float32))  # 4x4 blocks -> 32x32
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, NUM_CLASSES, size=n)
+        pixels = rng.standard_normal(size=(n, 3, 32, 32), dtype=np.float32)
+        pixels *= 50.0
+        pixels += templates[labels]
+        return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), labels.astype(np.int64)
+
+    train_x, train_y = draw(num_train)
+    test_x, test_y = draw(max(num_train // 5, 10))
+    return train_x, train_y, test_x, test_y
+
+
+# ---------------------------------------------------------------------------
+# Partitioning
+
+
+def _make_partitioner(config: SimConfig, num_samples: int):
+    """The Flower Datasets partitioner for the configured scheme."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if config.partition == "iid":
+        return IidPartitioner(num_partitions=config.pool_size)
+    if config.partition == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=config.pool_size,
+            partition_by="label",
+            alpha=config.alpha,
+            # Flower's default of 10, lowered for large pools (50 samples a client
+            # at alpha 0.5 almost never gives every client 10: the draw would fail).
+            min_partition_size=min(10, max(1, num_samples // config.pool_size // 10)),
+            self_balancing=False,
+            shuffle=True,
+            seed=config.seed,
+        )
+    return PathologicalPartitioner(
+        num_partitions=config.pool_size,
+        partition_by="label",
+        num_classes_per_partition=config.classes_per_client,
+        class_assignment_mode="random",
+        shuffle=True,
+        seed=config.seed,
+    )
+
+
+def partition_indices(labels: np.ndarray, config: SimConfig) -> list[np.ndarray]:
+    """Training-set indices of each of `pool_size` clients; deterministic from the seed."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    if config.partition == "iid":
+        # IidPartitioner takes contiguous shards: shuffle first, as FederatedDataset does.
+        table = table.shuffle(seed=config.seed).flatten_indices()
+    partitioner = _make_partitioner(config, len(labels))
+    partitioner.dataset = table
+    try:
+        parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(config.pool_size)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot split {len(labels)} samples into {config.pool_size} {config.partition} partitions ({exc}); "
+            "use fewer clients, a larger --alpha or more --classes-per-client"
+        ) from None
+    return parts
+
+
+def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Hold out `val_ratio` of each client's samples (at least one when possible) as its validation split."""
+    train, val = [], []
+    for cid, idx in enumerate(indices):
+        order = np.random.default_rng([seed, cid, 1]).permutation(idx)
+        n_val = int(round(len(order) * val_ratio))
+        if val_ratio > 0 and len(order) >= 2:
+            n_val = min(max(n_val, 1), len(order) - 1)
+        train.append(np.sort(order[n_val:]))
+        val.append(np.sort(order[:n_val]))
+    return train, val
+
+
+def load_federated_data(config: SimConfig) -> FederatedData:
+    """Load the configured dataset and split it into clients (the only entry point callers need)."""
+    if config.dataset == "cifar10":
+        train_x, train_y, test_x, test_y = load_cifar10(config.data_dir)
+    else:
+        train_x, train_y, test_x, test_y = make_synthetic(config.synthetic_size, config.seed)
+    if config.pool_size > len(train_y):
+        raise ConfigError(f"--pool-size {config.pool_size} exceeds the {len(train_y)} training samples")
+    client_train, client_val = split_validation(partition_indices(train_y, config), config.val_ratio, config.seed)
+    return FederatedData(train_x, train_y, test_x, test_y, client_train, client_val)
+
+
+def label_histograms(data: FederatedData) -> pd.DataFrame:
+    """Clients x classes table of training-label counts."""
+    counts = np.stack([np.bincount(data.train_labels[idx], minlength=NUM_CLASSES) for idx in data.client_train])
+    return pd.DataFrame(counts, columns=[f"c{k}" for k in range(NUM_CLASSES)]).rename_axis("client")
+
+
+def partition_summary(data: FederatedData, show: int = 5) -> str:
+    """A few lines on client sizes and label skew, plus the first clients' histograms."""
+    hist = label_histograms(data)
+    sizes = hist.sum(axis=1)
+    classes = (hist > 0).sum(axis=1)
+    top_share = hist.max(axis=1) / sizes.clip(lower=1)
+    val_sizes = np.array([len(v) for v in data.client_val])
+    lines = [
+        f"{data.num_clients} clients; train samples per client min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}; "
+        f"validation min {val_sizes.min()} / max {val_sizes.max()}",
+        f"classes per client min {classes.min()} / mean {classes.mean():.2f} / max {classes.max()}; "
+        f"largest-class share mean {top_share.mean():.2f}",
+        hist.head(show).to_string(),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Training and evaluation on tensors: no DataLoader, no per-sample transforms.
+
+A client's images arrive as one uint8 NCHW array; they are normalised once into
+a float tensor and minibatches are index slices of it. Augmentation works on
+whole batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NDArrays = list[np.ndarray]
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's examples' Normalize(0.5, 0.5))."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def crop_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Reflect-pad 4, take a random 32x32 crop and flip half the images, per sample."""
+    b, _, h, w = batch.shape
+    padded = F.pad(batch, (4, 4, 4, 4), mode="reflect")
+    offsets = torch.randint(0, 9, (2, b), generator=generator).to(batch.device)
+    rows = (offsets[0][:, None] + torch.arange(h, device=batch.device))[:, :, None]
+    cols = (offsets[1][:, None] + torch.arange(w, device=batch.device))[:, None, :]
+    batch_index = torch.arange(b, device=batch.device)[:, None, None]
+    # Advanced indexing puts the indexed dims first: (B, H, W, C) -> (B, C, H, W).
+    cropped = padded[batch_index, :, rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(batch.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+def get_parameters(model: nn.Module) -> NDArrays:
+    """The model's weights as numpy arrays, in state_dict order."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_parameters(model: nn.Module, parameters: NDArrays) -> None:
+    """Load numpy arrays (state_dict order) into the model."""
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(parameters):
+        raise ValueError(f"model has {len(keys)} tensors, got {len(parameters)} arrays")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in zip(keys, parameters)}, strict=True)
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    augment: str,
+    generator: torch.Generator,
+    proximal_mu: float = 0.0,
+) -> float:
+    """SGD on (x, y) for `epochs`; returns the mean training loss over all batches.
+
+    Shuffling and augmentation draw only from `generator`, so a client's update
+    depends on nothing but its data, the incoming weights and the generator's seed.
+    With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added.
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    global_weights = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    n = x.shape[0]
+    total, batches = torch.zeros((), device=x.device), 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            xb = x[idx]
+            if augment == "crop-flip":
+                xb = crop_flip(xb, generator)
+            loss = F.cross_entropy(model(xb), y[idx])
+            if global_weights is not None:
+                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights))
+                loss = loss + 0.5 * proximal_mu * prox
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()  # no .item() per batch: it would sync a GPU every step
+            batches += 1
+    return total.item() / max(batches, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the model on (x, y)."""
+    model.eval()
+    n = x.shape[0]
+    if n == 0:
+        return 0.0, 0.0
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return loss_sum / n, correct / n

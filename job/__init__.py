@@ -1,0 +1,1 @@
+"""Helpers for running fedsweep on a Ray cluster as Ray Jobs (see job/README.md)."""
