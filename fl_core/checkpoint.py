@@ -83,7 +83,10 @@ def load_checkpoint(path: str) -> ServerState:
     if not os.path.isfile(file):
         raise CheckpointError(f"no checkpoint at {file}: pass the file or the folder that holds {CHECKPOINT_FILE}")
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        npz = np.load(file, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with npz:
             meta = json.loads(bytes(npz["meta"]).decode())
             if meta.get("format") != FORMAT:
                 raise ValueError("not a fedsweep checkpoint")
@@ -95,7 +98,7 @@ def load_checkpoint(path: str) -> ServerState:
             }
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {file} is corrupt or not a fedsweep checkpoint ({exc})") from None
     return ServerState(meta["round"], parameters, strategy_state, meta["history"], meta["config"], meta.get("extra", {}))
 

@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     print(partition_summary(data))
-    if address is None:
+    owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
+    if owns_ray and address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-    else:
+    elif owns_ray:
         ray.init(address=address, logging_level=logging.WARNING)
     where = f"resuming after round {resume.round}" if resume else "starting"
     print(f"{where}: {config.num_rounds} rounds, {config.clients_per_round()} of {config.pool_size} clients per round, "
@@ -142,5 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fl_core: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     return 0

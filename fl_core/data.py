@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,9 +52,11 @@ class FederatedData:
 def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR batch file -> (uint8 NCHW images, int64 labels)."""
     with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return images, np.asarray(batch[b"labels"], dtype=np.int64)
+        batch = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+    # Python 2 pickles may carry bytes keys, Python 3 re-packs str keys.
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(batch["labels"], dtype=np.int64)
 
 
 def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -95,12 +98,12 @@ def make_synthetic(num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray, n
     """
     rng = np.random.default_rng([seed, 7919])
     templates = rng.uniform(-1, 1, size=(NUM_CLASSES, 3, 4, 4)).astype(np.float32)
-    templates = 127.5 + 60.0 * np.kron(templates, np.ones((1, 1, 8, 8), np.float32))  # 4x4 blocks -> 32x32
+    templates = 127.5 + 90.0 * np.kron(templates, np.ones((1, 1, 8, 8), np.float32))  # 4x4 blocks -> 32x32
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, NUM_CLASSES, size=n)
         pixels = rng.standard_normal(size=(n, 3, 32, 32), dtype=np.float32)
-        pixels *= 50.0
+        pixels *= 40.0
         pixels += templates[labels]
         return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), labels.astype(np.int64)
 
@@ -153,7 +156,10 @@ def partition_indices(labels: np.ndarray, config: SimConfig) -> list[np.ndarray]
     partitioner = _make_partitioner(config, len(labels))
     partitioner.dataset = table
     try:
-        parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(config.pool_size)]
+        with warnings.catch_warnings():
+            # DirichletPartitioner warns on every redraw for min_partition_size; redraws are expected.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(config.pool_size)]
     except ValueError as exc:
         raise ConfigError(
             f"cannot split {len(labels)} samples into {config.pool_size} {config.partition} partitions ({exc}); "

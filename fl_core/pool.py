@@ -6,7 +6,7 @@ sampled clients than workers simply wait for a free one.
 
 The pool is sized to what the run owns. Inside a Ray Tune trial that is the
 trial's placement group: bundle 0 is the trainable's own, every further bundle
-holds one worker. Alone, it is the cluster's free resources divided by one
+holds one worker. Alone, it is the cluster's resources divided by one
 client's, capped by the clients a round can use.
 """
 
@@ -77,13 +77,15 @@ def plan_slots(config: SimConfig) -> tuple[int, object | None]:
         if not client_bundles:
             raise ConfigError("the trial's placement group has no client bundles: give it [server] + K client bundles")
         return min(wanted, len(client_bundles)), pg
-    free = ray.available_resources()
+    # The cluster's total, not what is free this instant: workers of a run that
+    # just ended release their resources asynchronously.
+    free = ray.cluster_resources()
     slots = math.floor(free.get("CPU", 0) / config.num_client_cpus + 1e-9)
     if config.num_client_gpus > 0:
         slots = min(slots, math.floor(free.get("GPU", 0) / config.num_client_gpus + 1e-9))
     if slots < 1:
         raise ConfigError(
-            f"the Ray cluster has {free.get('CPU', 0)} free CPUs and {free.get('GPU', 0)} free GPUs; "
+            f"the Ray cluster has {free.get('CPU', 0)} CPUs and {free.get('GPU', 0)} GPUs; "
             f"one client needs {config.num_client_cpus} CPU and {config.num_client_gpus} GPU: lower "
             "--num-client-cpus/--num-client-gpus or add nodes"
         )

@@ -1,0 +1,121 @@
+"""Data loading and partitioning."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from fl_core import ConfigError, SimConfig
+from fl_core.data import label_histograms, load_cifar10, load_federated_data, make_synthetic, partition_summary
+
+
+def _config(**kw):
+    base = dict(dataset="synthetic", synthetic_size=2000, pool_size=20)
+    base.update(kw)
+    return SimConfig(**base)
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "pathological"])
+def test_partitions_are_disjoint_deterministic_and_seeded(partition):
+    cfg = _config(partition=partition, alpha=0.3, classes_per_client=2)
+    a, b = load_federated_data(cfg), load_federated_data(cfg)
+    other = load_federated_data(_config(partition=partition, alpha=0.3, classes_per_client=2, seed=1))
+    assert a.num_clients == 20
+    every = np.concatenate(a.client_train + a.client_val)
+    assert len(every) == len(np.unique(every)), "a sample belongs to two clients"
+    for x, y in zip(a.client_train + a.client_val, b.client_train + b.client_val):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a.client_train, other.client_train))
+
+
+def test_iid_uses_every_sample_with_balanced_labels():
+    data = load_federated_data(_config(partition="iid"))
+    assert sum(len(t) + len(v) for t, v in zip(data.client_train, data.client_val)) == 2000
+    hist = label_histograms(data)
+    assert (hist > 0).sum(axis=1).min() >= 8  # 100 samples each: nearly every class present
+
+
+def test_pathological_limits_classes_per_client():
+    data = load_federated_data(_config(partition="pathological", classes_per_client=2, val_ratio=0.0))
+    assert ((label_histograms(data) > 0).sum(axis=1) <= 2).all()
+
+
+def test_dirichlet_small_alpha_is_skewed():
+    skewed = label_histograms(load_federated_data(_config(partition="dirichlet", alpha=0.1)))
+    flat = label_histograms(load_federated_data(_config(partition="dirichlet", alpha=100.0)))
+    share = lambda h: (h.max(axis=1) / h.sum(axis=1)).mean()
+    assert share(skewed) > share(flat) + 0.2
+
+
+def test_large_dirichlet_pool_still_partitions():
+    data = load_federated_data(_config(synthetic_size=20000, pool_size=1000, partition="dirichlet", alpha=0.5))
+    assert data.num_clients == 1000 and min(len(t) for t in data.client_train) >= 1
+
+
+def test_validation_split_ratio():
+    data = load_federated_data(_config(val_ratio=0.2))
+    for t, v in zip(data.client_train, data.client_val):
+        assert len(v) == round(0.2 * (len(t) + len(v)))
+    none = load_federated_data(_config(val_ratio=0.0))
+    assert all(len(v) == 0 for v in none.client_val)
+
+
+def test_summary_mentions_clients():
+    text = partition_summary(load_federated_data(_config()))
+    assert "20 clients" in text and "classes per client" in text
+
+
+def test_synthetic_is_deterministic_and_cifar_shaped():
+    a, b = make_synthetic(100, 3), make_synthetic(100, 3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert a[0].shape == (100, 3, 32, 32) and a[0].dtype == np.uint8 and a[2].shape == (20, 3, 32, 32)
+
+
+def _write_fake_cifar(root, n=20):
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def test_reads_pickled_batches_in_plane_order(tmp_path):
+    folder = _write_fake_cifar(tmp_path)
+    train_x, train_y, test_x, test_y = load_cifar10(str(tmp_path))
+    assert train_x.shape == (100, 3, 32, 32) and test_x.shape == (20, 3, 32, 32)
+    with open(os.path.join(folder, "data_batch_1"), "rb") as f:
+        first = pickle.load(f, encoding="bytes")
+    # Row 0: 1024 red values, then green, then blue.
+    np.testing.assert_array_equal(train_x[0, 1].ravel(), first[b"data"][0, 1024:2048])
+    assert train_y[0] == first[b"labels"][0]
+
+
+def test_incomplete_cifar_folder_is_reported(tmp_path):
+    folder = _write_fake_cifar(tmp_path)
+    os.remove(os.path.join(folder, "test_batch"))
+    with pytest.raises(ConfigError, match="missing test_batch"):
+        load_cifar10(str(tmp_path))
+
+
+def test_offline_without_data_says_how_to_supply_it(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(ConfigError, match="could not be downloaded.*--dataset synthetic"):
+        load_cifar10(str(tmp_path))
+
+
+def test_real_cifar10_loads(cifar_dir):
+    data = load_federated_data(SimConfig(dataset="cifar10", data_dir=cifar_dir, pool_size=100))
+    assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
+    assert np.bincount(data.test_labels).tolist() == [1000] * 10
