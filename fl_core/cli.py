@@ -40,7 +40,8 @@ HELP = {
     "server_momentum": "FedAvgM server momentum",
     "num_client_cpus": "CPUs per client worker (its torch thread count)",
     "num_client_gpus": "GPUs per client worker, fractions share a GPU (e.g. 0.25)",
-    "server_cpus": "CPUs (torch threads) of the server process for central evaluation",
+    "server_cpus": "torch threads of the server's central evaluation; default: in a Tune trial its own "
+    "bundle's CPUs, alone every local core (client workers idle meanwhile)",
     "max_parallel_clients": "cap on client workers running at once (default: as many as fit)",
     "seed": "seed of partitioning, model init, client sampling and local shuffling",
 }

@@ -91,7 +91,7 @@ class SimConfig:
     # Resources
     num_client_cpus: float = 1.0
     num_client_gpus: float = 0.0
-    server_cpus: int = 1
+    server_cpus: int | None = None  # None: what the server owns (see server.server_threads)
     max_parallel_clients: int | None = None
     # Reproducibility
     seed: int = 0
@@ -168,7 +168,7 @@ class SimConfig:
         need(self.synthetic_size >= 10, f"--synthetic-size must be at least 10, got {self.synthetic_size}")
         need(self.num_client_cpus > 0, f"--num-client-cpus must be positive, got {self.num_client_cpus}")
         need(self.num_client_gpus >= 0, f"--num-client-gpus must be >= 0, got {self.num_client_gpus}")
-        need(self.server_cpus >= 1, f"--server-cpus must be at least 1, got {self.server_cpus}")
+        need(self.server_cpus is None or self.server_cpus >= 1, f"--server-cpus must be at least 1, got {self.server_cpus}")
         need(
             self.max_parallel_clients is None or self.max_parallel_clients >= 1,
             f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}",

@@ -7,6 +7,7 @@ a checkpoint. Everything else (printing, checkpoints, Tune) is a callback.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,20 @@ def _central_evaluator(config: SimConfig, data: FederatedData):
         return loss, {"accuracy": accuracy}
 
     return evaluate_fn
+
+
+def server_threads(config: SimConfig) -> int:
+    """Torch threads for the server's own work (central evaluation): the CPUs it owns.
+
+    In a Tune trial that is bundle 0 of the trial's placement group. Alone it is
+    every local core: client workers are idle while the server evaluates.
+    """
+    if config.server_cpus is not None:
+        return config.server_cpus
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        return max(1, int(pg.bundle_specs[0].get("CPU", 1)))
+    return os.cpu_count() or 1
 
 
 def _evaluate_all_clients(proxies, data: FederatedData, parameters, config: SimConfig, workers: int) -> dict:
@@ -84,7 +99,7 @@ def run_simulation(
         data_ref = ray.put(data)
     elif data is None:
         data = ray.get(data_ref)  # zero-copy view of the shared arrays
-    torch.set_num_threads(config.server_cpus)
+    torch.set_num_threads(server_threads(config))
     t_start = time.perf_counter()
 
     start_round = 1 if resume is None else resume.round + 1

@@ -8,6 +8,10 @@ import tempfile
 
 import pytest
 
+# Tests start their own local Ray instances; Ray 2.60 would otherwise switch on token
+# authentication for them and write ~/.ray/auth_token. Tests of authentication set it themselves.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
@@ -40,7 +44,6 @@ def ray_local():
         yield ray
         return
     temp_dir = tempfile.mkdtemp(prefix="fsw-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="WARNING")
     try:
         yield ray
