@@ -4,10 +4,14 @@ Usage::
 
     python job/submit.py [--address URL] [--runtime-env runtime_env.yaml]
                          [--working-dir .] [--no-wait] [--submission-id ID]
-                         [-- python tune_search.py ARGS...]
+                         [-- python tune_search.py --address auto ARGS...]
     python job/submit.py --stop ID [--address URL]
 
-Everything after ``--`` is the job's entrypoint (default: ``python tune_search.py``).
+Everything after ``--`` is the job's entrypoint (default:
+``python tune_search.py --address auto``). Inside a job, tune_search.py must be
+given ``--address auto``: without it, it starts its own local Ray with
+``ray.init(num_cpus=...)``, which Ray refuses in a job (the job's environment
+already names the cluster in ``RAY_ADDRESS``).
 The runtime environment is read from the YAML file and its ``working_dir`` is
 replaced by ``--working-dir``; a local working directory is uploaded by the
 client. The submission id is printed on its own line on stdout; then, unless
@@ -44,7 +48,8 @@ from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_RUNTIME_ENV = "runtime_env.yaml"
-DEFAULT_ENTRYPOINT = ("python", "tune_search.py")
+# --address auto: join the cluster the job runs on (see the module docstring).
+DEFAULT_ENTRYPOINT = ("python", "tune_search.py", "--address", "auto")
 
 # A TCP connect to the address must succeed within this many seconds before the
 # Ray client is created: the client's own HTTP requests carry no timeout, so an
@@ -102,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineArgumentParser(
         prog="python job/submit.py",
         description=(
-            "Submit a command (default: python tune_search.py) to a Ray cluster "
+            "Submit a command (default: python tune_search.py --address auto) to a Ray cluster "
             "as a Ray Job and follow its log, or stop a submitted job."
         ),
         epilog=(
             "Put the job's command after '--', e.g. "
-            "python job/submit.py -- python tune_search.py --help. "
+            "python job/submit.py -- python tune_search.py --address auto --help. "
             "Exit status: 0 succeeded, 1 failed/stopped, 2 bad input or "
             "cluster unreachable, 130 interrupted (the job keeps running)."
         ),
@@ -330,11 +335,14 @@ def _status_name(status: Any) -> str:
     return str(getattr(status, "value", status)).upper()
 
 
-def wait_for_final_status(client, job_id: str, poll_s: float = STATUS_POLL_S) -> str:
+def wait_for_final_status(client, job_id: str, poll_s: Optional[float] = None) -> str:
     """Poll until the job is SUCCEEDED, FAILED or STOPPED and return that name.
 
-    Raises ``UsageError`` if the cluster can no longer be asked.
+    ``poll_s`` defaults to ``STATUS_POLL_S``. Raises ``UsageError`` if the
+    cluster can no longer be asked.
     """
+    if poll_s is None:
+        poll_s = STATUS_POLL_S
     while True:
         try:
             name = _status_name(client.get_job_status(job_id))
