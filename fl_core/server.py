@@ -29,9 +29,11 @@ from fl_core.task import evaluate, get_parameters, set_parameters, to_tensor
 
 
 def _central_evaluator(config: SimConfig, data: FederatedData):
-    """Flower `evaluate_fn` scoring the global model on the whole test set, in this process."""
-    model = build_model(config.model, config.seed)
-    x, y = to_tensor(data.test_images), torch.from_numpy(data.test_labels)
+    """Flower `evaluate_fn` scoring the global model on the whole test set, in the server process."""
+    # A GPU when the server process sees one (Ray hides GPUs a trial's bundle 0 does not hold).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(config.model, config.seed).to(device)
+    x, y = to_tensor(data.test_images, device), torch.from_numpy(data.test_labels).to(device)
 
     def evaluate_fn(server_round, parameters, fn_config):
         set_parameters(model, parameters)

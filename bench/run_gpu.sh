@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU benchmark as one prepared command for the H100/H200 device machine.
+#
+# Before (here, in the repo root, once): DEST=.whl bash ../shared/device/make-wheels.sh
+#   (fills .whl/ with the Python 3.12 wheels of Ray, Flower, Flower Datasets and
+#   the few dependencies that machine's image lacks; .whl/ is git-ignored).
+# Then call the device tool's `run` with carry [".whl"] and the command
+#   bash bench/run_gpu.sh
+# and a timeout_s of about 540. Arguments are passed on to bench_gpu.py
+# (`bash bench/run_gpu.sh --device cpu --smoke` checks the script on a CPU machine). Everything lands in $OUT: gpu.json (results,
+# rewritten after every configuration), gpu.log (console), nvidia-smi.txt.
+#
+# The whole script keeps to BUDGET_S seconds (default 480, i.e. 8 minutes):
+# bench_gpu.py starts no new configuration after its --time-budget and is
+# stopped outright by `timeout` before the budget ends.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/bench-gpu-out}
+BUDGET_S=${BUDGET_S:-480}
+START=$(date +%s)
+mkdir -p "$OUT"
+
+if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "run_gpu.sh: no wheels in .whl/: run DEST=.whl bash ../shared/device/make-wheels.sh here and carry .whl" >&2
+    exit 2
+fi
+# The install line of make-wheels.sh's header.
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+if [ "${PYTHONPATH:-}" != "/tmp/site:$PWD" ]; then
+    echo "run_gpu.sh: installing the wheels failed" >&2
+    exit 3
+fi
+export PYTHONUNBUFFERED=1
+
+nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt"
+
+elapsed=$(( $(date +%s) - START ))
+left=$(( BUDGET_S - elapsed - 15 ))          # seconds bench_gpu.py may run at most
+config_budget=$(( left - 100 ))             # no new configuration after this (one takes well under 100 s)
+[ "$config_budget" -lt 60 ] && config_budget=60
+echo "run_gpu.sh: ${elapsed} s spent on setup; bench_gpu.py gets ${left} s"
+timeout --kill-after=10 "$left" python3 bench/bench_gpu.py \
+    --fraction-fit 0.8 0.1 \
+    --time-budget "$config_budget" \
+    --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log"
+status=$?
+echo "run_gpu.sh: bench_gpu.py exit status ${status}; total $(( $(date +%s) - START )) s; results in $OUT/gpu.json"
+exit "$status"
