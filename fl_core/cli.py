@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the resumed checkpoint's folder)")
     parser.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (file or its folder); "
                         "settings default to the checkpoint's")
-    parser.add_argument("--address", help="join this Ray cluster (e.g. auto); default: start a local one in-process")
+    parser.add_argument("--address", help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set "
+                        "(as in a Ray Job), else start a local Ray in-process")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
     # ArgumentDefaultsHelpFormatter would print "==SUPPRESS==": defaults are in the help texts instead.
     parser.formatter_class = argparse.HelpFormatter
@@ -82,7 +83,7 @@ def _prepare(argv: list[str] | None):
     args = vars(build_parser().parse_args(argv))
     resume_path = args.pop("resume", None)
     out_dir = args.pop("checkpoint_dir", None)
-    address = args.pop("address", None)
+    address = args.pop("address", os.environ.get("RAY_ADDRESS"))  # set by Ray inside a Ray Job
     args.pop("verbose", None)
     resume = None
     if resume_path is not None:

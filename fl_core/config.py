@@ -82,7 +82,7 @@ class SimConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     augment: str = "none"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500  # 1000 ran 40% slower on CPU (cache), 500 as fast as 128-256
     # Aggregation
     strategy: str = "fedavg"
     proximal_mu: float = 0.01

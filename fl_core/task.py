@@ -17,6 +17,8 @@ NDArrays = list[np.ndarray]
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's examples' Normalize(0.5, 0.5))."""
+    if not images.flags.writeable:  # object-store arrays are read-only; torch warns on those
+        images = images.copy()
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     return x.float().div_(127.5).sub_(1.0)
 

@@ -1,0 +1,438 @@
+"""Tests of tune_search: the search space, trial resources, bad input, and real sweeps on local Ray.
+
+Sweeps run `python tune_search.py` in a subprocess with its own Ray temp dir
+and an environment tag (FEDSWEEP_TEST_RUN_TAG) that every process of that run
+inherits (driver, GCS, raylet, workers): leftovers are found by that tag and
+only those are killed. Starting Ray costs ~15 s on 2 cores, so one sweep (a 2x2
+grid with one injected failure) serves several tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
+
+import tune_search  # noqa: E402
+from tune_search import ResourcePlan, SweepSpec  # noqa: E402
+
+SCRIPT = os.path.join(REPO, "tune_search.py")
+TINY = [
+    "--set", "dataset=synthetic", "--set", "synthetic_size=600", "--set", "pool_size=4",
+    "--set", "min_fit_clients=1", "--set", "min_evaluate_clients=1", "--set", "eval_batch_size=200",
+    "--set", "num_rounds=2",
+]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def parse(argv: list[str]):
+    """Parsed run arguments."""
+    return tune_search.build_parser().parse_args(argv)
+
+
+def spec_of(argv: list[str], cpus: float = 2, gpus: float = 0) -> SweepSpec:
+    """The sweep a command line describes, as on a machine with `cpus` CPUs."""
+    return tune_search.build_spec(parse(argv), cpus, gpus)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment carries FEDSWEEP_TEST_RUN_TAG=tag (started by that run only)."""
+    needle = f"FEDSWEEP_TEST_RUN_TAG={tag}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def reap(tag: str, grace_s: float = 30) -> list[int]:
+    """Wait for the run's processes to exit; SIGKILL any left after `grace_s`. Returns those that had to be killed."""
+    deadline = time.time() + grace_s
+    while time.time() < deadline and tagged_pids(tag):
+        time.sleep(0.5)
+    leftovers = tagged_pids(tag)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers
+
+
+class Run:
+    """One tune_search subprocess: own Ray temp dir, own tag, test hooks in its environment."""
+
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        """Prepare the command and its environment; nothing starts yet."""
+        self.tag = uuid.uuid4().hex
+        # Short path: Ray's socket names must fit in 107 bytes.
+        self.ray_tmp = tempfile.mkdtemp(prefix="fsw", dir="/tmp")
+        self.env = {**os.environ, **(env or {}), "FEDSWEEP_TEST_RUN_TAG": self.tag}
+        self.cmd = [sys.executable, SCRIPT, *args, "--ray-temp-dir", self.ray_tmp]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Run":
+        """Start in a new session (its own process group)."""
+        self.out = open(os.path.join(self.ray_tmp, "out.log"), "w+")
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 300) -> tuple[int, str]:
+        """(exit status, output) once it ends."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self.out.seek(0)
+        return code, self.out.read()
+
+    def kill(self) -> None:
+        """SIGKILL the driver's whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def cleanup(self) -> list[int]:
+        """Reap this run's processes and remove its temp dir; returns processes that had to be killed."""
+        leftovers = reap(self.tag)
+        self.out.close()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        return leftovers
+
+
+def read_round_log(path: str) -> list[tuple[str, int]]:
+    """(trial id, round) lines of the FEDSWEEP_TEST_ROUND_LOG file."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [(t, int(r)) for t, r in (line.strip().split(",") for line in f if line.strip())]
+
+
+def rounds_of(log: list[tuple[str, int]], trial_id: str) -> list[int]:
+    """Rounds a trial finished, in order, from the round log."""
+    return [r for t, r in log if t == trial_id]
+
+
+# ---------------------------------------------------------------------------
+# Search space and resources (no Ray)
+
+
+def test_default_grid_and_replacement():
+    """No search flag: the 3x3 default grid; any search flag replaces it; fixed keys leave the default grid."""
+    assert spec_of([]).search == {"fraction_fit": {"kind": "grid", "values": [0.05, 0.1, 0.2]},
+                                  "local_epochs": {"kind": "grid", "values": [1, 2, 5]}}
+    assert spec_of(["--loguniform", "lr=1e-3,1e-1"]).search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]}}
+    assert list(spec_of(["--set", "local-epochs=3"]).search) == ["fraction_fit"]
+    spec = spec_of(["--set", "num-rounds=7", "--choice", "strategy=fedavg,fedprox"])
+    assert spec.fixed["num_rounds"] == 7 and spec.search["strategy"]["values"] == ["fedavg", "fedprox"]
+
+
+def test_config_file_sections(tmp_path):
+    """YAML `fixed:` and `search:` sections; dashes accepted; command-line flags override the file."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("fixed:\n  num-rounds: 4\n  dataset: synthetic\n"
+                    "search:\n  lr: {loguniform: [1.0e-3, 1.0e-1]}\n  local_epochs: {grid: [1, 2]}\n")
+    spec = spec_of(["--config", str(path), "--set", "num_rounds=5"])
+    assert spec.fixed["num_rounds"] == 5 and spec.fixed["dataset"] == "synthetic"
+    assert spec.search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]},
+                           "local_epochs": {"kind": "grid", "values": [1, 2]}}
+    json_path = tmp_path / "sweep.json"
+    json_path.write_text(json.dumps({"search": {"seed": [0, 1, 2]}}))
+    assert spec_of(["--config", str(json_path)]).search == {"seed": {"kind": "grid", "values": [0, 1, 2]}}
+
+
+def test_param_space_domains():
+    """grid -> grid_search (grid search) or choice (random); ranges -> uniform/loguniform, randint for ints."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    argv = ["--grid", "local_epochs=1,2", "--choice", "strategy=fedavg,fedprox", "--uniform", "momentum=0,0.9",
+            "--loguniform", "lr=1e-3,1e-1", "--uniform", "batch_size=16,64"]
+    space = tune_search.param_space(spec_of(argv))
+    assert space["local_epochs"] == {"grid_search": [1, 2]}
+    assert isinstance(space["strategy"], Categorical)
+    assert isinstance(space["momentum"], Float) and isinstance(space["lr"], Float)
+    assert isinstance(space["batch_size"], Integer)
+    assert "num_rounds" not in space  # fixed settings travel with the trainable
+    random_space = tune_search.param_space(spec_of(argv + ["--search", "random"]))
+    assert isinstance(random_space["local_epochs"], Categorical)
+
+
+def test_trial_bundles_follow_config():
+    """[server] + K client bundles, K = min(clients per round, max parallel); GPU key only when asked."""
+    spec = spec_of(["--set", "pool_size=100", "--grid", "fraction_fit=0.05,0.2"], cpus=16)
+    plan = ResourcePlan.of(spec)
+    assert tune_search.trial_bundles({"fraction_fit": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
+    assert len(tune_search.trial_bundles({"fraction_fit": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
+    gpu = spec_of(["--num-client-gpus", "0.25", "--server-gpus", "1", "--max-parallel-clients", "3"], cpus=16, gpus=2)
+    bundles = tune_search.trial_bundles({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    assert bundles == [{"CPU": 1, "GPU": 1.0}] + [{"CPU": 1.0, "GPU": 0.25}] * 3
+    factory = tune_search.trial_resources({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    assert factory.bundles == bundles
+
+
+def test_data_sharing_decision():
+    """Swept data keys: grid/choice values -> one shared data set per value; ranges -> trials load their own."""
+    assert list(tune_search.shared_data_configs(spec_of(["--grid", "lr=0.1,0.2"]))) == ["{}"]
+    per_seed = tune_search.shared_data_configs(spec_of(["--grid", "seed=0,1,2", "--grid", "lr=0.1,0.2"]))
+    assert sorted(per_seed) == ['{"seed": 0}', '{"seed": 1}', '{"seed": 2}'] and per_seed['{"seed": 2}'].seed == 2
+    assert tune_search.shared_data_configs(spec_of(["--uniform", "alpha=0.1,1"])) is None
+    assert tune_search.shared_data_configs(spec_of(["--grid", "seed=" + ",".join(map(str, range(9)))])) is None
+    assert tune_search.data_key({"seed": 1, "lr": 0.1}, ("seed",)) == '{"seed": 1}'
+
+
+def test_tune_config_scheduler_and_searcher():
+    """ASHA counts rounds up to num_rounds; optuna gets OptunaSearch; metric and mode pass through."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = spec_of(["--set", "num_rounds=8", "--scheduler", "asha", "--search", "optuna", "--metric", "central_loss",
+                    "--loguniform", "lr=1e-3,1e-1", "--num-samples", "6"])
+    assert spec.mode == "min" and spec.num_samples == 6
+    config = tune_search.tune_config(spec)
+    assert isinstance(config.scheduler, ASHAScheduler) and isinstance(config.search_alg, OptunaSearch)
+    assert config.scheduler._time_attr == "round" and config.scheduler._max_t == 8
+    assert (config.metric, config.mode) == ("central_loss", "min")
+
+
+def test_default_sweep_fits_two_cores():
+    """On 2 CPUs every trial of the default grid gets K=1: 2 CPUs, so one trial runs at a time."""
+    spec = spec_of(["--set", "dataset=synthetic"], cpus=2)
+    tune_search.validate_spec(spec, 2, 0)
+    plan = ResourcePlan.of(spec)
+    for combo in tune_search._combinations(spec):
+        assert tune_search.trial_bundles(combo, plan) == [{"CPU": 1}, {"CPU": 1.0}]
+    too_big = spec_of(["--set", "dataset=synthetic", "--max-parallel-clients", "4"], cpus=2)
+    with pytest.raises(tune_search.ConfigError, match="one trial needs 5 CPUs"):
+        tune_search.validate_spec(too_big, 2, 0)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one line, exit status 2, nothing written, no Ray
+
+
+def _bad_cases(tmp_path):
+    """(name, argv) pairs that must be refused."""
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "empty" / "fedsweep").mkdir(parents=True)
+    storage = ["--storage-path", str(tmp_path / "out")]
+    return {
+        "unknown parameter": storage + ["--grid", "learning_rate=0.01,0.1"],
+        "unknown parameter in --set": storage + ["--set", "rounds=3"],
+        "empty grid": storage + ["--grid", "local_epochs="],
+        "unwritable storage": ["--storage-path", str(tmp_path / "file.txt" / "sub"), "--set", "dataset=synthetic"],
+        "resume of a non-sweep": ["--resume", "--storage-path", str(tmp_path / "empty")],
+        "resume of nothing": ["--resume", "--storage-path", str(tmp_path / "nothing")],
+        "optuna with grid": storage + ["--search", "optuna", "--set", "dataset=synthetic"],
+        "bad grid value": storage + ["--set", "dataset=synthetic", "--grid", "fraction_fit=0.5,1.5"],
+        "bad fixed value": storage + ["--set", "dataset=synthetic", "--set", "local_epochs=two"],
+        "bad metric": storage + ["--set", "dataset=synthetic", "--metric", "accuracy"],
+        "uniform on text": storage + ["--uniform", "strategy=a,b"],
+        "fixed and swept": storage + ["--set", "lr=0.1", "--grid", "lr=0.1,0.2"],
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "unknown parameter", "unknown parameter in --set", "empty grid", "unwritable storage", "resume of a non-sweep",
+    "resume of nothing", "optuna with grid", "bad grid value", "bad fixed value", "bad metric", "uniform on text",
+    "fixed and swept",
+])
+def test_bad_input_refused(case, tmp_path, capsys):
+    """Each bad input: exit 2, one `tune_search: error:` line on stderr, no files, Ray not started."""
+    import ray
+
+    argv = _bad_cases(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    ray_before = ray.is_initialized()  # another test's session-wide Ray may be up already
+    assert tune_search.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tune_search: error: "), err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert ray.is_initialized() == ray_before
+
+
+def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
+    """--search optuna without optuna installed says so."""
+    monkeypatch.setattr(tune_search, "optuna_available", lambda: False)
+    argv = ["--storage-path", str(tmp_path), "--search", "optuna", "--set", "dataset=synthetic",
+            "--loguniform", "lr=1e-3,1e-1"]
+    assert tune_search.main(argv) == 2
+    assert "needs the optuna package" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# A real sweep: 2x2 grid, 2 rounds, one injected failure
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Run a 2x2 sweep (fraction_fit x local_epochs, 2 rounds) in which one trial fails once in round 2."""
+    root = tmp_path_factory.mktemp("sweep")
+    hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
+    run = Run(TINY + ["--grid", "fraction_fit=0.25,0.5", "--grid", "local_epochs=1,2",
+                      "--storage-path", str(root / "results"), "--name", "grid"], env=hooks).start()
+    t0 = time.time()
+    code, output = run.wait(timeout=400)
+    leftovers = run.cleanup()
+    yield {"code": code, "output": output, "experiment": str(root / "results" / "grid"), "hooks": hooks,
+           "leftovers": leftovers, "seconds": time.time() - t0, "storage": str(root / "results")}
+
+
+def test_sweep_writes_results(sweep):
+    """4 trials x 2 rounds finish; trials.csv, rounds.csv, best.json and both plots are written."""
+    assert sweep["code"] == 0, sweep["output"][-3000:]
+    exp = sweep["experiment"]
+    trials = pd.read_csv(os.path.join(exp, "trials.csv"))
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    assert set(zip(trials["fraction_fit"], trials["local_epochs"])) == {(0.25, 1), (0.25, 2), (0.5, 1), (0.5, 2)}
+    assert (trials["rounds"] == 2).all() and trials["final_central_accuracy"].between(0, 1).all()
+    rounds = pd.read_csv(os.path.join(exp, "rounds.csv"))
+    assert len(rounds) == 8 and not rounds.duplicated(["trial_id", "round"]).any()
+    assert {"central_accuracy", "central_loss", "fed_val_accuracy", "seconds", "samples_per_s"} <= set(rounds)
+    with open(os.path.join(exp, "best.json")) as f:
+        best = json.load(f)
+    assert best["value"] == trials["final_central_accuracy"].max()
+    assert set(best["swept"]) == {"fraction_fit", "local_epochs"} and best["config"]["num_rounds"] == 2
+    from fl_core import load_checkpoint
+
+    assert load_checkpoint(best["checkpoint_file"]).round == 2
+    for png in ("accuracy_vs_round.png", "heatmap_final_accuracy.png"):
+        assert os.path.getsize(os.path.join(exp, png)) > 1000
+    assert "best 4 of 4 trials" in sweep["output"]
+
+
+def test_failed_trial_retried_from_its_checkpoint(sweep):
+    """The trial that raised in round 2 restarted from its round-1 checkpoint: every round ran once."""
+    assert sweep["code"] == 0, sweep["output"][-3000:]
+    with open(sweep["hooks"]["FEDSWEEP_TEST_FAIL_ONCE"]) as f:
+        failed = f.read()
+    log = read_round_log(sweep["hooks"]["FEDSWEEP_TEST_ROUND_LOG"])
+    assert failed in {t for t, _ in log}
+    for trial_id in {t for t, _ in log}:
+        assert rounds_of(log, trial_id) == [1, 2], (trial_id, log)
+    result = pd.read_json(os.path.join(sweep["experiment"], f"trial_{failed}", "result.json"), lines=True)
+    assert result["round"].tolist() == [1, 2]
+
+
+def test_report_command_rewrites_files(sweep, capsys):
+    """`tune_search report PATH` rebuilds the tables and plots from the experiment folder."""
+    exp = sweep["experiment"]
+    for name in ("trials.csv", "rounds.csv", "best.json", "accuracy_vs_round.png"):
+        os.remove(os.path.join(exp, name))
+    assert tune_search.main(["report", exp]) == 0
+    assert len(pd.read_csv(os.path.join(exp, "trials.csv"))) == 4
+    assert len(pd.read_csv(os.path.join(exp, "rounds.csv"))) == 8
+    assert os.path.exists(os.path.join(exp, "best.json")) and os.path.exists(os.path.join(exp, "accuracy_vs_round.png"))
+    assert "best 4 of 4 trials" in capsys.readouterr().out
+
+
+def test_existing_sweep_not_overwritten(sweep, capsys):
+    """Same --storage-path/--name without --resume: refused, pointing at --resume."""
+    argv = TINY + ["--storage-path", sweep["storage"], "--name", "grid"]
+    assert tune_search.main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_report_refuses_non_sweep(tmp_path, capsys):
+    """`report` on a folder without the marker: exit 2, one line."""
+    assert tune_search.main(["report", str(tmp_path)]) == 2
+    assert "holds no sweep made by fedsweep-tune" in capsys.readouterr().err
+
+
+def test_sweep_left_no_ray_processes(sweep):
+    """Ray shut down cleanly: no process of the run was left to kill."""
+    assert sweep["leftovers"] == []
+
+
+# ---------------------------------------------------------------------------
+# Kill the driver mid-sweep, then --resume
+
+
+def _wait_for_kill_point(run: Run, log_path: str, num_rounds: int, timeout: float = 240) -> tuple[str, str]:
+    """Poll until one trial has finished and another has checkpointed 2 rounds; returns (finished, running) ids."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert run.proc.poll() is None, "the sweep ended before it could be interrupted: make its trials longer"
+        log = read_round_log(log_path)
+        trials = list(dict.fromkeys(t for t, _ in log))
+        done = [t for t in trials if rounds_of(log, t) == list(range(1, num_rounds + 1))]
+        running = [t for t in trials if t not in done and len(rounds_of(log, t)) >= 2]
+        if done and running:
+            return done[0], running[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no kill point within {timeout} s")
+
+
+def test_kill_and_resume(tmp_path):
+    """SIGKILL the driver mid-sweep; --resume keeps the finished trial and continues the other from its checkpoint."""
+    num_rounds = 6
+    storage = str(tmp_path / "results")
+    log_path = str(tmp_path / "rounds.log")
+    # Two trials one after the other (2 CPUs each); ~1 s rounds so the kill lands mid-trial.
+    args = TINY + ["--set", "synthetic_size=3000", "--set", f"num_rounds={num_rounds}", "--set", "fraction_fit=0.5",
+                   "--grid", "local_epochs=2,3", "--storage-path", storage, "--name", "killed"]
+    first = Run(args, env={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
+    try:
+        finished, running = _wait_for_kill_point(first, log_path, num_rounds)
+        time.sleep(1.5)  # > the 1 s experiment-state snapshot period
+    finally:
+        first.kill()
+        killed_leftovers = first.cleanup()
+    assert tagged_pids(first.tag) == []
+    exp = os.path.join(storage, "killed")
+    before = read_round_log(log_path)
+    with open(os.path.join(exp, f"trial_{finished}", "result.json")) as f:
+        finished_results = f.read()
+    assert finished_results.count("\n") == num_rounds
+
+    second = Run(["--resume", "--storage-path", storage, "--name", "killed"],
+                 env={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
+    try:
+        code, output = second.wait(timeout=300)
+    finally:
+        resumed_leftovers = second.cleanup()
+    assert code == 0, output[-3000:]
+    assert resumed_leftovers == []
+    after = read_round_log(log_path)[len(before):]
+    # The finished trial was not rerun: no new rounds, no new reports.
+    assert rounds_of(after, finished) == []
+    with open(os.path.join(exp, f"trial_{finished}", "result.json")) as f:
+        assert f.read() == finished_results
+    # The interrupted trial continued after a checkpointed round (at most the round in flight is redone).
+    redone = rounds_of(after, running)
+    done_before = rounds_of(before, running)
+    assert redone == list(range(redone[0], num_rounds + 1)), redone
+    assert 2 <= redone[0] <= done_before[-1] + 1, (done_before, redone)
+    trials = pd.read_csv(os.path.join(exp, "trials.csv"))
+    assert len(trials) == 2 and set(trials["status"]) == {"TERMINATED"} and (trials["rounds"] == num_rounds).all()
+    rounds = pd.read_csv(os.path.join(exp, "rounds.csv"))
+    assert len(rounds) == 2 * num_rounds and not rounds.duplicated(["trial_id", "round"]).any()
+    for _, part in rounds.groupby("trial_id"):
+        assert sorted(part["round"]) == list(range(1, num_rounds + 1))
+    # Whatever the killed run left behind had to be reaped by us, not by luck: report it if any.
+    print(f"processes of the killed run reaped by the test: {killed_leftovers}")
