@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import psutil
 import torch
 

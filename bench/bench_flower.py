@@ -37,7 +37,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
+from provenance import git_commit, versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+
 SIDES = ("fedsweep", "flower")
 
 
@@ -140,33 +141,6 @@ def start_ray(num_cpus: int, verbose: bool) -> None:
         include_dashboard=False,
         logging_level=logging.INFO if verbose else logging.WARNING,
     )
-
-
-def git_commit() -> str | None:
-    """The repository's commit, with "+dirty" when tracked files differ from it; None without git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def versions() -> dict:
-    """Versions of what was measured."""
-    import flwr
-    import ray
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "flwr": flwr.__version__,
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
 
 
 def run_fedsweep_side(args: argparse.Namespace) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO_ROOT)
+from provenance import versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 import numpy as np
 import torch
@@ -88,34 +88,9 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def git_commit() -> str | None:
-    """The repository's commit, with "+dirty" when tracked files differ from it; None without git."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def environment(device: torch.device) -> dict:
     """What the figures were measured on."""
-    import flwr
-    import ray
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "flwr": flwr.__version__,
-        "cpu_count": os.cpu_count(),
-        "device": str(device),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_commit": git_commit(),
-    }
+    env = {**versions(), "device": str(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)

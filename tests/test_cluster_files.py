@@ -28,7 +28,6 @@ dict) -> None`). If a Ray upgrade moves them, this test must follow.
 from __future__ import annotations
 
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
