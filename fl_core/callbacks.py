@@ -65,14 +65,14 @@ class ProgressPrinter(Callback):
 
     def __init__(self, print_fn=print) -> None:
         self.print = print_fn
-        self._t0 = time.perf_counter()
+        self._round_seconds = 0.0
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Print the round's line."""
         m = event.metrics
-        done = event.round - event.start_round + 1
-        elapsed = time.perf_counter() - self._t0
-        eta = elapsed / done * (event.num_rounds - event.round)
+        # From round times only: start-up (Ray workers, data) would inflate the first estimates.
+        self._round_seconds += m["seconds"]
+        eta = self._round_seconds / (event.round - event.start_round + 1) * (event.num_rounds - event.round)
         fed = "" if m["fed_val_accuracy"] is None else f"  fed-val acc {m['fed_val_accuracy']:.4f}"
         self.print(
             f"round {event.round:>3}/{event.num_rounds}  acc {m['central_accuracy']:.4f}  loss {m['central_loss']:.4f}"
