@@ -101,10 +101,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     n = x.shape[0]
     if n == 0:
         return 0.0, 0.0
-    loss_sum, correct = 0.0, 0
-    for start in range(0, n, batch_size):
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, n, batch_size):  # sums stay on the device: one sync at the end, not per batch
         logits = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-    return loss_sum / n, correct / n
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    return loss_sum.item() / n, correct.item() / n
