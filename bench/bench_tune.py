@@ -35,6 +35,10 @@ os.chdir(REPO)  # Ray puts the driver's working directory on its workers' path: 
 import pandas as pd  # noqa: E402
 
 import tune_search  # noqa: E402
+from fl_sweep.report import write_report  # noqa: E402
+from fl_sweep.resources import ResourcePlan, client_slots, server_bundle_cpus, trial_bundles  # noqa: E402
+from fl_sweep.trainable import data_key, load_shared_data, swept_data_keys  # noqa: E402
+from fl_sweep.tuner import execute  # noqa: E402
 from fl_core import Callback, run_simulation  # noqa: E402
 
 
@@ -87,9 +91,9 @@ def run_sweep(args: argparse.Namespace, storage: str) -> dict:
     """Run the sweep through tune_search; returns spec, experiment, timings, data and its two tables."""
     targs = tune_search.build_parser().parse_args(sweep_argv(args, storage))
     spec, experiment = tune_search.prepare(targs)
-    data = tune_search.load_shared_data(spec)
-    timings = tune_search.execute(targs, spec, experiment, data)
-    tune_search.write_report(experiment)
+    data = load_shared_data(spec)
+    timings = execute(targs, spec, experiment, data)
+    write_report(experiment)
     trials = pd.read_csv(os.path.join(experiment, "trials.csv"))
     rounds = pd.read_csv(os.path.join(experiment, "rounds.csv"))
     return {"spec": spec, "experiment": experiment, "timings": timings, "data": data, "trials": trials, "rounds": rounds}
@@ -98,10 +102,10 @@ def run_sweep(args: argparse.Namespace, storage: str) -> dict:
 def packing(sweep: dict) -> dict:
     """Sweep wall time against the trials' own times divided by the trials that fit at once."""
     spec, trials = sweep["spec"], sweep["trials"]
-    plan = tune_search.ResourcePlan.of(spec)
+    plan = ResourcePlan.of(spec)
     sizes = []
     for _, row in trials.iterrows():
-        bundles = tune_search.trial_bundles({k: plain(row[k]) for k in spec.search}, plan)
+        bundles = trial_bundles({k: plain(row[k]) for k in spec.search}, plan)
         sizes.append(sum(b["CPU"] for b in bundles))
     at_once = max(1, math.floor(spec.cluster_cpus / max(sizes)))
     trial_sum = float(trials["wall_time_s"].sum())
@@ -129,11 +133,11 @@ def run_alone(sweep: dict) -> tuple[dict, RoundClock, float]:
     spec, trials = sweep["spec"], sweep["trials"]
     first = trials.sort_values("trial_id").iloc[0]
     sampled = {k: plain(first[k]) for k in spec.search}
-    plan = tune_search.ResourcePlan.of(spec)
+    plan = ResourcePlan.of(spec)
     sim = plan.sim_config(sampled)
-    sim.max_parallel_clients = tune_search.client_slots(sim, plan)  # same K workers as the trial
-    sim.server_cpus = tune_search.server_bundle_cpus(sim)
-    key = tune_search.data_key(sampled, tune_search.swept_data_keys(spec))
+    sim.max_parallel_clients = client_slots(sim, plan)  # same K workers as the trial
+    sim.server_cpus = server_bundle_cpus(sim)
+    key = data_key(sampled, swept_data_keys(spec))
     temp_dir = tempfile.mkdtemp(prefix="fsb", dir="/tmp")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING", _temp_dir=temp_dir)
     try:

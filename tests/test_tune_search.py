@@ -25,8 +25,13 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
 
+import fl_sweep.spec  # noqa: E402
 import tune_search  # noqa: E402
-from tune_search import ResourcePlan, SweepSpec  # noqa: E402
+from fl_core.config import ConfigError  # noqa: E402
+from fl_sweep.resources import ResourcePlan, trial_bundles, trial_resources  # noqa: E402
+from fl_sweep.spec import SweepSpec, build_spec, combinations, validate_spec  # noqa: E402
+from fl_sweep.trainable import data_key, shared_data_configs  # noqa: E402
+from fl_sweep.tuner import param_space, tune_config  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "tune_search.py")
 TINY = [
@@ -47,7 +52,7 @@ def parse(argv: list[str]):
 
 def spec_of(argv: list[str], cpus: float = 2, gpus: float = 0) -> SweepSpec:
     """The sweep a command line describes, as on a machine with `cpus` CPUs."""
-    return tune_search.build_spec(parse(argv), cpus, gpus)
+    return build_spec(parse(argv), cpus, gpus)
 
 
 def tagged_pids(tag: str) -> list[int]:
@@ -172,13 +177,13 @@ def test_param_space_domains():
 
     argv = ["--grid", "local_epochs=1,2", "--choice", "strategy=fedavg,fedprox", "--uniform", "momentum=0,0.9",
             "--loguniform", "lr=1e-3,1e-1", "--uniform", "batch_size=16,64"]
-    space = tune_search.param_space(spec_of(argv))
+    space = param_space(spec_of(argv))
     assert space["local_epochs"] == {"grid_search": [1, 2]}
     assert isinstance(space["strategy"], Categorical)
     assert isinstance(space["momentum"], Float) and isinstance(space["lr"], Float)
     assert isinstance(space["batch_size"], Integer)
     assert "num_rounds" not in space  # fixed settings travel with the trainable
-    random_space = tune_search.param_space(spec_of(argv + ["--search", "random"]))
+    random_space = param_space(spec_of(argv + ["--search", "random"]))
     assert isinstance(random_space["local_epochs"], Categorical)
 
 
@@ -186,23 +191,23 @@ def test_trial_bundles_follow_config():
     """[server] + K client bundles, K = min(clients per round, max parallel); GPU key only when asked."""
     spec = spec_of(["--set", "pool_size=100", "--grid", "fraction_fit=0.05,0.2"], cpus=16)
     plan = ResourcePlan.of(spec)
-    assert tune_search.trial_bundles({"fraction_fit": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
-    assert len(tune_search.trial_bundles({"fraction_fit": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
+    assert trial_bundles({"fraction_fit": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
+    assert len(trial_bundles({"fraction_fit": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
     gpu = spec_of(["--num-client-gpus", "0.25", "--server-gpus", "1", "--max-parallel-clients", "3"], cpus=16, gpus=2)
-    bundles = tune_search.trial_bundles({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    bundles = trial_bundles({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
     assert bundles == [{"CPU": 1, "GPU": 1.0}] + [{"CPU": 1.0, "GPU": 0.25}] * 3
-    factory = tune_search.trial_resources({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    factory = trial_resources({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
     assert factory.bundles == bundles
 
 
 def test_data_sharing_decision():
     """Swept data keys: grid/choice values -> one shared data set per value; ranges -> trials load their own."""
-    assert list(tune_search.shared_data_configs(spec_of(["--grid", "lr=0.1,0.2"]))) == ["{}"]
-    per_seed = tune_search.shared_data_configs(spec_of(["--grid", "seed=0,1,2", "--grid", "lr=0.1,0.2"]))
+    assert list(shared_data_configs(spec_of(["--grid", "lr=0.1,0.2"]))) == ["{}"]
+    per_seed = shared_data_configs(spec_of(["--grid", "seed=0,1,2", "--grid", "lr=0.1,0.2"]))
     assert sorted(per_seed) == ['{"seed": 0}', '{"seed": 1}', '{"seed": 2}'] and per_seed['{"seed": 2}'].seed == 2
-    assert tune_search.shared_data_configs(spec_of(["--uniform", "alpha=0.1,1"])) is None
-    assert tune_search.shared_data_configs(spec_of(["--grid", "seed=" + ",".join(map(str, range(9)))])) is None
-    assert tune_search.data_key({"seed": 1, "lr": 0.1}, ("seed",)) == '{"seed": 1}'
+    assert shared_data_configs(spec_of(["--uniform", "alpha=0.1,1"])) is None
+    assert shared_data_configs(spec_of(["--grid", "seed=" + ",".join(map(str, range(9)))])) is None
+    assert data_key({"seed": 1, "lr": 0.1}, ("seed",)) == '{"seed": 1}'
 
 
 def test_tune_config_scheduler_and_searcher():
@@ -213,7 +218,7 @@ def test_tune_config_scheduler_and_searcher():
     spec = spec_of(["--set", "num_rounds=8", "--scheduler", "asha", "--search", "optuna", "--metric", "central_loss",
                     "--loguniform", "lr=1e-3,1e-1", "--num-samples", "6"])
     assert spec.mode == "min" and spec.num_samples == 6
-    config = tune_search.tune_config(spec)
+    config = tune_config(spec)
     assert isinstance(config.scheduler, ASHAScheduler) and isinstance(config.search_alg, OptunaSearch)
     assert config.scheduler._time_attr == "round" and config.scheduler._max_t == 8
     assert (config.metric, config.mode) == ("central_loss", "min")
@@ -222,13 +227,13 @@ def test_tune_config_scheduler_and_searcher():
 def test_default_sweep_fits_two_cores():
     """On 2 CPUs every trial of the default grid gets K=1: 2 CPUs, so one trial runs at a time."""
     spec = spec_of(["--set", "dataset=synthetic"], cpus=2)
-    tune_search.validate_spec(spec, 2, 0)
+    validate_spec(spec, 2, 0)
     plan = ResourcePlan.of(spec)
-    for combo in tune_search._combinations(spec):
-        assert tune_search.trial_bundles(combo, plan) == [{"CPU": 1}, {"CPU": 1.0}]
+    for combo in combinations(spec):
+        assert trial_bundles(combo, plan) == [{"CPU": 1}, {"CPU": 1.0}]
     too_big = spec_of(["--set", "dataset=synthetic", "--max-parallel-clients", "4"], cpus=2)
-    with pytest.raises(tune_search.ConfigError, match="one trial needs 5 CPUs"):
-        tune_search.validate_spec(too_big, 2, 0)
+    with pytest.raises(ConfigError, match="one trial needs 5 CPUs"):
+        validate_spec(too_big, 2, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +282,7 @@ def test_bad_input_refused(case, tmp_path, capsys):
 
 def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
     """--search optuna without optuna installed says so."""
-    monkeypatch.setattr(tune_search, "optuna_available", lambda: False)
+    monkeypatch.setattr(fl_sweep.spec, "optuna_available", lambda: False)
     argv = ["--storage-path", str(tmp_path), "--search", "optuna", "--set", "dataset=synthetic",
             "--loguniform", "lr=1e-3,1e-1"]
     assert tune_search.main(argv) == 2

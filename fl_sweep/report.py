@@ -1,0 +1,231 @@
+"""Readable results of a sweep: trials.csv, rounds.csv, best.json and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from fl_core.config import ConfigError
+from fl_sweep.spec import CLIENT_EVAL_KEYS, ROUND_COLUMNS, SweepSpec
+from fl_sweep.storage import filesystem, is_uri, read_marker
+
+# ---------------------------------------------------------------------------
+# Reports
+
+
+def _trial_frames(experiment: str):
+    """(trials, {trial_id: per-round DataFrame}) read from the experiment folder."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(experiment)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"no Tune experiment state in {experiment} yet ({str(exc).splitlines()[0]})") from None
+    return analysis.trials, analysis.trial_dataframes
+
+
+def rounds_table(trials, frames: dict, swept: list[str]):
+    """Every trial's per-round metrics, one row per (trial, round).
+
+    A round reported twice (re-run after a restore from an older checkpoint)
+    keeps its latest report.
+    """
+    import pandas as pd
+
+    parts = []
+    for trial in trials:
+        df = frames.get(trial.trial_id)
+        if df is None or df.empty or "round" not in df:
+            continue
+        part = df[[c for c in ROUND_COLUMNS if c in df]].copy()
+        part.insert(0, "trial_id", trial.trial_id)
+        for i, key in enumerate(swept, start=1):
+            part.insert(i, key, trial.config.get(key))
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=["trial_id", *swept, *ROUND_COLUMNS])
+    table = pd.concat(parts, ignore_index=True)
+    table["round"] = table["round"].astype(int)
+    table = table.drop_duplicates(["trial_id", "round"], keep="last")
+    return table.sort_values(["trial_id", "round"]).reset_index(drop=True)
+
+
+def _last_checkpoint(trial, experiment: str) -> str | None:
+    """Path (or URI, for remote storage) of the trial's latest kept checkpoint, if any."""
+    checkpoint = trial.checkpoint
+    if checkpoint is None:
+        return None
+    if is_uri(experiment) and "://" not in checkpoint.path:
+        return experiment.split("://", 1)[0] + "://" + checkpoint.path.lstrip("/")
+    return checkpoint.path
+
+
+def _metric_summary(mine, metric: str, mode: str) -> dict:
+    """Final and best value of `metric` over one trial's rounds, and the round of the best."""
+    values = mine[metric].dropna() if metric in mine else []
+    if len(values) == 0:
+        return {f"final_{metric}": None, f"best_{metric}": None, f"best_{metric}_round": None}
+    best = values.idxmax() if mode == "max" else values.idxmin()
+    return {f"final_{metric}": mine[metric].iloc[-1], f"best_{metric}": values[best],
+            f"best_{metric}_round": int(mine.loc[best, "round"])}
+
+
+def trials_table(trials, rounds, spec: SweepSpec, experiment: str):
+    """One row per trial: swept values, final and best metric, rounds, wall time, status, checkpoint."""
+    import pandas as pd
+
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.trial_id):
+        mine = rounds[rounds["trial_id"] == trial.trial_id]
+        row = {"trial_id": trial.trial_id, "status": trial.status, **{k: trial.config.get(k) for k in spec.search}}
+        row["rounds"] = len(mine)
+        row.update(_metric_summary(mine, spec.metric, spec.mode))
+        row.update(_metric_summary(mine, "central_accuracy", "max"))  # always there, whatever the metric
+        row["wall_time_s"] = mine["time_total_s"].iloc[-1] if len(mine) else None
+        row["round_seconds_mean"] = mine["seconds"].mean() if len(mine) else None
+        result = trial.last_result or {}
+        row.update({f"client_acc_{k}": result.get(f"client_acc_{k}") for k in CLIENT_EVAL_KEYS})
+        row["checkpoint"] = _last_checkpoint(trial, experiment)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_trial(table, spec: SweepSpec) -> dict | None:
+    """The row with the best final metric (Tune's default scope: the last reported round)."""
+    column = f"final_{spec.metric}"
+    scored = table.dropna(subset=[column])
+    if scored.empty:
+        return None
+    index = scored[column].idxmax() if spec.mode == "max" else scored[column].idxmin()
+    return scored.loc[index].to_dict()
+
+
+def _short(value) -> str:
+    """A swept value for a legend: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _json_default(value):
+    """numpy scalars as Python numbers; anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def plot_accuracy(rounds, swept: list[str], path: str) -> None:
+    """Central test accuracy against round, one line per trial."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial_id, part in rounds.groupby("trial_id", sort=True):
+        label = ", ".join(f"{k}={_short(part[k].iloc[0])}" for k in swept) or trial_id
+        ax.plot(part["round"], part["central_accuracy"], marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("central test accuracy")
+    ax.set_title("Accuracy per round, every trial")
+    ax.grid(alpha=0.3)
+    if 0 < rounds["trial_id"].nunique() <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(table, spec: SweepSpec, path: str) -> str | None:
+    """Final accuracy over fraction_fit x local_epochs (mean over other keys); returns a note when skipped."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not {"fraction_fit", "local_epochs"} <= set(spec.search):
+        return "heatmap skipped: fraction_fit and local_epochs are not both swept"
+    data = table.dropna(subset=["final_central_accuracy"])
+    if data.empty:
+        return "heatmap skipped: no trial has reported yet"
+    grid = data.pivot_table(index="local_epochs", columns="fraction_fit", values="final_central_accuracy", aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.6 * len(grid.columns) + 2.5, 1.2 * len(grid.index) + 2))
+    image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(grid.columns)), [f"{c:.4g}" for c in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
+    for (row, col), value in np.ndenumerate(grid.values):
+        ax.text(col, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", color="w")
+    others = [k for k in spec.search if k not in ("fraction_fit", "local_epochs")]
+    ax.set_title("Final central accuracy" + (f" (mean over {', '.join(others)})" if others or spec.num_samples > 1 else ""),
+                 fontsize=9)
+    ax.set_xlabel("fraction_fit (client fraction)")
+    ax.set_ylabel("local_epochs")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def _publish(local_dir: str, experiment: str) -> None:
+    """Copy the report files into a remote experiment folder (local folders are written in place)."""
+    import pyarrow.fs
+
+    fs, inner = filesystem(experiment)
+    pyarrow.fs.copy_files(local_dir, inner, destination_filesystem=fs)
+
+
+def print_best(table, spec: SweepSpec, top: int) -> None:
+    """A short table of the best trials."""
+    column = f"final_{spec.metric}"
+    shown = ["trial_id", *spec.search, column, f"best_{spec.metric}", "rounds", "wall_time_s", "status"]
+    ordered = table.sort_values(column, ascending=spec.mode == "min", na_position="last").head(top)
+    print(f"\nbest {min(top, len(table))} of {len(table)} trials by final {spec.metric} ({spec.mode}):")
+    print(ordered[list(dict.fromkeys(shown))].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def write_report(experiment: str, top: int = 5) -> dict:
+    """Write trials.csv, rounds.csv, best.json and the plots into the experiment folder; print the best trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    spec = SweepSpec.from_dict(read_marker(experiment)["spec"])
+    trials, frames = _trial_frames(experiment)
+    swept = list(spec.search)
+    rounds = rounds_table(trials, frames, swept)
+    table = trials_table(trials, rounds, spec, experiment)
+    best = best_trial(table, spec)
+    out = experiment if not is_uri(experiment) else tempfile.mkdtemp(prefix="fedsweep-report-")
+    table.to_csv(os.path.join(out, "trials.csv"), index=False)
+    rounds.to_csv(os.path.join(out, "rounds.csv"), index=False)
+    with open(os.path.join(out, "best.json"), "w") as f:
+        json.dump(_best_document(best, trials, spec, experiment), f, indent=1, default=_json_default)
+    plot_accuracy(rounds, swept, os.path.join(out, "accuracy_vs_round.png"))
+    note = plot_heatmap(table, spec, os.path.join(out, "heatmap_final_accuracy.png"))
+    if out != experiment:
+        _publish(out, experiment)
+        shutil.rmtree(out, ignore_errors=True)
+    print_best(table, spec, top)
+    errored = table.loc[table["status"] == "ERROR", "trial_id"].tolist()
+    if note:
+        print(note)
+    if errored:
+        print(f"{len(errored)} trial(s) failed ({', '.join(errored)}): their errors are in their trial folders; "
+              "`--resume` retries them from their last round")
+    print(f"report written to {experiment}: trials.csv, rounds.csv, best.json, accuracy_vs_round.png"
+          + ("" if note else ", heatmap_final_accuracy.png"))
+    return {"trials": len(table), "errored": errored, "best": best}
+
+
+def _best_document(best: dict | None, trials, spec: SweepSpec, experiment: str) -> dict:
+    """best.json: the best trial's swept values, full config, score and checkpoint."""
+    if best is None:
+        return {"metric": spec.metric, "mode": spec.mode, "trial_id": None, "note": "no trial has reported yet"}
+    trial = next(t for t in trials if t.trial_id == best["trial_id"])
+    checkpoint = best.get("checkpoint")
+    return {
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "trial_id": best["trial_id"],
+        "value": best[f"final_{spec.metric}"],
+        "rounds": best["rounds"],
+        "status": best["status"],
+        "swept": {k: trial.config.get(k) for k in spec.search},
+        "config": {**spec.fixed, **trial.config},
+        "checkpoint": checkpoint,
+        "checkpoint_file": None if checkpoint is None else checkpoint.rstrip("/") + "/fl_checkpoint.npz",
+        "experiment": experiment,
+    }

@@ -1,0 +1,153 @@
+"""Tune objects and the run itself: search space, scheduler, run config, starting Ray, fitting or restoring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+from fl_sweep.resources import ResourcePlan, check_fits
+from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, SweepSpec, combinations, field_kind
+from fl_sweep.storage import write_marker
+from fl_sweep.trainable import make_trainable
+
+# ---------------------------------------------------------------------------
+# Tune objects
+
+
+def param_space(spec: SweepSpec) -> dict:
+    """The swept settings as Tune domains (fixed ones travel with the trainable: short trial configs)."""
+    from ray import tune
+
+    space = {}
+    for key, entry in spec.search.items():
+        kind, values = entry["kind"], entry["values"]
+        integer = field_kind(key)[0] is int
+        if kind == "grid" and spec.search_alg == "grid":
+            space[key] = tune.grid_search(values)
+        elif kind in ("grid", "choice"):
+            space[key] = tune.choice(values)
+        elif kind == "uniform":
+            space[key] = tune.randint(values[0], values[1] + 1) if integer else tune.uniform(*values)
+        else:
+            space[key] = tune.lograndint(values[0], values[1] + 1) if integer else tune.loguniform(*values)
+    return space
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Tune's default embeds every swept value)."""
+    return f"trial_{trial.trial_id}"
+
+
+def tune_config(spec: SweepSpec):
+    """TuneConfig: metric, search algorithm, scheduler, samples, concurrency."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=spec.search_seed)
+    else:
+        searcher = BasicVariantGenerator(random_state=spec.search_seed)
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="round", max_t=spec.fixed["num_rounds"],
+                                  grace_period=min(spec.asha_grace_rounds, spec.fixed["num_rounds"]))
+    return tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+                           trial_dirname_creator=trial_dirname,
+                           # Saves a worker start (imports of torch and Flower, seconds) per trial; a trial
+                           # whose thread does not end within Tune's timeout gets a fresh actor anyway.
+                           reuse_actors=True)
+
+
+def run_config(spec: SweepSpec, experiment: str):
+    """RunConfig: where results go, how many checkpoints stay, how often a crashed trial restarts."""
+    from ray import tune
+
+    storage, name = experiment.rstrip("/").rsplit("/", 1)
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        verbose=1,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Running a sweep
+
+
+def local_resources() -> tuple[int, int]:
+    """(CPUs, GPUs) of this machine, as a local Ray would see them."""
+    import torch
+
+    return os.cpu_count() or 1, torch.cuda.device_count()
+
+
+def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
+    """Start local Ray in-process or join --address; for a new sweep on a cluster, size the defaults from it."""
+    import ray
+
+    # Snapshot the experiment state often so a killed driver loses at most a second of bookkeeping.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_SNAPSHOT_S)
+    # Tune also forces a snapshot every --keep-checkpoints reports and warns when that is frequent: expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if args.address is None:
+        kwargs = {"_temp_dir": os.path.abspath(args.ray_temp_dir)} if args.ray_temp_dir else {}
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **kwargs)
+        return
+    ray.init(address=args.address, logging_level=logging.WARNING)
+    if fresh:
+        total = ray.cluster_resources()
+        spec.cluster_cpus, spec.cluster_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+        plan = ResourcePlan.of(spec)
+        for combo in combinations(spec):
+            check_fits(combo, plan)
+
+
+class _GoneCheckpointFilter(logging.Filter):
+    """Turns Tune's traceback for deleting an already-deleted checkpoint into one warning line.
+
+    After a driver was killed, the restored experiment state may list a
+    checkpoint that the killed run had already rotated out; Tune registers the
+    new checkpoint first and then fails to delete the old one. Nothing is lost.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the matching record; let every other record through unchanged."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg):
+            record.msg, record.args, record.exc_info = (
+                "an old checkpoint was already deleted before the sweep was interrupted; nothing lost (%s)", (exc,), None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, data: dict) -> dict:
+    """Start Ray, run (or restore) the sweep, leave Ray shut down; returns its timings in seconds."""
+    import ray
+    from ray import tune
+
+    t0 = time.perf_counter()
+    start_ray(args, spec, fresh=not args.resume)
+    timings = {"ray_start_s": time.perf_counter() - t0}
+    try:
+        trainable = make_trainable(spec, {key: ray.put(value) for key, value in data.items()})
+        if args.resume:
+            logging.getLogger("ray.tune.execution.tune_controller").addFilter(_GoneCheckpointFilter())
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+        else:
+            write_marker(experiment, spec)
+            tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
+                               run_config=run_config(spec, experiment))
+        t0 = time.perf_counter()
+        tuner.fit()
+        timings["sweep_s"] = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    return timings
