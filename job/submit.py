@@ -8,10 +8,9 @@ Usage::
     python job/submit.py --stop ID [--address URL]
 
 Everything after ``--`` is the job's entrypoint (default:
-``python tune_search.py --address auto``). Inside a job, tune_search.py must be
-given ``--address auto``: without it, it starts its own local Ray with
-``ray.init(num_cpus=...)``, which Ray refuses in a job (the job's environment
-already names the cluster in ``RAY_ADDRESS``).
+``python tune_search.py --address auto``). Inside a job, tune_search.py joins
+the cluster named by the job's ``RAY_ADDRESS`` even without ``--address``; the
+default passes ``--address auto`` to say so explicitly.
 The runtime environment is read from the YAML file and its ``working_dir`` is
 replaced by ``--working-dir``; a local working directory is uploaded by the
 client. The submission id is printed on its own line on stdout; then, unless
@@ -48,7 +47,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_RUNTIME_ENV = "runtime_env.yaml"
-# --address auto: join the cluster the job runs on (see the module docstring).
+# --address auto: join the cluster the job runs on (explicit; $RAY_ADDRESS would do the same).
 DEFAULT_ENTRYPOINT = ("python", "tune_search.py", "--address", "auto")
 
 # A TCP connect to the address must succeed within this many seconds before the
