@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import warnings
 from dataclasses import dataclass
 
@@ -68,12 +69,15 @@ def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     root = data_dir or DEFAULT_DATA_DIR
     folder = os.path.join(root, CIFAR_FOLDER)
     if not os.path.isdir(folder):
+        created = not os.path.exists(root)
         try:
             import torchvision
 
             os.makedirs(root, exist_ok=True)
             torchvision.datasets.CIFAR10(root=root, train=True, download=True)
         except Exception as exc:  # offline, proxy, disk: all end the same way for the user
+            if created:
+                shutil.rmtree(root, ignore_errors=True)  # leave nothing behind on failure
             raise ConfigError(
                 f"CIFAR-10 is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}); "
                 f"put the python-version archive's {CIFAR_FOLDER}/ folder under --data-dir, or use --dataset synthetic"

@@ -113,6 +113,9 @@ def test_offline_without_data_says_how_to_supply_it(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(ConfigError, match="could not be downloaded.*--dataset synthetic"):
         load_cifar10(str(tmp_path))
+    with pytest.raises(ConfigError, match="could not be downloaded"):
+        load_cifar10(str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists(), "a failed download left its folder behind"
 
 
 def test_real_cifar10_loads(cifar_dir):
