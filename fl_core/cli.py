@@ -53,15 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fl_core",
         description="Federated CIFAR-10 simulation with Flower clients on Ray actors (FedAvg and friends), "
         "checkpointed every round and resumable.",
-        argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # only flags given on the command line come back
     )
     defaults = SimConfig()
     for f in dataclasses.fields(SimConfig):
         default = getattr(defaults, f.name)
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], None)
-        if kind is None:  # Optional fields: "int | None", "float | None", "str | None"
-            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+        # Annotations are strings here ("int", "float | None", ...): the first word is the type.
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
         shown = "(see text)" if default is None else default
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"{HELP[f.name]} (default: {shown})")
     parser.add_argument("--checkpoint-dir", help="folder for the checkpoint and metrics (default: results/run-<time>, "
@@ -71,20 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set "
                         "(as in a Ray Job), else start a local Ray in-process")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
-    # ArgumentDefaultsHelpFormatter would print "==SUPPRESS==": defaults are in the help texts instead.
-    parser.formatter_class = argparse.HelpFormatter
     return parser
 
 
 def _prepare(argv: list[str] | None):
-    """Parse and check everything that can be checked before Ray starts; returns (config, resume, out_dir, args)."""
+    """Parse and check everything that can be checked before Ray starts.
+
+    Returns (config, resume state or None, output folder, Ray address or None, verbose).
+    """
     from fl_core.checkpoint import CHECKPOINT_FILE, check_compatible, checkpoint_path, load_checkpoint
 
     args = vars(build_parser().parse_args(argv))
     resume_path = args.pop("resume", None)
     out_dir = args.pop("checkpoint_dir", None)
     address = args.pop("address", os.environ.get("RAY_ADDRESS"))  # set by Ray inside a Ray Job
-    args.pop("verbose", None)
+    verbose = args.pop("verbose", False)
     resume = None
     if resume_path is not None:
         resume = load_checkpoint(resume_path)
@@ -104,14 +103,13 @@ def _prepare(argv: list[str] | None):
         config.validate()
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
-    return config, resume, out_dir, address
+    return config, resume, out_dir, address, verbose
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
-    verbose = "--verbose" in (argv if argv is not None else sys.argv[1:])
     try:
-        config, resume, out_dir, address = _prepare(argv)
+        config, resume, out_dir, address, verbose = _prepare(argv)
         from fl_core.data import load_federated_data, partition_summary
 
         data = load_federated_data(config)
