@@ -39,13 +39,13 @@ import argparse
 import os
 import sys
 
-from fl_core.config import ConfigError
+from fl_core.config import ConfigError, local_resources
 from fl_sweep.report import write_report
 from fl_sweep.spec import (DEFAULT_NAME, DEFAULT_STORAGE, METRIC_MODES, PROG, SCHEDULERS, SEARCH_ALGS, SWEEP_FLAGS,
                            SweepSpec, build_spec, validate_spec)
 from fl_sweep.storage import check_writable, exists, experiment_location, is_uri, read_marker
 from fl_sweep.trainable import load_shared_data
-from fl_sweep.tuner import execute, local_resources
+from fl_sweep.tuner import execute
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one ConfigError line instead of usage + exit."""

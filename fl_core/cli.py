@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from fl_core.config import AUGMENTS, DATASETS, PARTITIONS, STRATEGIES, ConfigError, SimConfig
+from fl_core.config import (AUGMENTS, DATASETS, PARTITIONS, STRATEGIES, ConfigError, SimConfig, local_resources,
+                            setting_type)
 
 HELP = {
     "dataset": f"data set: {', '.join(DATASETS)} (synthetic: CIFAR-shaped, learnable, for tests and quick runs)",
@@ -58,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SimConfig()
     for f in dataclasses.fields(SimConfig):
         default = getattr(defaults, f.name)
-        # Annotations are strings here ("int", "float | None", ...): the first word is the type.
-        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+        kind, _ = setting_type(f.name)
         shown = "(see text)" if default is None else default
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"{HELP[f.name]} (default: {shown})")
     parser.add_argument("--checkpoint-dir", help="folder for the checkpoint and metrics (default: results/run-<time>, "
@@ -96,9 +96,8 @@ def _prepare(argv: list[str] | None):
         if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
             raise ConfigError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, or pick another --checkpoint-dir")
     if address is None:
-        import torch
-
-        config.validate(local_cpus=os.cpu_count(), local_gpus=torch.cuda.device_count())
+        cpus, gpus = local_resources()
+        config.validate(local_cpus=cpus, local_gpus=gpus)
     else:
         config.validate()
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

@@ -50,6 +50,19 @@ TRAINING_KEYS = (
 # Everything else (rounds, resources, paths) may change on resume.
 
 
+def setting_type(name: str) -> tuple[type, bool]:
+    """(int, float or str; whether None is allowed) of SimConfig setting `name`, read from its annotation."""
+    annotation = str(next(f.type for f in fields(SimConfig) if f.name == name))  # a string: postponed annotations
+    return {"int": int, "float": float, "str": str}[annotation.split(" ")[0]], "None" in annotation
+
+
+def local_resources() -> tuple[int, int]:
+    """(CPUs, GPUs) of this machine, as a local Ray started here would see them."""
+    import torch  # here, not at module level: config stays importable without torch
+
+    return os.cpu_count() or 1, torch.cuda.device_count()
+
+
 class ConfigError(ValueError):
     """Bad user input; the message says what is wrong and how to fix it."""
 

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from fl_core.config import ConfigError, SimConfig
+from fl_core.config import ConfigError, SimConfig, setting_type
 from fl_sweep.resources import ResourcePlan, check_fits
 
 PROG = "tune_search"
@@ -95,16 +95,9 @@ def normalise_key(key: str, where: str) -> str:
     return name
 
 
-def field_kind(key: str) -> tuple[type, bool]:
-    """(base type, accepts None) of a SimConfig field, from its annotation string."""
-    annotation = str(SIM_FIELDS[key].type)
-    base = {"int": int, "float": float, "str": str}[annotation.split(" ")[0]]
-    return base, "None" in annotation
-
-
 def coerce(key: str, value):
     """`value` (a string from the command line, or a YAML/JSON scalar) as the type of setting `key`."""
-    base, optional = field_kind(key)
+    base, optional = setting_type(key)
     if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", ""))):
         return None
     try:
@@ -144,7 +137,7 @@ def search_entry(key: str, kind: str, values: list, where: str) -> dict:
         if not values:
             raise ConfigError(f"{where}: the {kind} for {key} is empty; give at least one value")
         return {"kind": kind, "values": values}
-    base, _ = field_kind(key)
+    base, _ = setting_type(key)
     if base is str:
         raise ConfigError(f"{where}: {key} is not numeric; sweep it with --grid or --choice")
     if len(values) != 2 or None in values:

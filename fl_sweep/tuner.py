@@ -7,8 +7,9 @@ import logging
 import os
 import time
 
+from fl_core.config import setting_type
 from fl_sweep.resources import ResourcePlan, check_fits
-from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, SweepSpec, combinations, field_kind
+from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, SweepSpec, combinations
 from fl_sweep.storage import write_marker
 from fl_sweep.trainable import make_trainable
 
@@ -23,7 +24,7 @@ def param_space(spec: SweepSpec) -> dict:
     space = {}
     for key, entry in spec.search.items():
         kind, values = entry["kind"], entry["values"]
-        integer = field_kind(key)[0] is int
+        integer = setting_type(key)[0] is int
         if kind == "grid" and spec.search_alg == "grid":
             space[key] = tune.grid_search(values)
         elif kind in ("grid", "choice"):
@@ -80,13 +81,6 @@ def run_config(spec: SweepSpec, experiment: str):
 
 # ---------------------------------------------------------------------------
 # Running a sweep
-
-
-def local_resources() -> tuple[int, int]:
-    """(CPUs, GPUs) of this machine, as a local Ray would see them."""
-    import torch
-
-    return os.cpu_count() or 1, torch.cuda.device_count()
 
 
 def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
