@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import pandas as pd
 
-from fl_core.checkpoint import ServerState, save_checkpoint
+from fl_core.checkpoint import ServerState, save_checkpoint, write_atomically
 
 # Metrics that measure the machine, not the model: they differ run to run.
 TIMING_KEYS = ("seconds", "samples_per_s")
@@ -52,12 +51,9 @@ class Callback:
         """Called once after the final all-client evaluation."""
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write text to `path` via a temp file and rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _write_text(path: str, text: str) -> None:
+    """Replace `path` with `text` atomically."""
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 class ProgressPrinter(Callback):
@@ -119,8 +115,8 @@ class MetricsWriter(Callback):
 
     def _write_history(self, history: list[dict]) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        _write_atomically(os.path.join(self.directory, "metrics.csv"), pd.DataFrame(history).to_csv(index=False))
-        _write_atomically(os.path.join(self.directory, "metrics.json"), json.dumps(history, indent=1))
+        _write_text(os.path.join(self.directory, "metrics.csv"), pd.DataFrame(history).to_csv(index=False))
+        _write_text(os.path.join(self.directory, "metrics.json"), json.dumps(history, indent=1))
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Rewrite the history files with the new round."""
@@ -137,4 +133,4 @@ class MetricsWriter(Callback):
             "seconds": event.seconds,
             "config": event.state.config,
         }
-        _write_atomically(os.path.join(self.directory, "summary.json"), json.dumps(summary, indent=1))
+        _write_text(os.path.join(self.directory, "summary.json"), json.dumps(summary, indent=1))

@@ -45,6 +45,24 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
 
 
+def write_atomically(path: str, write) -> None:
+    """Call `write(binary_file)` on a temp file beside `path`, sync it and rename it over `path`.
+
+    Readers see the old file or the new one, never a partial one; on failure the temp file is removed.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_checkpoint(state: ServerState, directory: str) -> str:
     """Atomically write `state` as `directory/fl_checkpoint.npz`; returns the file's path."""
     os.makedirs(directory, exist_ok=True)
@@ -63,17 +81,7 @@ def save_checkpoint(state: ServerState, directory: str) -> str:
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     target = os.path.join(directory, CHECKPOINT_FILE)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fl_checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(target, lambda f: np.savez(f, **arrays))
     return target
 
 
