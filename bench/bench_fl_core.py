@@ -34,7 +34,7 @@ from fl_core import Callback, SimConfig, load_federated_data, run_simulation  # 
 from fl_core.client import client_seed  # noqa: E402
 from fl_core.client_manager import SeededClientManager  # noqa: E402
 from fl_core.models import build_model  # noqa: E402
-from fl_core.task import evaluate, get_parameters, set_parameters, to_tensor, train  # noqa: E402
+from fl_core.task import evaluate, get_parameters, place_model, set_parameters, to_tensor, train  # noqa: E402
 
 
 class Rounds(Callback):
@@ -80,7 +80,7 @@ class WorkerMemory:
 def tight_loop(config: SimConfig, data, sampled_rounds: list[tuple[list[int], list[int]]]) -> float:
     """Seconds per round for the same work in one process and one thread: train, aggregate, evaluate."""
     torch.set_num_threads(1)
-    model = build_model(config.model, config.seed)
+    model = place_model(build_model(config.model, config.seed), "cpu")  # fl_core's layout
     global_params = get_parameters(model)
     test_x, test_y = to_tensor(data.test_images), torch.from_numpy(data.test_labels)
     times = []

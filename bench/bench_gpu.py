@@ -122,10 +122,10 @@ def sync(device: torch.device) -> None:
 def tight_loop(images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device) -> dict:
     """Samples/s of fl_core.task.train over tensors already on `device`, after a short warm-up."""
     from fl_core.models import build_model
-    from fl_core.task import to_tensor, train
+    from fl_core.task import place_model, to_tensor, train
 
     x, y = to_tensor(images, device), torch.from_numpy(labels).to(device)
-    model = build_model("cnn", seed=0).to(device)
+    model = place_model(build_model("cnn", seed=0), device)
     common = {"epochs": 1, "batch_size": batch_size, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "augment": "none"}
     warm = min(len(y), batch_size * 100)
     train(model, x[:warm], y[:warm], generator=torch.Generator().manual_seed(1), **common)

@@ -8,7 +8,9 @@
 #   bash bench/run_gpu.sh
 # and a timeout_s of about 540. Arguments are passed on to bench_gpu.py
 # (`bash bench/run_gpu.sh --device cpu --smoke` checks the script on a CPU machine). Everything lands in $OUT: gpu.json (results,
-# rewritten after every configuration), gpu.log (console), nvidia-smi.txt.
+# rewritten after every configuration), gpu.log (console), nvidia-smi.txt, and
+# kernels.json/kernels.log from bench_kernels.py on the GPU (memory layouts and
+# vmap cohorts; given KERNELS_S seconds, default 60, out of the budget).
 #
 # The whole script keeps to BUDGET_S seconds (default 480, i.e. 8 minutes):
 # bench_gpu.py starts no new configuration after its --time-budget and is
@@ -17,6 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench-gpu-out}
 BUDGET_S=${BUDGET_S:-480}
+KERNELS_S=${KERNELS_S:-60}
 START=$(date +%s)
 mkdir -p "$OUT"
 
@@ -35,7 +38,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt"
 
 elapsed=$(( $(date +%s) - START ))
-left=$(( BUDGET_S - elapsed - 15 ))          # seconds bench_gpu.py may run at most
+left=$(( BUDGET_S - elapsed - 15 - KERNELS_S ))  # seconds bench_gpu.py may run at most
 config_budget=$(( left - 100 ))             # no new configuration after this (one takes well under 100 s)
 [ "$config_budget" -lt 60 ] && config_budget=60
 echo "run_gpu.sh: ${elapsed} s spent on setup; bench_gpu.py gets ${left} s"
@@ -44,5 +47,10 @@ timeout --kill-after=10 "$left" python3 bench/bench_gpu.py \
     --time-budget "$config_budget" \
     --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log"
 status=$?
-echo "run_gpu.sh: bench_gpu.py exit status ${status}; total $(( $(date +%s) - START )) s; results in $OUT/gpu.json"
+echo "run_gpu.sh: bench_gpu.py exit status ${status}; $(( $(date +%s) - START )) s so far"
+device=cuda
+[ "${1:-}" = "--device" ] && device=${2:-cuda}       # the CPU smoke check passes --device cpu first
+timeout --kill-after=5 "$KERNELS_S" python3 bench/bench_kernels.py --device "$device" --vmap-clients 1 8 64 \
+    --repeats 3 --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+echo "run_gpu.sh: bench_kernels.py exit status ${PIPESTATUS[0]}; total $(( $(date +%s) - START )) s; results in $OUT"
 exit "$status"

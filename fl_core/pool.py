@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from fl_core.client import CifarClient
 from fl_core.config import ConfigError, SimConfig
 from fl_core.models import build_model
+from fl_core.task import place_model
 
 READY_TIMEOUT_S = 300
 
@@ -38,7 +39,7 @@ class ClientWorker:
         torch.set_num_threads(max(1, int(num_cpus)))  # never more busy threads than CPUs given
         self.data = data
         self.device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-        self.model = build_model(model_name, seed=0).to(self.device)
+        self.model = place_model(build_model(model_name, seed=0), self.device)
 
     def ready(self) -> str:
         """Answers once the worker is placed and initialised; says where it runs."""

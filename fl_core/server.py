@@ -25,14 +25,14 @@ from fl_core.data import FederatedData, load_federated_data
 from fl_core.models import build_model
 from fl_core.pool import ClientPool, RayClientProxy
 from fl_core.strategy import build_strategy
-from fl_core.task import evaluate, get_parameters, set_parameters, to_tensor
+from fl_core.task import evaluate, get_parameters, place_model, set_parameters, to_tensor
 
 
 def _central_evaluator(config: SimConfig, data: FederatedData):
     """Flower `evaluate_fn` scoring the global model on the whole test set, in the server process."""
     # A GPU when the server process sees one (Ray hides GPUs a trial's bundle 0 does not hold).
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(config.model, config.seed).to(device)
+    model = place_model(build_model(config.model, config.seed), device)
     x, y = to_tensor(data.test_images, device), torch.from_numpy(data.test_labels).to(device)
 
     def evaluate_fn(server_round, parameters, fn_config):

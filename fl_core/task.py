@@ -15,12 +15,27 @@ from torch import nn
 NDArrays = list[np.ndarray]
 
 
+def memory_format(device: torch.device | str) -> torch.memory_format:
+    """Layout of images and conv weights on `device`.
+
+    channels_last on CPU, where oneDNN runs this net's small convolutions faster
+    (bench/bench_kernels.py: central evaluation 18% and local training 6% faster
+    on 2 Xeon cores); the default layout elsewhere, which is not measured on GPU.
+    """
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move the model to `device`, its conv weights in that device's memory_format."""
+    return model.to(device, memory_format=memory_format(device))
+
+
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's examples' Normalize(0.5, 0.5))."""
+    """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's examples' Normalize(0.5, 0.5)), in the device's memory_format."""
     if not images.flags.writeable:  # object-store arrays are read-only; torch warns on those
         images = images.copy()
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.float().div_(127.5).sub_(1.0)
+    return x.float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format(device))
 
 
 def crop_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -34,7 +49,7 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # Advanced indexing puts the indexed dims first: (B, H, W, C) -> (B, C, H, W).
     cropped = padded[batch_index, :, rows, cols].permute(0, 3, 1, 2)
     flip = (torch.rand(b, generator=generator) < 0.5).to(batch.device)
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous(memory_format=memory_format(batch.device))
 
 
 def get_parameters(model: nn.Module) -> NDArrays:

@@ -9,7 +9,7 @@ import torch
 from fl_core.client import CifarClient, client_seed
 from fl_core.data import load_federated_data
 from fl_core.models import build_model
-from fl_core.task import crop_flip, evaluate, get_parameters, set_parameters, to_tensor, train
+from fl_core.task import crop_flip, evaluate, get_parameters, place_model, set_parameters, to_tensor, train
 from tests.conftest import tiny_config
 
 
@@ -62,6 +62,21 @@ def test_crop_flip_shifts_or_flips_per_sample():
             for c in range(9)
         )
         assert found
+
+
+def test_cpu_layout_is_channels_last_and_changes_only_rounding(data):
+    x, y = to_tensor(data.train_images[:256]), torch.from_numpy(data.train_labels[:256])
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert crop_flip(x[:8], torch.Generator().manual_seed(0)).is_contiguous(memory_format=torch.channels_last)
+    placed = place_model(build_model("cnn", 0), "cpu")
+    assert placed.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = build_model("cnn", 0)
+    for model, inputs in ((placed, x), (plain, x.contiguous())):
+        train(model, inputs, y, epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, augment="crop-flip",
+              generator=torch.Generator().manual_seed(3))
+    for a, b in zip(get_parameters(placed), get_parameters(plain)):
+        assert a.flags.c_contiguous and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
 def test_training_lowers_loss(data):

@@ -1,0 +1,165 @@
+"""Where a round's compute goes, without Ray or Flower: the kernels fl_core runs.
+
+Measures, on one device and with fedsweep's own `fl_core.task.train` and
+`fl_core.task.evaluate`:
+
+* one client's local epoch (450 samples, batch 32, SGD with momentum), as a
+  client worker runs it: samples/s, with the model and data in NCHW layout and
+  in channels_last layout;
+* central evaluation on 10,000 test-shaped images (batch 500), as the server
+  runs it: seconds per pass, NCHW and channels_last;
+* K clients trained at once in one process with `torch.func.vmap` over stacked
+  parameters (the "cohort" alternative to one client per worker): samples/s
+  for each K in --vmap-clients.
+
+Data is random (the kernels' speed does not depend on pixel values). Each
+figure is the best of --repeats passes after one warm-up pass.
+
+    python bench/bench_kernels.py --out kernels.json                  # CPU, 1 training thread
+    python bench/bench_kernels.py --device cuda --out kernels.json    # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO_ROOT]
+from fl_core.models import build_model  # noqa: E402
+from fl_core.task import evaluate, train  # noqa: E402
+from provenance import git_commit, versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Benchmark options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", help="torch device to measure on")
+    p.add_argument("--train-threads", type=int, default=1, help="torch threads while training (a worker's CPUs)")
+    p.add_argument("--eval-threads", type=int, default=os.cpu_count(), help="torch threads while evaluating (the server's CPUs)")
+    p.add_argument("--client-samples", type=int, default=450, help="training samples of one client")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--test-samples", type=int, default=10_000)
+    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--vmap-clients", type=int, nargs="*", default=[1, 5, 10], help="cohort sizes K to try with vmap")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="kernels.json")
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of fn(), after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def images(n: int, device: torch.device, layout: str, seed: int) -> torch.Tensor:
+    """n random normalised 3x32x32 images in the given memory layout."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g).mul_(2).sub_(1).to(device).contiguous(memory_format=LAYOUTS[layout])
+
+
+def labels(n: int, device: torch.device, seed: int) -> torch.Tensor:
+    """n random class labels."""
+    return torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def client_epoch(args: argparse.Namespace, device: torch.device, layout: str) -> float:
+    """Samples/s of one client's local epoch through fl_core.task.train."""
+    torch.set_num_threads(args.train_threads)
+    model = build_model("cnn", seed=0).to(device, memory_format=LAYOUTS[layout])
+    x, y = images(args.client_samples, device, layout, 1), labels(args.client_samples, device, 2)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch() -> None:
+        train(model, x, y, epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, weight_decay=0.0,
+              augment="none", generator=generator)
+
+    return args.client_samples / best_seconds(epoch, device, args.repeats)
+
+
+def central_eval(args: argparse.Namespace, device: torch.device, layout: str) -> float:
+    """Seconds of one pass of fl_core.task.evaluate over the test-shaped set."""
+    torch.set_num_threads(args.eval_threads)
+    model = build_model("cnn", seed=0).to(device, memory_format=LAYOUTS[layout])
+    x, y = images(args.test_samples, device, layout, 3), labels(args.test_samples, device, 4)
+    return best_seconds(lambda: evaluate(model, x, y, args.eval_batch_size), device, args.repeats)
+
+
+def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float:
+    """Samples/s of k clients' local epochs run together: one vmapped SGD step per batch index."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    torch.set_num_threads(args.train_threads)
+    models = [build_model("cnn", seed=i).to(device) for i in range(k)]
+    params, buffers = stack_module_state(models)
+    template = copy.deepcopy(models[0]).to("meta")
+
+    def loss(p, b, xb, yb):
+        """One client's batch loss as a function of its parameters."""
+        return F.cross_entropy(functional_call(template, (p, b), (xb,)), yb)
+
+    batched_grad = vmap(grad(loss))
+    x = torch.stack([images(args.client_samples, device, "nchw", 10 + i) for i in range(k)])
+    y = torch.stack([labels(args.client_samples, device, 100 + i) for i in range(k)])
+    momentum = {name: torch.zeros_like(v) for name, v in params.items()}
+
+    def epoch() -> None:
+        for start in range(0, args.client_samples, args.batch_size):
+            grads = batched_grad(params, buffers, x[:, start : start + args.batch_size], y[:, start : start + args.batch_size])
+            with torch.no_grad():
+                for name, g in grads.items():
+                    momentum[name].mul_(0.9).add_(g)
+                    params[name].sub_(momentum[name], alpha=0.01)
+
+    return k * args.client_samples / best_seconds(epoch, device, args.repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement, print a table and write --out."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    result = {"benchmark": "bench_kernels", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
+              "settings": vars(args), "versions": versions(), "client_epoch_samples_per_s": {},
+              "central_eval_seconds": {}, "vmap_samples_per_s": {}}
+    if device.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(device)
+    for layout in LAYOUTS:
+        rate = result["client_epoch_samples_per_s"][layout] = client_epoch(args, device, layout)
+        secs = result["central_eval_seconds"][layout] = central_eval(args, device, layout)
+        print(f"{layout:>13}: client epoch {rate:8.0f} samples/s ({args.train_threads} thread(s)); "
+              f"central eval {secs:.3f} s ({args.eval_threads} thread(s))", flush=True)
+    for k in args.vmap_clients:
+        rate = result["vmap_samples_per_s"][str(k)] = vmap_cohort(args, device, k)
+        print(f"  vmap K={k:<3}: {rate:8.0f} samples/s ({args.train_threads} thread(s))", flush=True)
+    result["load_average_at_end"] = os.getloadavg()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
