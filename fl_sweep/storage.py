@@ -28,7 +28,20 @@ def experiment_location(storage_path: str | None, name: str | None) -> str:
         storage = storage[len("file://"):]
     if is_uri(storage):
         return storage.rstrip("/") + "/" + name
-    return os.path.join(os.path.abspath(os.path.expanduser(storage)), name)
+    storage = os.path.expanduser(storage)
+    if not os.path.isabs(storage) and in_job_working_copy(os.getcwd()):
+        raise ConfigError(
+            f"--storage-path {storage!r} is relative, but this Ray Job runs in Ray's temporary copy of its "
+            f"working directory ({os.getcwd()}), deleted with the Ray session: give an absolute path or a URI, "
+            "e.g. --storage-path ~/ray_results or s3://BUCKET/fedsweep"
+        )
+    return os.path.join(os.path.abspath(storage), name)
+
+
+def in_job_working_copy(cwd: str) -> bool:
+    """Whether `cwd` lies in Ray's per-session copy of a runtime_env working_dir (what a Ray Job runs in)."""
+    marker = os.path.join("runtime_resources", "working_dir_files")  # Ray's runtime_env layout
+    return f"{os.sep}{marker}{os.sep}" in os.path.join(cwd, "")
 
 
 def filesystem(path: str):

@@ -1,9 +1,10 @@
 """Tests of tune_search: the search space, trial resources, bad input, and real sweeps on local Ray.
 
 Sweeps run `python tune_search.py` in a subprocess with its own Ray temp dir
-and an environment tag (FEDSWEEP_TEST_RUN_TAG) that every process of that run
-inherits (driver, GCS, raylet, workers): leftovers are found by that tag and
-only those are killed. Starting Ray costs ~15 s on 2 cores, so one sweep (a 2x2
+in a session of its own, and an environment tag (FEDSWEEP_TEST_RUN_TAG) that
+every process of that run inherits (driver, GCS, raylet, workers): leftovers
+are found by that session or that tag (a worker that renames itself can
+overwrite its environment block) and only those are killed. Starting Ray costs ~15 s on 2 cores, so one sweep (a 2x2
 grid with one injected failure) serves several tests.
 """
 
@@ -55,14 +56,17 @@ def spec_of(argv: list[str], cpus: float = 2, gpus: float = 0) -> SweepSpec:
     return build_spec(parse(argv), cpus, gpus)
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Processes whose environment carries FEDSWEEP_TEST_RUN_TAG=tag (started by that run only)."""
+def run_pids(tag: str, session: int) -> list[int]:
+    """Processes of one run: in its session, or carrying FEDSWEEP_TEST_RUN_TAG=tag in their environment."""
     needle = f"FEDSWEEP_TEST_RUN_TAG={tag}".encode()
     pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
+            if os.getsid(int(entry)) == session:
+                pids.append(int(entry))
+                continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if needle in f.read().split(b"\0"):
                     pids.append(int(entry))
@@ -71,12 +75,12 @@ def tagged_pids(tag: str) -> list[int]:
     return pids
 
 
-def reap(tag: str, grace_s: float = 30) -> list[int]:
+def reap(tag: str, session: int, grace_s: float = 30) -> list[int]:
     """Wait for the run's processes to exit; SIGKILL any left after `grace_s`. Returns those that had to be killed."""
     deadline = time.time() + grace_s
-    while time.time() < deadline and tagged_pids(tag):
+    while time.time() < deadline and run_pids(tag, session):
         time.sleep(0.5)
-    leftovers = tagged_pids(tag)
+    leftovers = run_pids(tag, session)
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -124,7 +128,7 @@ class Run:
 
     def cleanup(self) -> list[int]:
         """Reap this run's processes and remove its temp dir; returns processes that had to be killed."""
-        leftovers = reap(self.tag)
+        leftovers = reap(self.tag, self.proc.pid)  # start_new_session: the driver leads the run's session
         self.out.close()
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
         return leftovers
@@ -280,6 +284,19 @@ def test_bad_input_refused(case, tmp_path, capsys):
     assert ray.is_initialized() == ray_before
 
 
+@pytest.mark.parametrize("storage", [None, "results"])
+def test_relative_storage_refused_inside_a_ray_job(storage, tmp_path, monkeypatch, capsys):
+    """In a Ray Job's temporary working-dir copy, the default or a relative --storage-path is refused."""
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    argv = ["--set", "dataset=synthetic"] + (["--storage-path", storage] if storage else [])
+    assert tune_search.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give an absolute path or a URI" in err[0], err
+    assert list(copy.iterdir()) == []
+
+
 def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
     """--search optuna without optuna installed says so."""
     monkeypatch.setattr(fl_sweep.spec, "optuna_available", lambda: False)
@@ -408,7 +425,7 @@ def test_kill_and_resume(tmp_path):
     finally:
         first.kill()
         killed_leftovers = first.cleanup()
-    assert tagged_pids(first.tag) == []
+    assert run_pids(first.tag, first.proc.pid) == []
     exp = os.path.join(storage, "killed")
     before = read_round_log(log_path)
     with open(os.path.join(exp, f"trial_{finished}", "result.json")) as f:
