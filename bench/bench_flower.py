@@ -14,7 +14,9 @@ same partitions, clients per round, local epochs, batch size, learning rate and
 momentum, the same initial weights, Ray clusters of the same size, federated
 evaluation of the same share of clients and central evaluation on the whole
 test set after every round. Client sampling and shuffling differ (each side
-draws its own), so the accuracy curves agree only up to that noise.
+draws its own), so the accuracy curves agree only up to that noise: with
+`--seeds` the job runs once per seed on each side, and the curves are compared
+as means over the seeds, next to their spread from seed to seed.
 
 Seconds per round: fedsweep's `RoundEnd.metrics["seconds"]`; Flower's time
 between consecutive calls of the ServerApp's `evaluate_fn` (one per round, after
@@ -23,6 +25,7 @@ sides (Flower also starts its actors then), so the headline ratio uses rounds
 2..N; the all-rounds ratio is printed too.
 
     python bench/bench_flower.py --data-dir /work/data-cifar            # CIFAR-10, 10 rounds
+    python bench/bench_flower.py --data-dir /work/data-cifar --local-epochs 3 --lr 0.05 --seeds 0 1 2 3
     python bench/bench_flower.py --dataset synthetic --rounds 2          # smoke run
     python bench/bench_flower.py --flower-python /work/flwr-sim-venv/bin/python ...
 
@@ -70,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--num-client-cpus", type=float, default=1.0)
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of each side's local Ray cluster")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run the job once per seed on each side")
     p.add_argument("--out", default="results.json", help="where to write both sides' results and the comparison")
     p.add_argument("--flower-python", default=sys.executable, help="Python interpreter for the Flower side")
     p.add_argument("--only", choices=SIDES, help="run one side only (no comparison)")
@@ -100,18 +103,18 @@ def sim_config(args: argparse.Namespace):
         momentum=args.momentum,
         num_client_cpus=args.num_client_cpus,
         num_client_gpus=0.0,
-        seed=args.seed,
+        seed=args.seeds[0],
     ).validate()
 
 
-def side_argv(args: argparse.Namespace, side: str, out_path: str) -> list[str]:
-    """Command-line arguments that make a child process run one side of the job."""
+def side_argv(args: argparse.Namespace, side: str, seed: int, out_path: str) -> list[str]:
+    """Command-line arguments that make a child process run one side of the job with one seed."""
     argv = [
         "--dataset", args.dataset, "--synthetic-size", str(args.synthetic_size), "--rounds", str(args.rounds),
         "--pool-size", str(args.pool_size), "--fraction-fit", str(args.fraction_fit),
         "--fraction-evaluate", str(args.fraction_evaluate), "--local-epochs", str(args.local_epochs),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--momentum", str(args.momentum),
-        "--num-client-cpus", str(args.num_client_cpus), "--num-cpus", str(args.num_cpus), "--seed", str(args.seed),
+        "--num-client-cpus", str(args.num_client_cpus), "--num-cpus", str(args.num_cpus), "--seeds", str(seed),
         "--side", side, "--side-out", out_path,
     ]
     if args.data_dir:
@@ -200,7 +203,7 @@ def run_flower_side(args: argparse.Namespace) -> dict:
     t_data = time.perf_counter()
     data = load_federated_data(config)
     data_seconds = time.perf_counter() - t_data
-    random.seed(args.seed)  # Flower samples nodes with the global `random`
+    random.seed(config.seed)  # Flower samples nodes with the global `random`
     start_ray(args.num_cpus, args.verbose)  # Flower's backend uses an initialised Ray as it is
     data_ref = ray.put(data)
     recorder = flower_app.RoundRecorder()
@@ -251,12 +254,12 @@ def child_env() -> dict:
     return env
 
 
-def run_side_subprocess(python: str, side: str, args: argparse.Namespace) -> dict:
-    """Run one side in a fresh `python` process (its output streams through) and return its results."""
+def run_side_subprocess(python: str, side: str, seed: int, args: argparse.Namespace) -> dict:
+    """Run one side with one seed in a fresh `python` process (its output streams through); return its results."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as tmp:
         out_path = os.path.join(tmp, "side.json")
-        cmd = [python, os.path.abspath(__file__)] + side_argv(args, side, out_path)
-        print(f"\n=== {side}: {' '.join(cmd[:2])} ... (python {python})", flush=True)
+        cmd = [python, os.path.abspath(__file__)] + side_argv(args, side, seed, out_path)
+        print(f"\n=== {side}, seed {seed}: {' '.join(cmd[:2])} ... (python {python})", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, check=False, env=child_env(), cwd=REPO_ROOT, timeout=args.timeout)
         wall = time.perf_counter() - t0
@@ -334,6 +337,64 @@ def report_lines(fed: dict, flw: dict, cmp: dict) -> list[str]:
     return lines
 
 
+def across_seeds(runs: list[dict]) -> dict:
+    """Both sides over every seed: mean round times and their ratio, mean accuracy curves and their seed-to-seed spread."""
+    def curves(side: str) -> list[list[float]]:
+        return [[r["central_accuracy"] for r in run[side]["rounds"]] for run in runs]
+
+    def spread(values: list[float]) -> float | None:
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    fed, flw = curves("fedsweep"), curves("flower")
+    fed_mean = [statistics.fmean(col) for col in zip(*fed)]
+    flw_mean = [statistics.fmean(col) for col in zip(*flw)]
+    diffs = [abs(a - b) for a, b in zip(fed_mean, flw_mean)]
+    fed_s = statistics.fmean(run["comparison"]["fedsweep"]["mean_s_steady"] for run in runs)
+    flw_s = statistics.fmean(run["comparison"]["flower"]["mean_s_steady"] for run in runs)
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "fedsweep_mean_s_steady": fed_s,
+        "flower_mean_s_steady": flw_s,
+        "speedup_mean_steady": flw_s / fed_s,
+        "speedup_per_seed": [run["comparison"]["speedup_mean_steady"] for run in runs],
+        "accuracy": {
+            "fedsweep_mean": fed_mean,
+            "fedsweep_sd": [spread(list(col)) for col in zip(*fed)],
+            "flower_mean": flw_mean,
+            "flower_sd": [spread(list(col)) for col in zip(*flw)],
+            "max_abs_diff_of_means": max(diffs),
+            "mean_abs_diff_of_means": statistics.fmean(diffs),
+            "final_abs_diff_of_means": diffs[-1],
+        },
+    }
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The comparison over all seeds, as printed."""
+    acc = summary["accuracy"]
+
+    def cell(mean: float, sd: float | None) -> str:
+        return f"{mean:.4f}" + (f" +- {sd:.4f}" if sd is not None else "")
+
+    lines = [
+        "",
+        f"over seeds {summary['seeds']}: mean central accuracy per round (+- standard deviation over the seeds)",
+        f"{'round':>5} | {'fedsweep':>17} | {'Flower':>17} | {'|d mean|':>8}",
+        "-" * 58,
+    ]
+    for i, (a, sa, b, sb) in enumerate(zip(acc["fedsweep_mean"], acc["fedsweep_sd"], acc["flower_mean"], acc["flower_sd"]), 1):
+        lines.append(f"{i:>5} | {cell(a, sa):>17} | {cell(b, sb):>17} | {abs(a - b):>8.4f}")
+    per_seed = ", ".join(f"{x:.2f}x" for x in summary["speedup_per_seed"])
+    lines += [
+        "",
+        (f"seconds per round (rounds 2..N, mean over seeds): fedsweep {summary['fedsweep_mean_s_steady']:.3f}, "
+         f"Flower {summary['flower_mean_s_steady']:.3f}: {summary['speedup_mean_steady']:.2f}x (per seed: {per_seed})"),
+        (f"mean accuracy curves: |diff| max {acc['max_abs_diff_of_means']:.4f}, mean {acc['mean_abs_diff_of_means']:.4f}, "
+         f"final {acc['final_abs_diff_of_means']:.4f}"),
+    ]
+    return lines
+
+
 def write_json(path: str, payload: dict) -> None:
     """Write the results file (creating its folder)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -343,7 +404,7 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both sides (or one, with --only), print the comparison and write --out."""
+    """Run both sides (or one, with --only) for every seed, print the comparison and write --out."""
     args = parse_args(argv)
     if args.side:
         return run_side_here(args)
@@ -358,18 +419,24 @@ def main(argv: list[str] | None = None) -> int:
     pythons = {"fedsweep": sys.executable, "flower": args.flower_python}
     sides = [args.only] if args.only else list(SIDES)
     commit = git_commit()  # before the runs: what they ran
-    results = {side: run_side_subprocess(pythons[side], side, args) for side in sides}
     payload = {
         "benchmark": "bench_flower",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": commit,
         "settings": {k: v for k, v in vars(args).items() if k not in ("side", "side_out")},
-        "load_average_at_end": os.getloadavg(),
-        **results,
+        "runs": [],
     }
+    for seed in args.seeds:
+        run = {"seed": seed, **{side: run_side_subprocess(pythons[side], side, seed, args) for side in sides}}
+        if not args.only:
+            run["comparison"] = compare(run["fedsweep"], run["flower"])
+            print(f"\nseed {seed}:" + "\n".join(report_lines(run["fedsweep"], run["flower"], run["comparison"])))
+        payload["runs"].append(run)
+        write_json(args.out, payload)  # after every seed: a long run that stops keeps what it measured
     if not args.only:
-        payload["comparison"] = compare(results["fedsweep"], results["flower"])
-        print("\n".join(report_lines(results["fedsweep"], results["flower"], payload["comparison"])))
+        payload["summary"] = across_seeds(payload["runs"])
+        print("\n".join(summary_lines(payload["summary"])))
+    payload["load_average_at_end"] = os.getloadavg()
     write_json(args.out, payload)
     print(f"results written to {args.out}")
     return 0
