@@ -8,7 +8,9 @@ round, federated validation on 10 sampled clients. The tight loop trains the
 same clients' samples with the same model in one process and one thread (no
 Ray, no Flower), then does the same evaluations; its time divided by the cores
 fedsweep used is the ideal per-round time. Target: fedsweep's round time (median
-after the first, warm-up round) at most 1.5x that ideal.
+after the first, warm-up round) at most 1.5x that ideal. Both are also split
+into phases (fit, central evaluation, federated evaluation; fedsweep's through
+bench/phases.py) to show where the difference lies.
 
 Then it runs a few rounds at pool sizes 100 and 1000 (10 clients per round both
 times) while sampling the memory of every client worker process: the peak must
@@ -29,6 +31,7 @@ import psutil
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from phases import PhaseTimer  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 from fl_core import Callback, SimConfig, load_federated_data, run_simulation  # noqa: E402
 from fl_core.client import client_seed  # noqa: E402
@@ -77,13 +80,13 @@ class WorkerMemory:
         self._thread.join()
 
 
-def tight_loop(config: SimConfig, data, sampled_rounds: list[tuple[list[int], list[int]]]) -> float:
-    """Seconds per round for the same work in one process and one thread: train, aggregate, evaluate."""
+def tight_loop(config: SimConfig, data, sampled_rounds: list[tuple[list[int], list[int]]]) -> tuple[float, dict]:
+    """Median seconds per round, and per phase, for the same work in one process and one thread."""
     torch.set_num_threads(1)
     model = place_model(build_model(config.model, config.seed), "cpu")  # fl_core's layout
     global_params = get_parameters(model)
     test_x, test_y = to_tensor(data.test_images), torch.from_numpy(data.test_labels)
-    times = []
+    times, phases = [], {"fit": [], "central_evaluation": [], "federated_evaluation": []}
     for rnd, (fit_ids, eval_ids) in enumerate(sampled_rounds, start=1):
         t0 = time.perf_counter()
         updates = []
@@ -98,12 +101,18 @@ def tight_loop(config: SimConfig, data, sampled_rounds: list[tuple[list[int], li
         total = sum(n for _, n in updates)
         global_params = [sum(p[i] * n for p, n in updates) / total for i in range(len(global_params))]
         set_parameters(model, global_params)
+        t1 = time.perf_counter()
         evaluate(model, test_x, test_y, config.eval_batch_size)
+        t2 = time.perf_counter()
         for cid in eval_ids:
             images, labels = data.client_arrays(cid, "val")
             evaluate(model, to_tensor(images), torch.from_numpy(labels), config.eval_batch_size)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:] if len(times) > 1 else times)
+        t3 = time.perf_counter()
+        times.append(t3 - t0)
+        for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+            phases[phase].append(seconds)
+    steady = slice(1, None) if len(times) > 1 else slice(None)
+    return statistics.median(times[steady]), {phase: statistics.median(v[steady]) for phase, v in phases.items()}
 
 
 def sampled_clients(config: SimConfig, rounds: int) -> list[tuple[list[int], list[int]]]:
@@ -148,14 +157,16 @@ def main() -> int:
     data = load_federated_data(config)
     rounds = Rounds()
     t0 = time.perf_counter()
-    run_simulation(config, data=data, callbacks=[rounds])
+    with PhaseTimer() as timer:
+        run_simulation(config, data=data, callbacks=[rounds])
     fedsweep_wall = time.perf_counter() - t0
     steady = rounds.metrics[1:]
     fed_round = statistics.median(m["seconds"] for m in steady)
     samples = statistics.median(m["train_samples"] for m in steady)
     workers_used = min(cores, config.clients_per_round())
 
-    tight_round = tight_loop(config, data, sampled_clients(config, args.rounds))
+    fed_phases = timer.medians([m["round"] for m in steady])
+    tight_round, tight_phases = tight_loop(config, data, sampled_clients(config, args.rounds))
     ideal = tight_round / workers_used
     results = {
         "date": time.strftime("%Y-%m-%d"),
@@ -170,10 +181,14 @@ def main() -> int:
         "ideal_round_s": ideal,
         "ratio_to_ideal": fed_round / ideal,
         "final_accuracy": rounds.metrics[-1]["central_accuracy"],
+        "phase_seconds": {"fedsweep": fed_phases, "tight_loop_1_thread": tight_phases},
     }
     print(f"fedsweep:   {fed_round:.3f} s/round  {samples / fed_round:,.0f} train samples/s (median of rounds 2-{args.rounds})")
     print(f"tight loop: {tight_round:.3f} s/round in 1 thread  {samples / tight_round:,.0f} samples/s")
     print(f"ideal over {workers_used} cores: {ideal:.3f} s/round -> fedsweep is {fed_round / ideal:.2f}x the ideal (target <= 1.5)")
+    print(f"{'phase (median s)':>22} | {'fedsweep':>8} | {'tight loop':>10} | {f'tight / {workers_used}':>10}")
+    for phase, tight_s in tight_phases.items():
+        print(f"{phase:>22} | {fed_phases.get(phase, float('nan')):>8.3f} | {tight_s:>10.3f} | {tight_s / workers_used:>10.3f}")
 
     memory = {}
     for pool in (100, 1000):

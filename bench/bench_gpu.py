@@ -7,7 +7,7 @@ training samples per second of round time: each round's training samples over
 its wall time (`RoundEnd.metrics["samples_per_s"]`, which includes the
 aggregation and the central evaluation), median over the rounds after the
 warm-up. As a diagnostic it also reports samples per second of the fit phase
-alone (Flower's `Server.fit_round`, timed by wrapping it in this process).
+alone (Flower's `Server.fit_round`, timed with bench/phases.py).
 
 The reference is one process training the same CNN with the same batch size
 on the same GPU in a tight loop (`fl_core.task.train` over tensors already on
@@ -35,7 +35,8 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO_ROOT)
-from provenance import versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from phases import PhaseTimer  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from provenance import versions  # noqa: E402
 
 import numpy as np
 import torch
@@ -141,43 +142,6 @@ def tight_loop(images: np.ndarray, labels: np.ndarray, batch_size: int, device: 
 # fedsweep
 
 
-class FitPhaseTimer:
-    """Times Flower's `Server.fit_round` (the fit phase of a round) while active.
-
-    fedsweep's round loop calls `server.fit_round(...)`; wrapping the class
-    method here measures it without touching fl_core.
-    """
-
-    def __init__(self) -> None:
-        """Start with no timings."""
-        self.seconds: dict[int, float] = {}
-        self._original = None
-
-    def __enter__(self) -> FitPhaseTimer:
-        """Install the timing wrapper."""
-        from flwr.server import Server
-
-        original = self._original = Server.fit_round
-        timer = self
-
-        def timed_fit_round(server, server_round, timeout):
-            """Flower's fit_round, timed."""
-            t0 = time.perf_counter()
-            try:
-                return original(server, server_round=server_round, timeout=timeout)
-            finally:
-                timer.seconds[server_round] = time.perf_counter() - t0
-
-        Server.fit_round = timed_fit_round
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """Put Flower's method back."""
-        from flwr.server import Server
-
-        Server.fit_round = self._original
-
-
 def sim_config(args: argparse.Namespace, share: float, fraction_fit: float, device: torch.device):
     """The job for one configuration: `share` of the GPU (or, on CPU, of the CPUs) per client."""
     from fl_core import SimConfig
@@ -217,9 +181,9 @@ def run_fedsweep(config, data, data_ref) -> tuple[list[dict], dict[int, float]]:
             self.rounds.append(dict(event.metrics))
 
     collect = Collect()
-    with FitPhaseTimer() as timer:
+    with PhaseTimer() as timer:
         run_simulation(config, data=data, data_ref=data_ref, callbacks=[collect])
-    return collect.rounds, timer.seconds
+    return collect.rounds, timer.seconds["fit"]
 
 
 def summarise(rounds: list[dict], fit_seconds: dict[int, float], warmup: int, tight: float) -> dict:

@@ -137,6 +137,13 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     return k * args.client_samples / best_seconds(epoch, device, args.repeats)
 
 
+def write_json(path: str, result: dict) -> None:
+    """Write the results so far (after every measurement: a run cut short keeps what it measured)."""
+    result["load_average"] = os.getloadavg()
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print a table and write --out."""
     args = parse_args(argv)
@@ -151,12 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         secs = result["central_eval_seconds"][layout] = central_eval(args, device, layout)
         print(f"{layout:>13}: client epoch {rate:8.0f} samples/s ({args.train_threads} thread(s)); "
               f"central eval {secs:.3f} s ({args.eval_threads} thread(s))", flush=True)
+        write_json(args.out, result)
     for k in args.vmap_clients:
         rate = result["vmap_samples_per_s"][str(k)] = vmap_cohort(args, device, k)
         print(f"  vmap K={k:<3}: {rate:8.0f} samples/s ({args.train_threads} thread(s))", flush=True)
-    result["load_average_at_end"] = os.getloadavg()
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        write_json(args.out, result)
     print(f"results written to {args.out}")
     return 0
 
