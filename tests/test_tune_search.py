@@ -4,8 +4,9 @@ Sweeps run `python tune_search.py` in a subprocess with its own Ray temp dir
 in a session of its own, and an environment tag (FEDSWEEP_TEST_RUN_TAG) that
 every process of that run inherits (driver, GCS, raylet, workers): leftovers
 are found by that session or that tag (a worker that renames itself can
-overwrite its environment block) and only those are killed. Starting Ray costs ~15 s on 2 cores, so one sweep (a 2x2
-grid with one injected failure) serves several tests.
+overwrite its environment block) and only those are killed. Starting Ray costs
+~15 s on 2 cores, so one sweep (a 2x2 grid with one injected failure) serves
+several tests.
 """
 
 from __future__ import annotations
