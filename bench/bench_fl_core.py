@@ -20,7 +20,6 @@ not grow with the number of clients.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from phases import PhaseTimer  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from provenance import write_results  # noqa: E402
 
 from fl_core import Callback, SimConfig, load_federated_data, run_simulation  # noqa: E402
 from fl_core.client import client_seed  # noqa: E402
@@ -203,8 +203,7 @@ def main() -> int:
     results["worker_memory"] = memory
     ray.shutdown()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        write_results(args.out, results)
     return 0
 
 

@@ -48,7 +48,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-from provenance import git_commit, versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from provenance import git_commit, versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 SIDES = ("fedsweep", "flower")
 
@@ -395,14 +395,6 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write the results file (creating its folder)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run both sides (or one, with --only) for every seed, print the comparison and write --out."""
     args = parse_args(argv)
@@ -432,12 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             run["comparison"] = compare(run["fedsweep"], run["flower"])
             print(f"\nseed {seed}:" + "\n".join(report_lines(run["fedsweep"], run["flower"], run["comparison"])))
         payload["runs"].append(run)
-        write_json(args.out, payload)  # after every seed: a long run that stops keeps what it measured
+        write_results(args.out, payload)  # after every seed: a long run that stops keeps what it measured
     if not args.only:
         payload["summary"] = across_seeds(payload["runs"])
         print("\n".join(summary_lines(payload["summary"])))
     payload["load_average_at_end"] = os.getloadavg()
-    write_json(args.out, payload)
+    write_results(args.out, payload)
     print(f"results written to {args.out}")
     return 0
 

@@ -25,7 +25,6 @@ run cut short by its time budget still leaves what it measured.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -36,7 +35,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO_ROOT)
 from phases import PhaseTimer  # noqa: E402  (bench/ is on sys.path: scripts run from it)
-from provenance import versions  # noqa: E402
+from provenance import versions, write_results  # noqa: E402
 
 import numpy as np
 import torch
@@ -203,16 +202,6 @@ def summarise(rounds: list[dict], fit_seconds: dict[int, float], warmup: int, ti
     }
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write the results file atomically (creating its folder)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def print_summary(payload: dict) -> None:
     """One line per configuration, against the tight loop."""
     tight = payload["tight_loop"]["samples_per_s"]
@@ -267,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             payload["configs"].append({"share": share, "workers": round(1 / share), "fraction_fit": fraction_fit,
                                        "clients_per_round": config.clients_per_round(), "summary": summary,
                                        "rounds": rounds, "fit_phase_seconds": fit_seconds})
-            write_json(args.out, payload)
+            write_results(args.out, payload)
     finally:
         ray.shutdown()
     payload["total_seconds"] = time.perf_counter() - t_start
-    write_json(args.out, payload)
+    write_results(args.out, payload)
     print_summary(payload)
     print(f"results written to {args.out}")
     return 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO_ROOT]
 from fl_core.models import build_model  # noqa: E402
 from fl_core.task import evaluate, train  # noqa: E402
-from provenance import git_commit, versions  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from provenance import git_commit, versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -137,13 +136,6 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     return k * args.client_samples / best_seconds(epoch, device, args.repeats)
 
 
-def write_json(path: str, result: dict) -> None:
-    """Write the results so far (after every measurement: a run cut short keeps what it measured)."""
-    result["load_average"] = os.getloadavg()
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print a table and write --out."""
     args = parse_args(argv)
@@ -153,16 +145,22 @@ def main(argv: list[str] | None = None) -> int:
               "central_eval_seconds": {}, "vmap_samples_per_s": {}}
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
+
+    def save() -> None:
+        """Write the results so far: after every measurement, so a run cut short keeps what it measured."""
+        result["load_average"] = os.getloadavg()
+        write_results(args.out, result)
+
     for layout in LAYOUTS:
         rate = result["client_epoch_samples_per_s"][layout] = client_epoch(args, device, layout)
         secs = result["central_eval_seconds"][layout] = central_eval(args, device, layout)
         print(f"{layout:>13}: client epoch {rate:8.0f} samples/s ({args.train_threads} thread(s)); "
               f"central eval {secs:.3f} s ({args.eval_threads} thread(s))", flush=True)
-        write_json(args.out, result)
+        save()
     for k in args.vmap_clients:
         rate = result["vmap_samples_per_s"][str(k)] = vmap_cohort(args, device, k)
         print(f"  vmap K={k:<3}: {rate:8.0f} samples/s ({args.train_threads} thread(s))", flush=True)
-        write_json(args.out, result)
+        save()
     print(f"results written to {args.out}")
     return 0
 

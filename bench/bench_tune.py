@@ -20,7 +20,6 @@ cifar-10-batches-py, e.g. made by `python ../shared/datasets/make_cifar10.py DIR
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -40,6 +39,7 @@ from fl_sweep.resources import ResourcePlan, client_slots, server_bundle_cpus, t
 from fl_sweep.trainable import data_key, load_shared_data, swept_data_keys  # noqa: E402
 from fl_sweep.tuner import execute  # noqa: E402
 from fl_core import Callback, run_simulation  # noqa: E402
+from provenance import write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 
 class RoundClock(Callback):
@@ -214,8 +214,7 @@ def main(argv=None) -> int:
         "overhead": over,
     }
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_results(args.out, result)
         print(f"\nwrote {args.out}")
     return 0
 

@@ -1,7 +1,11 @@
-"""What a benchmark figure was measured with: versions, machine, commit (shared by the bench scripts)."""
+"""What a benchmark figure was measured with (versions, machine, commit), and writing the results file.
+
+Shared by the bench scripts.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -37,3 +41,13 @@ def versions() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": git_commit(),
     }
+
+
+def write_results(path: str, payload: dict) -> None:
+    """Write a results file atomically, creating its folder: a run cut short leaves the last whole file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
