@@ -1,34 +1,55 @@
-"""fedsweep's federated core: Flower clients on Ray actors, Flower strategies, a resumable server.
+"""fedsweep's engine: any Flower app (Message API) run on a Ray worker pool, resumable round by round.
 
-Library use::
+In an app (these work under Flower's own engine too)::
 
-    from fl_core import SimConfig, run_simulation
-    result = run_simulation(SimConfig(dataset="synthetic", num_rounds=3), callbacks=[...])
+    import fl_core
+    fl_core.start(strategy, grid, initial_arrays=..., num_rounds=..., evaluate_fn=...)   # instead of strategy.start(...)
+    fl_core.evaluate_all_nodes(grid, arrays, config)                                     # every node scores the model
+    fl_core.wait_for_nodes(grid)                     # the number of nodes (Flower's engine registers them late)
 
-Modules, one role each: config (all settings), data (loading and partitioning),
-models (model registry), task (train/evaluate on tensors), client (the Flower
-client), pool (Ray workers and client proxies), client_manager (seeded
-sampling), strategy (Flower strategies, ordered and checkpointable),
-checkpoint (safe .npz checkpoints), callbacks (progress, checkpoint, metrics),
-server (the round loop), cli (the command line).
+    @fl_core.shared                                  # loaded once per run, read from Ray's object store
+    def load_data(run_config, num_partitions): ...
+
+Library use (what `python -m fl_core` and each Tune trial do)::
+
+    from fl_core import RunSettings, load_app_folder, fuse_run_config, run_app
+    app = load_app_folder(None)                      # None: the built-in CIFAR-10 app (apps/cifar10)
+    end = run_app(app, fuse_run_config(app, {"num-server-rounds": 3}), RunSettings(pool_size=10), callbacks=[...])
+
+Modules, one role each: settings (the engine's settings), apps (loading app
+folders and run configs), shared_data (the @shared decorator: data in the object store), seeding
+(randomness per round, node and phase), pool (Ray workers hosting the
+ClientApp), grid (the Flower Grid over the pool, nodes' Contexts), strategies
+(Flower strategies by name, their state), loop (the round loop, start,
+evaluate_all_nodes), checkpoint (safe .npz checkpoints), callbacks (progress,
+checkpoints, metrics files), runner (one run), cli (the command line).
 """
 
+from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_folder, parse_run_config
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fl_core.config import ConfigError, SimConfig
-from fl_core.data import FederatedData, load_federated_data
-from fl_core.server import run_simulation
+from fl_core.loop import evaluate_all_nodes, start, wait_for_nodes
+from fl_core.runner import run_app
+from fl_core.settings import ConfigError, RunSettings
+from fl_core.shared_data import shared
 
 __all__ = [
+    "BUILTIN_APP_DIR",
     "Callback",
     "ConfigError",
-    "FederatedData",
+    "FlowerApp",
     "RoundEnd",
     "RunEnd",
+    "RunSettings",
     "ServerState",
-    "SimConfig",
+    "evaluate_all_nodes",
+    "fuse_run_config",
+    "load_app_folder",
     "load_checkpoint",
-    "load_federated_data",
-    "run_simulation",
+    "parse_run_config",
+    "run_app",
     "save_checkpoint",
+    "shared",
+    "start",
+    "wait_for_nodes",
 ]

@@ -1,8 +1,16 @@
 """Work hung on the round loop: progress lines, checkpoints, metrics files.
 
-A callback sees a `RoundEnd` after every round (metrics and a full
-`ServerState` snapshot) and a `RunEnd` once at the end. The Tune trainable adds
-its own callback that reports to Tune; the loop itself knows none of them.
+A callback sees a `RoundEnd` after every round (metrics and, for apps whose
+rounds fedsweep runs, a full `ServerState` snapshot) and a `RunEnd` once at the
+end. The Tune trainable adds its own callback that reports to Tune; the loop
+itself knows none of them.
+
+Per-round metrics are flat: `round`; the strategy's aggregated train metrics
+(`train_*`), aggregated federated evaluation metrics (`fed_*`) and the central
+evaluation's metrics (`central_*`), each key prefixed unless the app's key
+already starts with the prefix; the clients that replied (`train_clients`,
+`fed_clients`), the training examples (`train_samples`: the replies'
+num-examples) and the timing keys below.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import pandas as pd
 from fl_core.checkpoint import ServerState, save_checkpoint, write_atomically
 
 # Metrics that measure the machine, not the model: they differ run to run.
-TIMING_KEYS = ("seconds", "samples_per_s")
+# samples_per_s: num-examples x the train config's local-epochs (1 if absent) per second of the train phase.
+TIMING_KEYS = ("seconds", "train_seconds", "fed_seconds", "central_seconds", "samples_per_s")
 
 
 @dataclass
@@ -25,10 +34,10 @@ class RoundEnd:
     """What a callback learns after a round."""
 
     round: int
-    num_rounds: int
+    num_rounds: int | None  # None when the app loops itself (strategy.start) and fedsweep cannot know
     start_round: int
     metrics: dict
-    state: ServerState
+    state: ServerState | None  # None when the app loops itself: such runs cannot be checkpointed
 
 
 @dataclass
@@ -36,19 +45,19 @@ class RunEnd:
     """What a callback learns once the run is over."""
 
     history: list[dict]
-    client_evaluation: dict
+    client_evaluation: dict  # from fl_core.evaluate_all_nodes, when the app called it; else {}
     seconds: float
-    state: ServerState
+    state: ServerState | None
 
 
 class Callback:
     """Base class: override what you need."""
 
     def on_round_end(self, event: RoundEnd) -> None:
-        """Called after each round's evaluation."""
+        """Called after each round."""
 
     def on_run_end(self, event: RunEnd) -> None:
-        """Called once after the final all-client evaluation."""
+        """Called once after the ServerApp returned."""
 
 
 def _write_text(path: str, text: str) -> None:
@@ -56,8 +65,20 @@ def _write_text(path: str, text: str) -> None:
     write_atomically(path, lambda f: f.write(text.encode()))
 
 
+def model_metrics(metrics: dict) -> dict:
+    """The metrics of a round that describe the model: central_*, then fed_*, then train_*."""
+    keys = [k for k in metrics if k not in TIMING_KEYS and k not in ("train_clients", "fed_clients", "train_samples")]
+    return {k: metrics[k] for prefix in ("central_", "fed_", "train_") for k in keys if k.startswith(prefix)}
+
+
+def _short(key: str) -> str:
+    """A metric name for a progress line: central_accuracy -> acc, fed_loss -> fed-loss."""
+    key = key.replace("central_", "").replace("_", "-")
+    return {"accuracy": "acc"}.get(key, key.replace("accuracy", "acc"))
+
+
 class ProgressPrinter(Callback):
-    """One line per round with accuracy, loss, time and ETA; a summary at the end."""
+    """One line per round with the model's metrics, time and ETA; a summary at the end."""
 
     def __init__(self, print_fn=print) -> None:
         self.print = print_fn
@@ -68,28 +89,27 @@ class ProgressPrinter(Callback):
         m = event.metrics
         # From round times only: start-up (Ray workers, data) would inflate the first estimates.
         self._round_seconds += m["seconds"]
-        eta = self._round_seconds / (event.round - event.start_round + 1) * (event.num_rounds - event.round)
-        fed = "" if m["fed_val_accuracy"] is None else f"  fed-val acc {m['fed_val_accuracy']:.4f}"
-        self.print(
-            f"round {event.round:>3}/{event.num_rounds}  acc {m['central_accuracy']:.4f}  loss {m['central_loss']:.4f}"
-            f"{fed}  {m['seconds']:.2f} s  {m['samples_per_s']:,.0f} samples/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
-        )
+        values = "  ".join(f"{_short(k)} {v:.4f}" for k, v in model_metrics(m).items())
+        total = "" if event.num_rounds is None else f"/{event.num_rounds}"
+        eta = ""
+        if event.num_rounds is not None:
+            left = self._round_seconds / (event.round - event.start_round + 1) * (event.num_rounds - event.round)
+            eta = f"  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
+        self.print(f"round {event.round:>3}{total}  {values}  {m['seconds']:.2f} s  "
+                   f"{m.get('samples_per_s', 0):,.0f} samples/s{eta}")
 
     def on_run_end(self, event: RunEnd) -> None:
         """Print the final summary."""
-        last = event.history[-1] if event.history else {}
-        best = max(event.history, key=lambda m: m["central_accuracy"]) if event.history else {}
-        self.print(
-            f"done: {len(event.history)} rounds in {event.seconds:.1f} s; final test accuracy "
-            f"{last.get('central_accuracy', float('nan')):.4f} (best {best.get('central_accuracy', float('nan')):.4f} "
-            f"at round {best.get('round', '-')})"
-        )
+        line = f"done: {len(event.history)} rounds in {event.seconds:.1f} s"
+        if event.history and "central_accuracy" in event.history[-1]:
+            best = max(event.history, key=lambda m: m["central_accuracy"])
+            line += (f"; final test accuracy {event.history[-1]['central_accuracy']:.4f} "
+                     f"(best {best['central_accuracy']:.4f} at round {best['round']})")
+        self.print(line)
         ce = event.client_evaluation
-        if ce:
-            self.print(
-                f"per-client validation accuracy over {ce['num_clients']} clients: mean {ce['mean']:.4f}  "
-                f"min {ce['min']:.4f}  p10 {ce['p10']:.4f}  max {ce['max']:.4f}"
-            )
+        for metric, stats in ce.get("stats", {}).items():
+            self.print(f"per-client {metric} over {ce['num_clients']} clients: mean {stats['mean']:.4f}  "
+                       f"min {stats['min']:.4f}  p10 {stats['p10']:.4f}  max {stats['max']:.4f}")
 
 
 class CheckpointWriter(Callback):
@@ -100,37 +120,43 @@ class CheckpointWriter(Callback):
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Overwrite the checkpoint atomically."""
-        save_checkpoint(event.state, self.directory)
+        if event.state is not None:
+            save_checkpoint(event.state, self.directory)
 
     def on_run_end(self, event: RunEnd) -> None:
-        """The final checkpoint also carries the all-client evaluation."""
-        save_checkpoint(event.state, self.directory)
+        """The final checkpoint also carries the all-node evaluation."""
+        if event.state is not None:
+            save_checkpoint(event.state, self.directory)
 
 
 class MetricsWriter(Callback):
     """Writes `metrics.csv` and `metrics.json` (per-round history) and `summary.json` into `directory`."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, describe: dict | None = None) -> None:
         self.directory = directory
+        self.describe = describe or {}  # what summary.json says the run was (app, run config, settings)
+        self.history: list[dict] = []
 
-    def _write_history(self, history: list[dict]) -> None:
+    def _write_history(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        _write_text(os.path.join(self.directory, "metrics.csv"), pd.DataFrame(history).to_csv(index=False))
-        _write_text(os.path.join(self.directory, "metrics.json"), json.dumps(history, indent=1))
+        _write_text(os.path.join(self.directory, "metrics.csv"), pd.DataFrame(self.history).to_csv(index=False))
+        _write_text(os.path.join(self.directory, "metrics.json"), json.dumps(self.history, indent=1))
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Rewrite the history files with the new round."""
-        self._write_history(event.state.history)
+        self.history = list(event.state.history) if event.state is not None else self.history + [event.metrics]
+        self._write_history()
 
     def on_run_end(self, event: RunEnd) -> None:
         """Write the final summary."""
-        self._write_history(event.history)
+        self.history = list(event.history)
+        self._write_history()
         summary = {
             "rounds": len(event.history),
             "final": event.history[-1] if event.history else None,
             "client_evaluation": {k: v for k, v in event.client_evaluation.items() if k != "per_client"},
-            "per_client_accuracy": event.client_evaluation.get("per_client"),
+            "per_client": event.client_evaluation.get("per_client"),
             "seconds": event.seconds,
-            "config": event.state.config,
+            **self.describe,
         }
         _write_text(os.path.join(self.directory, "summary.json"), json.dumps(summary, indent=1))

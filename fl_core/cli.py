@@ -1,145 +1,208 @@
-"""`python -m fl_core`: run one federated simulation from the command line."""
+"""`python -m fl_core`: run one Flower app (default: the built-in CIFAR-10 job) on Ray, checkpointed and resumable.
+
+Flags: the engine's settings (`--pool-size`, `--seed`, resources), the run
+(`--app`, `--checkpoint-dir`, `--resume`, `--address`, `--engine`), overrides of
+the app's run config written as `flwr run` takes them (`--run-config "k=v ..."`)
+and, for convenience, one flag per run-config key of the app (`--lr 0.05`,
+`--fedadam.eta 0.01`). Everything that can be checked is checked before Ray
+starts; bad input gets one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import time
 
-from fl_core.config import (AUGMENTS, DATASETS, PARTITIONS, STRATEGIES, ConfigError, SimConfig, local_resources,
-                            setting_type)
+from fl_core.apps import FlowerApp, coerce, fuse_run_config, load_app_folder, parse_run_config
+from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources, setting_type
 
-HELP = {
-    "dataset": f"data set: {', '.join(DATASETS)} (synthetic: CIFAR-shaped, learnable, for tests and quick runs)",
-    "data_dir": "folder holding cifar-10-batches-py; default ./data, where CIFAR-10 is downloaded if absent",
-    "synthetic_size": "training images of the synthetic set (test set: a fifth of it)",
-    "pool_size": "number of clients the training set is split into",
-    "partition": f"how to split: {', '.join(PARTITIONS)} (Flower Datasets partitioners)",
-    "alpha": "Dirichlet concentration for --partition dirichlet (smaller: more skewed)",
-    "classes_per_client": "labels each client holds for --partition pathological",
-    "val_ratio": "share of each client's data kept as its validation split, in [0, 1)",
-    "model": "model from fl_core.models.MODELS",
-    "num_rounds": "federated rounds",
-    "fraction_fit": "share of clients sampled to train each round, in (0, 1]",
-    "fraction_evaluate": "share of clients sampled for federated validation each round (0: none)",
-    "min_fit_clients": "at least this many clients train each round",
-    "min_evaluate_clients": "at least this many clients validate each round",
-    "local_epochs": "local epochs per round",
-    "batch_size": "local minibatch size",
-    "lr": "local SGD learning rate",
-    "momentum": "local SGD momentum",
-    "weight_decay": "local SGD weight decay",
-    "augment": f"training augmentation: {', '.join(AUGMENTS)} (crop-flip: reflect-pad 4, random crop, h-flip)",
-    "eval_batch_size": "batch size for evaluation",
-    "strategy": f"aggregation: {', '.join(STRATEGIES)}",
-    "proximal_mu": "FedProx proximal term weight",
-    "server_lr": "server learning rate of fedavgm (server_learning_rate) or fedadam/fedyogi (eta); "
-    "default: Flower's default for the strategy",
-    "server_momentum": "FedAvgM server momentum",
+PROG = "python -m fl_core"
+SETTING_HELP = {
+    "pool_size": "number of clients (nodes); each gets node_config partition-id and num-partitions",
+    "seed": "seed of node sampling and of the generators reseeded around every call; also the app's "
+    "run-config key seed, when it has one",
     "num_client_cpus": "CPUs per client worker (its torch thread count)",
     "num_client_gpus": "GPUs per client worker, fractions share a GPU (e.g. 0.25)",
-    "server_cpus": "torch threads of the server's central evaluation; default: in a Tune trial its own "
+    "server_cpus": "torch threads of the server process (central evaluation); default: in a Tune trial its own "
     "bundle's CPUs, alone every local core (client workers idle meanwhile)",
-    "max_parallel_clients": "cap on client workers running at once (default: as many as fit)",
-    "seed": "seed of partitioning, model init, client sampling and local shuffling",
+    "server_gpus": "GPUs the server process may use (0: it sees none)",
+    "max_parallel_clients": "cap on client workers (default: the clients a round uses, as the cluster allows)",
+}
+# Flags of fedsweep before its engine ran Flower apps, and what replaced them.
+RENAMED = {
+    "--num-rounds": "--num-server-rounds",
+    "--fraction-fit": "--fraction-train",
+    "--min-fit-clients": "--min-train-nodes",
+    "--min-evaluate-clients": "--min-evaluate-nodes",
+    "--proximal-mu": "--fedprox.proximal-mu",
+    "--server-momentum": "--fedavgm.server-momentum",
+    "--server-lr": "--fedavgm.server-learning-rate, --fedadam.eta, --fedyogi.eta or --fedadagrad.eta",
+    "--model": "nothing: the built-in app has one model (write an app for another)",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Parser whose flags mirror SimConfig; unset flags are absent from the result."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fl_core",
-        description="Federated CIFAR-10 simulation with Flower clients on Ray actors (FedAvg and friends), "
-        "checkpointed every round and resumable.",
-        argument_default=argparse.SUPPRESS,  # only flags given on the command line come back
-    )
-    defaults = SimConfig()
-    for f in dataclasses.fields(SimConfig):
-        default = getattr(defaults, f.name)
-        kind, _ = setting_type(f.name)
-        shown = "(see text)" if default is None else default
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"{HELP[f.name]} (default: {shown})")
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one ConfigError line instead of usage + exit."""
+
+    def error(self, message):
+        """Raise instead of printing the usage block."""
+        raise ConfigError(message)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every invocation has: app, run config, output, resume, cluster, engine."""
+    parser.add_argument("--app", metavar="DIR", help="Flower app folder (its pyproject.toml); default: the built-in "
+                        "CIFAR-10 app, apps/cifar10")
+    parser.add_argument("--run-config", action="append", default=[], metavar="'K=V ...'",
+                        help="run-config overrides as `flwr run --run-config` takes them (repeatable)")
     parser.add_argument("--checkpoint-dir", help="folder for the checkpoint and metrics (default: results/run-<time>, "
                         "or the resumed checkpoint's folder)")
     parser.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (file or its folder); "
-                        "settings default to the checkpoint's")
-    parser.add_argument("--address", help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set "
-                        "(as in a Ray Job), else start a local Ray in-process")
+                        "settings and run config default to the checkpoint's")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set (as in a Ray Job), "
+                        "else start a local Ray in-process")
+    parser.add_argument("--engine", choices=("fedsweep", "flower"), default="fedsweep",
+                        help="flower: run the app under Flower's own simulation engine instead, for comparison "
+                        "(no checkpoints, no resume)")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
+
+
+def build_parser(app: FlowerApp) -> argparse.ArgumentParser:
+    """Parser of the run flags, the engine settings and one flag per run-config key of `app`."""
+    parser = _Parser(prog=PROG, description="Run a Flower app with fedsweep's engine on Ray: a worker pool sized to "
+                     "the run, data shared through the object store, a checkpoint every round, exact resume.",
+                     argument_default=argparse.SUPPRESS)
+    _run_flags(parser)
+    engine = parser.add_argument_group("engine settings")
+    defaults = RunSettings()
+    for name in SETTING_NAMES:
+        kind, _ = setting_type(name)
+        shown = "(see text)" if getattr(defaults, name) is None else getattr(defaults, name)
+        engine.add_argument(_flag(name), type=kind, help=f"{SETTING_HELP[name]} (default: {shown})")
+    taken = {_flag(name) for name in SETTING_NAMES} | {"--app", "--run-config", "--checkpoint-dir", "--resume",
+                                                        "--address", "--engine", "--verbose"}
+    keys = parser.add_argument_group(f"run config of app {app.name} (same as --run-config KEY=VALUE)")
+    for key, default in app.defaults.items():
+        if "--" + key not in taken:
+            keys.add_argument("--" + key, dest="rc:" + key, metavar="VALUE", help=f"(default: {default!r})")
     return parser
 
 
-def _prepare(argv: list[str] | None):
+def _pre_parse(argv: list[str]) -> argparse.Namespace:
+    """--app and --resume, needed before the full parser (its flags come from the app) can be built."""
+    pre = _Parser(add_help=False)
+    pre.add_argument("--app")
+    pre.add_argument("--resume")
+    return pre.parse_known_args(argv)[0]
+
+
+def prepare(argv: list[str]):
     """Parse and check everything that can be checked before Ray starts.
 
-    Returns (config, resume state or None, output folder, Ray address or None, verbose).
+    Returns (app, run_config, settings, resume state or None, output folder, args).
     """
-    from fl_core.checkpoint import CHECKPOINT_FILE, check_compatible, checkpoint_path, load_checkpoint
+    from fl_core.checkpoint import CHECKPOINT_FILE, check_resume, checkpoint_path, load_checkpoint
 
-    args = vars(build_parser().parse_args(argv))
-    resume_path = args.pop("resume", None)
-    out_dir = args.pop("checkpoint_dir", None)
-    address = args.pop("address", os.environ.get("RAY_ADDRESS"))  # set by Ray inside a Ray Job
-    verbose = args.pop("verbose", False)
-    resume = None
-    if resume_path is not None:
-        resume = load_checkpoint(resume_path)
-        config = SimConfig.from_dict({**resume.config, **args})
-        check_compatible(resume, config)
-        out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint_path(resume_path)))
+    early = _pre_parse(argv)
+    resume = load_checkpoint(early.resume) if early.resume is not None else None
+    app = load_app_folder(early.app if early.app is not None or resume is None else resume.app_dir)
+    args, unknown = build_parser(app).parse_known_args(argv)
+    if unknown:
+        renamed = [f"{flag} is now {RENAMED[flag.split('=')[0]]}" for flag in unknown if flag.split("=")[0] in RENAMED]
+        raise ConfigError("; ".join(renamed) if renamed else f"unrecognized arguments: {' '.join(unknown)} "
+                          f"(app {app.name} has no such run-config key; see {PROG} --help)")
+    values = vars(args)
+    overrides = parse_run_config(values["run_config"])
+    overrides.update({k[3:]: v for k, v in values.items() if k.startswith("rc:")})
+    given = {name: values[name] for name in SETTING_NAMES if name in values}
+    base = dict(resume.settings) if resume is not None else {}
+    settings = RunSettings.from_dict({**base, **given})
+    if "seed" in overrides:  # one seed per run: the app's run-config key seed is the engine's seed
+        seed = coerce("seed", overrides.pop("seed"), 0)
+        if "seed" in given and given["seed"] != seed:
+            raise ConfigError(f"--seed {given['seed']} and run-config seed={seed} disagree: give one of them")
+        settings.seed = seed
+    start = dict(resume.run_config) if resume is not None else {}
+    run_config = fuse_run_config(app, {**start, **overrides})
+    if "seed" in app.defaults:
+        run_config["seed"] = settings.seed
+    if values["address"] is None:
+        cpus, gpus = local_resources()
+        settings.validate(local_cpus=cpus, local_gpus=gpus)
     else:
-        config = SimConfig.from_dict(args)
+        settings.validate()
+    app.check(run_config, settings.pool_size)
+    out_dir = values.get("checkpoint_dir")
+    if resume is not None:
+        for note in check_resume(resume, app, run_config, settings):
+            print(f"note: {note}")
+        out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint_path(early.resume)))
+    else:
         out_dir = out_dir or os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S"))
         if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
-            raise ConfigError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, or pick another --checkpoint-dir")
-    if address is None:
-        cpus, gpus = local_resources()
-        config.validate(local_cpus=cpus, local_gpus=gpus)
-    else:
-        config.validate()
+            raise ConfigError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
+                              "or pick another --checkpoint-dir")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
-    return config, resume, out_dir, address, verbose
+    return app, run_config, settings, resume, out_dir, values
+
+
+def _start_ray(address: str | None) -> None:
+    """Join `address`, or start a local Ray in this process with every local CPU."""
+    import ray
+
+    if address is None:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config, resume, out_dir, address, verbose = _prepare(argv)
-        from fl_core.data import load_federated_data, partition_summary
+        app, run_config, settings, resume, out_dir, args = prepare(argv)
+        if args["engine"] == "flower":  # Flower's engine reports through Flower's log: keep it
+            if resume is not None:
+                raise ConfigError("--engine flower cannot --resume: Flower's engine has no checkpoints")
+            from fl_core.flower_engine import run_with_flower
 
-        data = load_federated_data(config)
+            run_with_flower(app, run_config, settings, verbose=args.get("verbose", False))
+            return 0
+        if not args.get("verbose"):
+            logging.getLogger("flwr").setLevel(logging.WARNING)
+        from fl_core.runner import prepare_shared
+
+        shared_values = prepare_shared(app, run_config, settings.pool_size)  # bad data is bad input: before Ray
     except ConfigError as exc:
-        print(f"fl_core: error: {exc}", file=sys.stderr)
+        print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
     import ray
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
-    from fl_core.server import run_simulation
+    from fl_core.runner import run_app
 
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    print(partition_summary(data))
     owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
-    if owns_ray and address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-    elif owns_ray:
-        ray.init(address=address, logging_level=logging.WARNING)
+    if owns_ray:
+        _start_ray(args["address"])
     where = f"resuming after round {resume.round}" if resume else "starting"
-    print(f"{where}: {config.num_rounds} rounds, {config.clients_per_round()} of {config.pool_size} clients per round, "
-          f"strategy {config.strategy}; checkpoints and metrics in {out_dir}")
+    print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints and metrics in {out_dir}")
+    describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config, "settings": settings.to_dict()}
     try:
-        run_simulation(
-            config,
-            data=data,
-            resume=resume,
-            callbacks=[ProgressPrinter(), CheckpointWriter(out_dir), MetricsWriter(out_dir)],
-        )
+        run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
+                callbacks=[ProgressPrinter(), CheckpointWriter(out_dir), MetricsWriter(out_dir, describe)])
     except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
-        print(f"fl_core: error: {exc}", file=sys.stderr)
+        print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
         if owns_ray:

@@ -1,9 +1,10 @@
 """CIFAR-10 (or a CIFAR-shaped synthetic set), split into federated clients.
 
-Images stay uint8 NCHW numpy arrays in one `FederatedData` object: the driver
-puts it in Ray's object store once and every worker reads it from shared memory.
-Clients are index arrays into the training set, built with Flower Datasets'
-partitioners.
+Images stay uint8 NCHW numpy arrays in one `FederatedData` object. `load_data`
+is `@fl_core.shared`: under fedsweep the driver builds it once and every worker
+reads it from Ray's object store (shared memory); under Flower's own engine each
+process builds it once. Clients are index arrays into the training set, built
+with Flower Datasets' partitioners.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fl_core.config import ConfigError, SimConfig
+from fl_core import shared
 
 NUM_CLASSES = 10
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -78,18 +79,18 @@ def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarr
         except Exception as exc:  # offline, proxy, disk: all end the same way for the user
             if created:
                 shutil.rmtree(root, ignore_errors=True)  # leave nothing behind on failure
-            raise ConfigError(
+            raise ValueError(
                 f"CIFAR-10 is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}); "
                 f"put the python-version archive's {CIFAR_FOLDER}/ folder under --data-dir, or use --dataset synthetic"
             ) from None
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise ConfigError(f"{folder} is incomplete (missing {', '.join(missing)}): restore it or delete it to re-download")
+        raise ValueError(f"{folder} is incomplete (missing {', '.join(missing)}): restore it or delete it to re-download")
     try:
         parts = [_read_batch(os.path.join(folder, n)) for n in names]
     except Exception as exc:
-        raise ConfigError(f"cannot read CIFAR-10 batches in {folder}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot read CIFAR-10 batches in {folder}: {type(exc).__name__}: {exc}") from None
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     return train_x, train_y, parts[5][0], parts[5][1]
@@ -120,54 +121,56 @@ def make_synthetic(num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray, n
 # Partitioning
 
 
-def _make_partitioner(config: SimConfig, num_samples: int):
-    """The Flower Datasets partitioner for the configured scheme."""
+def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alpha: float, classes_per_client: int,
+                      seed: int):
+    """The Flower Datasets partitioner for the scheme."""
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
-    if config.partition == "iid":
-        return IidPartitioner(num_partitions=config.pool_size)
-    if config.partition == "dirichlet":
+    if partition == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if partition == "dirichlet":
         return DirichletPartitioner(
-            num_partitions=config.pool_size,
+            num_partitions=num_partitions,
             partition_by="label",
-            alpha=config.alpha,
+            alpha=alpha,
             # Flower's default of 10, lowered for large pools (50 samples a client
             # at alpha 0.5 almost never gives every client 10: the draw would fail).
-            min_partition_size=min(10, max(1, num_samples // config.pool_size // 10)),
+            min_partition_size=min(10, max(1, num_samples // num_partitions // 10)),
             self_balancing=False,
             shuffle=True,
-            seed=config.seed,
+            seed=seed,
         )
     return PathologicalPartitioner(
-        num_partitions=config.pool_size,
+        num_partitions=num_partitions,
         partition_by="label",
-        num_classes_per_partition=config.classes_per_client,
+        num_classes_per_partition=classes_per_client,
         class_assignment_mode="random",
         shuffle=True,
-        seed=config.seed,
+        seed=seed,
     )
 
 
-def partition_indices(labels: np.ndarray, config: SimConfig) -> list[np.ndarray]:
-    """Training-set indices of each of `pool_size` clients; deterministic from the seed."""
+def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
+                      classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Training-set indices of each of `num_partitions` clients; deterministic from the seed."""
     import datasets
 
     datasets.disable_progress_bars()
     table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
-    if config.partition == "iid":
+    if partition == "iid":
         # IidPartitioner takes contiguous shards: shuffle first, as FederatedDataset does.
-        table = table.shuffle(seed=config.seed).flatten_indices()
-    partitioner = _make_partitioner(config, len(labels))
-    partitioner.dataset = table
+        table = table.shuffle(seed=seed).flatten_indices()
+    partitioner = _make_partitioner(partition, num_partitions, len(labels), alpha, classes_per_client, seed)
+    partitioner.dataset = table.with_format("numpy")  # columns as arrays, not Python lists
     try:
         with warnings.catch_warnings():
             # DirichletPartitioner warns on every redraw for min_partition_size; redraws are expected.
             warnings.simplefilter("ignore", UserWarning)
-            parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(config.pool_size)]
+            parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(num_partitions)]
     except ValueError as exc:
-        raise ConfigError(
-            f"cannot split {len(labels)} samples into {config.pool_size} {config.partition} partitions ({exc}); "
-            "use fewer clients, a larger --alpha or more --classes-per-client"
+        raise ValueError(
+            f"cannot split {len(labels)} samples into {num_partitions} {partition} partitions ({exc}); "
+            "use fewer clients, a larger alpha or more classes-per-client"
         ) from None
     return parts
 
@@ -185,15 +188,22 @@ def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> 
     return train, val
 
 
-def load_federated_data(config: SimConfig) -> FederatedData:
-    """Load the configured dataset and split it into clients (the only entry point callers need)."""
-    if config.dataset == "cifar10":
-        train_x, train_y, test_x, test_y = load_cifar10(config.data_dir)
+@shared
+def load_data(run_config, num_partitions: int) -> FederatedData:
+    """The run's data set split into `num_partitions` clients, from the run config's data keys."""
+    if run_config["dataset"] == "cifar10":
+        train_x, train_y, test_x, test_y = load_cifar10(run_config["data-dir"] or None)
     else:
-        train_x, train_y, test_x, test_y = make_synthetic(config.synthetic_size, config.seed)
-    if config.pool_size > len(train_y):
-        raise ConfigError(f"--pool-size {config.pool_size} exceeds the {len(train_y)} training samples")
-    client_train, client_val = split_validation(partition_indices(train_y, config), config.val_ratio, config.seed)
+        train_x, train_y, test_x, test_y = make_synthetic(int(run_config["synthetic-size"]), int(run_config["seed"]))
+    if num_partitions > len(train_y):
+        raise ValueError(f"--pool-size {num_partitions} exceeds the {len(train_y)} training samples")
+    partition = run_config["partition"]
+    parts = partition_indices(
+        train_y, partition, num_partitions, seed=int(run_config["seed"]),
+        alpha=float(run_config["alpha"]) if partition == "dirichlet" else 0.5,
+        classes_per_client=int(run_config["classes-per-client"]) if partition == "pathological" else 2,
+    )
+    client_train, client_val = split_validation(parts, float(run_config["val-ratio"]), int(run_config["seed"]))
     return FederatedData(train_x, train_y, test_x, test_y, client_train, client_val)
 
 

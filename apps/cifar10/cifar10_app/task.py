@@ -1,18 +1,67 @@
-"""Training and evaluation on tensors: no DataLoader, no per-sample transforms.
+"""The model, and training and evaluation on tensors: no DataLoader, no per-sample transforms.
 
 A client's images arrive as one uint8 NCHW array; they are normalised once into
 a float tensor and minibatches are index slices of it. Augmentation works on
-whole batches.
+whole batches. Every random draw of a client's training comes from a generator
+seeded by (seed, round, partition), so an update depends on nothing else.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NDArrays = list[np.ndarray]
+
+class Net(nn.Module):
+    """The CNN of Flower's CIFAR-10 examples (conv6-conv16-fc120-fc84-fc10, 62,006 parameters)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of normalised 3x32x32 images."""
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def initial_model(seed: int) -> Net:
+    """A freshly initialised Net; the same seed gives the same weights (torch's global generator is left as it was)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return Net()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def pick_device() -> torch.device:
+    """The first GPU this process may use, else the CPU (Ray shows a worker only the GPUs it reserved)."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=2)
+def working_model(device: str) -> Net:
+    """One model per process and device, reused: every call loads the weights it was sent into it."""
+    return place_model(Net(), device)
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Seed of a client's shuffling and augmentation: a function of (seed, round, partition) only."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def memory_format(device: torch.device | str) -> torch.memory_format:
@@ -52,19 +101,6 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous(memory_format=memory_format(batch.device))
 
 
-def get_parameters(model: nn.Module) -> NDArrays:
-    """The model's weights as numpy arrays, in state_dict order."""
-    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
-
-
-def set_parameters(model: nn.Module, parameters: NDArrays) -> None:
-    """Load numpy arrays (state_dict order) into the model."""
-    keys = list(model.state_dict().keys())
-    if len(keys) != len(parameters):
-        raise ValueError(f"model has {len(keys)} tensors, got {len(parameters)} arrays")
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in zip(keys, parameters)}, strict=True)
-
-
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -79,11 +115,12 @@ def train(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
 ) -> float:
-    """SGD on (x, y) for `epochs`; returns the mean training loss over all batches.
+    """SGD on (x, y) for `epochs`; returns the mean cross-entropy over all batches.
 
     Shuffling and augmentation draw only from `generator`, so a client's update
     depends on nothing but its data, the incoming weights and the generator's seed.
-    With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added.
+    With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to
+    the loss that is minimised, not to the one reported.
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -98,11 +135,12 @@ def train(
             if augment == "crop-flip":
                 xb = crop_flip(xb, generator)
             loss = F.cross_entropy(model(xb), y[idx])
+            objective = loss
             if global_weights is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights))
-                loss = loss + 0.5 * proximal_mu * prox
+                objective = loss + 0.5 * proximal_mu * prox
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
             total += loss.detach()  # no .item() per batch: it would sync a GPU every step
             batches += 1

@@ -1,0 +1,154 @@
+"""Flower apps as fedsweep finds them: a folder with a pyproject.toml, as `flwr run` takes it.
+
+The folder's `[tool.flwr.app.components]` name the ServerApp and ClientApp,
+`[tool.flwr.app.config]` holds the run config's defaults, and overrides are
+written as `flwr run --run-config` takes them (`"lr=0.1 local-epochs=2"`).
+Reading and validating use Flower's own functions. An optional `[tool.fedsweep]`
+table adds what only fedsweep uses:
+
+    [tool.fedsweep]
+    check-run-config = "mypkg.task:check_run_config"   # fn(run_config, num_partitions); raises ValueError on bad input
+    resume-may-change = ["num-server-rounds"]          # run-config keys a resumed run may change (this is the default)
+
+The built-in CIFAR-10 job is such a folder: `apps/cifar10`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass
+
+from fl_core.settings import ConfigError
+
+BUILTIN_APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "cifar10")
+DEFAULT_RESUME_MAY_CHANGE = ("num-server-rounds",)
+
+
+@dataclass(frozen=True)
+class FlowerApp:
+    """A Flower app folder: where it is, its components and its run-config defaults."""
+
+    directory: str  # absolute path of the folder holding pyproject.toml
+    name: str  # [project].name
+    server_app: str  # "module:attribute" of the ServerApp
+    client_app: str  # "module:attribute" of the ClientApp
+    defaults: dict  # flat run config from [tool.flwr.app.config]
+    check_run_config: str | None = None  # "module:function", from [tool.fedsweep]
+    resume_may_change: tuple[str, ...] = DEFAULT_RESUME_MAY_CHANGE
+
+    def load(self, component: str):
+        """The app's ServerApp (`component="server"`) or ClientApp ("client"), imported from its folder."""
+        from flwr.supercore.object_ref import load_app
+
+        reference = self.server_app if component == "server" else self.client_app
+        return load_app(reference, ConfigError, self.directory)
+
+    def check(self, run_config: dict, num_partitions: int) -> None:
+        """Run the app's own run-config check, if it declares one; ConfigError with its message."""
+        if self.check_run_config is None:
+            return
+        from flwr.supercore.object_ref import load_app
+
+        check = load_app(self.check_run_config, ConfigError, self.directory)
+        flower_log = logging.getLogger("flwr")
+        level = flower_log.level
+        flower_log.setLevel(logging.ERROR)  # a check may build a strategy: its start-up warnings come later anyway
+        try:
+            check(dict(run_config), num_partitions)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        finally:
+            flower_log.setLevel(level)
+
+
+def load_app_folder(directory: str | None) -> FlowerApp:
+    """The app in `directory` (None: the built-in CIFAR-10 app); ConfigError when it is not a valid Flower app."""
+    from flwr.common.config import flatten_dict, get_project_config
+
+    folder = os.path.abspath(directory or BUILTIN_APP_DIR)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--app {directory} is not a folder: give the folder that holds the app's pyproject.toml")
+    try:
+        project = get_project_config(folder)
+    except FileNotFoundError:
+        raise ConfigError(f"--app {directory or folder} has no pyproject.toml: it is not a Flower app folder") from None
+    except ValueError as exc:  # Flower's validation: one line per problem
+        raise ConfigError(f"--app {directory or folder}: " + " ".join(str(exc).split())) from None
+    except Exception as exc:  # a TOML syntax error
+        raise ConfigError(f"--app {directory or folder}: cannot read pyproject.toml ({exc})") from None
+    flwr_app = project["tool"]["flwr"]["app"]
+    ours = project.get("tool", {}).get("fedsweep", {})
+    may_change = ours.get("resume-may-change", list(DEFAULT_RESUME_MAY_CHANGE))
+    if not isinstance(may_change, list) or not all(isinstance(k, str) for k in may_change):
+        raise ConfigError(f"--app {folder}: [tool.fedsweep] resume-may-change must be a list of run-config keys")
+    return FlowerApp(
+        directory=folder,
+        name=str(project["project"]["name"]),
+        server_app=flwr_app["components"]["serverapp"],
+        client_app=flwr_app["components"]["clientapp"],
+        defaults=flatten_dict(flwr_app.get("config", {})),
+        check_run_config=ours.get("check-run-config"),
+        resume_may_change=tuple(may_change),
+    )
+
+
+def parse_run_config(texts: list[str]) -> dict:
+    """Overrides written as `flwr run --run-config` takes them (`"k=v k2=v2"`, or one .toml file), flattened."""
+    from flwr.common.config import parse_config_args
+
+    try:
+        return parse_config_args(list(texts))
+    except Exception as exc:  # click's exception for bad TOML values, OSError for a missing .toml file
+        message = getattr(exc, "message", None) or str(exc)
+        raise ConfigError(f"--run-config {' '.join(texts)!r}: {' '.join(message.split())}") from None
+
+
+def config_key(app: FlowerApp, key: str, where: str) -> str:
+    """The app's run-config key for `key` as a user typed it (`_` for `-` accepted); ConfigError if it has none."""
+    if key in app.defaults:
+        return key
+    dashed = key.replace("_", "-")
+    if dashed in app.defaults:
+        return dashed
+    close = difflib.get_close_matches(dashed, app.defaults, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f"; its keys: {', '.join(app.defaults)}"
+    raise ConfigError(f"{where}: {key!r} is not a run-config key of app {app.name}{hint}")
+
+
+def coerce(key: str, value, default):
+    """`value` (a string from a command line, or a parsed TOML/YAML scalar) as the type of `default`."""
+    kind = type(default)
+    try:
+        if isinstance(value, str) and kind is not str:
+            text = value.strip()
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                return text.lower() == "true"
+            number = float(text)
+            if kind is int:
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return number
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError
+        return value.strip() if kind is str else value
+    except (TypeError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"run-config key {key} expects {expected}, got {value!r}") from None
+
+
+def fuse_run_config(app: FlowerApp, overrides: dict, where: str = "--run-config") -> dict:
+    """The app's defaults with `overrides` applied; unknown keys and values of another type are refused."""
+    fused = dict(app.defaults)
+    for key, value in overrides.items():
+        name = config_key(app, key, where)
+        fused[name] = coerce(name, value, app.defaults[name])
+    return fused

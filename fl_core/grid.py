@@ -1,0 +1,155 @@
+"""A Flower `Grid` over the Ray worker pool: what a ServerApp and its strategy talk to under fedsweep.
+
+Flower's strategies use only `get_node_ids()` and `send_and_receive()`; the
+other abstract methods are implemented as Flower's in-memory grid does. The
+grid keeps every node's `Context` (node config with `partition-id` and
+`num-partitions`, the run config, and `state`) in the driver and sends it with
+each message, so a node's state follows it to whichever worker runs it, and a
+checkpoint can hold it.
+
+Replies come back in the order the messages were sent, so aggregation does not
+depend on which worker finished first. A ClientApp that raises aborts the run
+with its node, round and traceback (fault policies are future work); timeouts
+are not applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fl_core.seeding import derive_seed, message_phase
+
+NODE_ID_OFFSET = 1000  # node ids are NODE_ID_OFFSET + partition-id (Flower's server itself is node 1)
+
+
+class ClientAppError(RuntimeError):
+    """A ClientApp raised (or its worker died) while handling a message."""
+
+
+def message_round(message: Message) -> int | None:
+    """The `server-round` a strategy put in the message's config, if any."""
+    if not message.has_content():
+        return None
+    for record in message.content.config_records.values():
+        if "server-round" in record:
+            return int(record["server-round"])
+    return None
+
+
+class RayGrid(Grid):
+    """Sends messages to the ClientApps hosted by a `WorkerPool`; holds every node's Context."""
+
+    def __init__(self, pool, *, num_nodes: int, run_config: dict, seed: int, run_id: int,
+                 node_states: dict[int, RecordDict] | None = None) -> None:
+        """Nodes NODE_ID_OFFSET .. +num_nodes-1; `node_states` restores states a checkpoint held."""
+        self.pool = pool
+        self.seed = seed
+        self._run = Run.create_empty(run_id)
+        self.node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
+        states = node_states or {}
+        self.contexts = {
+            node_id: Context(
+                run_id=run_id,
+                node_id=node_id,
+                node_config={"partition-id": node_id - NODE_ID_OFFSET, "num-partitions": num_nodes},
+                state=states.get(node_id, RecordDict()),
+                run_config=run_config,
+            )
+            for node_id in self.node_ids
+        }
+        self.listeners: list[Callable[[list[Message], list[Message], float], None]] = []
+        self._pushed: dict[str, Message] = {}
+        self._replies: dict[str, Message] = {}
+        self._sent = 0
+
+    # -- Grid API ---------------------------------------------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        """Set the run this grid operates in."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """The run this grid operates in."""
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        """A new message (Flower deprecates this in favour of the `Message` constructor)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        """Every node, in a stable order."""
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Queue messages for their nodes; returns their ids (they run when pulled)."""
+        ids = []
+        for message in messages:
+            if message.metadata.dst_node_id not in self.contexts:
+                raise ValueError(f"message for node {message.metadata.dst_node_id}, which does not exist in this run")
+            self._sent += 1
+            message_id = f"m{self._sent}"
+            message.metadata.__dict__["_message_id"] = message_id  # as Flower's in-memory grid sets it
+            self._pushed[message_id] = message
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Replies to the given messages, running those not run yet (all at once, on the pool)."""
+        wanted = list(message_ids)
+        to_run = [i for i in wanted if i in self._pushed]
+        if to_run:
+            self._execute(to_run)
+        return [self._replies.pop(i) for i in wanted if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Run every message on the pool and return the replies in the order the messages came."""
+        t0 = time.perf_counter()
+        messages = list(messages)
+        replies = self.pull_messages(self.push_messages(messages))
+        seconds = time.perf_counter() - t0
+        for listener in self.listeners:
+            listener(messages, replies, seconds)
+        return replies
+
+    # -- fedsweep ---------------------------------------------------------------------------
+
+    def node_states(self) -> dict[int, RecordDict]:
+        """Every node's Context state that holds something (what a checkpoint keeps)."""
+        return {node_id: c.state for node_id, c in self.contexts.items() if len(c.state) > 0}
+
+    def call_seed(self, message: Message) -> int:
+        """Seed of the global generators for one ClientApp call: (seed, round, node, message type)."""
+        server_round = message_round(message)
+        if server_round is None:  # no round in the message: its position in the run keys it
+            server_round = 1_000_000 + self._sent
+        return derive_seed(self.seed, server_round, message.metadata.dst_node_id,
+                           message_phase(message.metadata.message_type))
+
+    def _execute(self, message_ids: list[str]) -> None:
+        """Run the pushed messages on the pool; store replies, update node states, fail on app errors."""
+        import ray
+
+        messages = [self._pushed.pop(i) for i in message_ids]
+        calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
+        try:
+            results = self.pool.run(calls)
+        except ray.exceptions.RayActorError as exc:
+            raise ClientAppError(f"a client worker died while running a round's messages: {exc}") from None
+        for message, (reply, state) in zip(messages, results):
+            node_id = message.metadata.dst_node_id
+            if reply.has_error():
+                where = f"round {message_round(message)}" if message_round(message) is not None else "a message"
+                raise ClientAppError(
+                    f"the ClientApp of node {node_id} (partition-id {node_id - NODE_ID_OFFSET}) failed in {where} "
+                    f"({message.metadata.message_type}):\n{reply.error.reason}"
+                )
+            self.contexts[node_id].state = state
+            reply.metadata.__dict__["_message_id"] = f"r{message.metadata.message_id}"
+            self._replies[message.metadata.message_id] = reply

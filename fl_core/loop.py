@@ -1,0 +1,291 @@
+"""The round loop, and the two calls an app makes to hand its rounds to fedsweep.
+
+`start(strategy, grid, ...)` takes the arguments of Flower's `strategy.start`.
+Under fedsweep it runs the rounds itself, resumable from any round:
+
+    configure_train -> grid -> aggregate_train -> configure_evaluate -> grid
+    -> aggregate_evaluate -> central evaluation
+
+(the order of Flower's own `Strategy.start`), with the global generators
+reseeded from (seed, round, phase) before every strategy call and central
+evaluation, node sampling drawn from (seed, round), the strategy's state and
+every node's Context state in each round's checkpoint, and every round reported
+to the callbacks. Anywhere else (Flower's own engine) it calls
+`strategy.start(...)` and returns its result, so the app runs unchanged there.
+
+`evaluate_all_nodes(grid, arrays, config)` sends one evaluate message to every
+node and summarises their metrics (mean, min, 10th percentile, max); under
+fedsweep the summary also lands in the run's summary and its last Tune report.
+
+An app that calls `strategy.start` itself still runs: the grid sees its
+messages and `RoundObserver` reports what they show (client-side metrics per
+round), but such a run cannot be checkpointed or resumed.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fl_core import seeding
+from fl_core.checkpoint import CheckpointError, ServerState
+from fl_core.grid import message_round
+from fl_core.strategies import innermost, restore_strategy_state, strategy_state
+
+
+def start(strategy, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+          train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+          evaluate_fn=None) -> Result:
+    """Drop-in for `strategy.start(grid=grid, initial_arrays=..., ...)`: fedsweep runs the rounds when it hosts the app.
+
+    Returns Flower's `Result`. After a resume it holds the rounds run in this
+    process (the checkpoint's metrics history has them all).
+    """
+    from fl_core.runner import active_run
+
+    run = active_run(grid)
+    if run is None:
+        return strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                              train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+    return run_rounds(run, strategy, initial_arrays, num_rounds, timeout,
+                      ConfigRecord() if train_config is None else train_config,
+                      ConfigRecord() if evaluate_config is None else evaluate_config, evaluate_fn)
+
+
+def prefixed(prefix: str, record: MetricRecord | None) -> dict:
+    """Scalar metrics of `record` with `prefix` (unless a key already starts with it); lists are left out."""
+    out = {}
+    for key, value in (record or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key if key.startswith(prefix) else prefix + key] = float(value)
+    return out
+
+
+def examples(replies: list[Message], weighting_key: str) -> tuple[int, float]:
+    """(replies without error, sum of their `weighting_key` metric)."""
+    valid = [r for r in replies if not r.has_error()]
+    total = 0.0
+    for reply in valid:
+        for record in reply.content.metric_records.values():
+            value = record.get(weighting_key)
+            total += value if isinstance(value, (int, float)) else 0.0
+            break
+    return len(valid), total
+
+
+def check_same_model(saved: ArrayRecord, initial: ArrayRecord) -> None:
+    """CheckpointError unless the checkpoint's arrays have the names and shapes of the app's initial arrays.
+
+    (Not the dtypes: strategies may change them; Flower's FedAdam returns float64.)
+    """
+    def layout(record: ArrayRecord) -> list:
+        return [(k, tuple(a.shape)) for k, a in record.items()]
+
+    if layout(saved) != layout(initial):
+        raise CheckpointError("the checkpoint holds another model than the app builds (array names or shapes "
+                              "differ): resume it with the code that made it")
+
+
+def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, timeout: float,
+               train_config: ConfigRecord, evaluate_config: ConfigRecord, evaluate_fn) -> Result:
+    """The resumable loop over `strategy`'s rounds on `run`'s grid (see the module doc)."""
+    if run.rounds_started:
+        raise RuntimeError("fl_core.start was called twice in one run: fedsweep runs (and resumes) one start per run")
+    run.rounds_started = True
+    run.observer.active = False  # the loop reports the rounds itself
+    grid = run.grid
+    result = Result()
+    if run.resume is not None:
+        saved = run.resume
+        check_same_model(saved.arrays, initial_arrays)
+        if saved.strategy != type(strategy).__name__:
+            raise CheckpointError(f"the checkpoint was made with strategy {saved.strategy}, the app now builds "
+                                  f"{type(strategy).__name__}: resume it with its own settings")
+        restore_strategy_state(strategy, saved.strategy_state)
+        arrays, first = saved.arrays, saved.round + 1
+    else:
+        arrays, first = initial_arrays, 1
+        if evaluate_fn is not None:
+            with run.seeded(0, seeding.CENTRAL):
+                initial = evaluate_fn(0, arrays)
+            if initial is not None:
+                result.evaluate_metrics_serverapp[0] = initial
+    result.arrays = arrays
+    weighting_key = getattr(innermost(strategy), "weighted_by_key", "num-examples")
+    epochs = float(train_config.get("local-epochs", 1))
+    for server_round in range(first, num_rounds + 1):
+        t0 = time.perf_counter()
+        run.sampler.start_round(server_round)
+        with run.seeded(server_round, seeding.TRAIN):
+            messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        with run.seeded(server_round, seeding.AGGREGATE_TRAIN):
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        train_clients, samples = examples(replies, weighting_key)
+        t1 = time.perf_counter()
+        if new_arrays is not None:
+            arrays = result.arrays = new_arrays
+        if train_metrics is not None:
+            result.train_metrics_clientapp[server_round] = train_metrics
+        with run.seeded(server_round, seeding.EVALUATE):
+            messages = strategy.configure_evaluate(server_round, arrays, evaluate_config, grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        with run.seeded(server_round, seeding.AGGREGATE_EVALUATE):
+            fed_metrics = strategy.aggregate_evaluate(server_round, replies)
+        fed_clients, _ = examples(replies, weighting_key)
+        if fed_metrics is not None:
+            result.evaluate_metrics_clientapp[server_round] = fed_metrics
+        t2 = time.perf_counter()
+        central = None
+        if evaluate_fn is not None:
+            with run.seeded(server_round, seeding.CENTRAL):
+                central = evaluate_fn(server_round, arrays)
+            if central is not None:
+                result.evaluate_metrics_serverapp[server_round] = central
+        t3 = time.perf_counter()
+        metrics = {
+            "round": server_round,
+            **prefixed("train_", train_metrics), **prefixed("fed_", fed_metrics), **prefixed("central_", central),
+            "train_clients": train_clients, "fed_clients": fed_clients, "train_samples": samples,
+            "seconds": t3 - t0, "train_seconds": t1 - t0, "fed_seconds": t2 - t1, "central_seconds": t3 - t2,
+            "samples_per_s": samples * epochs / (t1 - t0),
+        }
+        run.history.append(metrics)
+        state = ServerState(
+            round=server_round, arrays=arrays, strategy=type(strategy).__name__,
+            strategy_state=strategy_state(strategy), node_states=grid.node_states(), history=list(run.history),
+            app=run.app.name, app_dir=run.app.directory, run_config=dict(run.run_config), settings=run.settings.to_dict(),
+        )
+        run.round_done(server_round, num_rounds, first, metrics, state)
+    return result
+
+
+def evaluate_all_nodes(grid, arrays: ArrayRecord, config: ConfigRecord | None = None, *, server_round: int = 0,
+                       weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
+                       configrecord_key: str = "config") -> dict:
+    """Every node evaluates `arrays`; returns {"num_clients", "stats": {metric: {mean, min, p10, max}}, "per_client"}.
+
+    `per_client` maps node ids (as strings) to each node's metrics. Nodes that
+    reply with an error are left out. Works under any engine; under fedsweep the
+    result also goes into the run's summary and final report.
+    """
+    from fl_core.runner import active_run
+
+    content = ConfigRecord(dict(config or {}))
+    content["server-round"] = server_round
+    messages = [Message(RecordDict({arrayrecord_key: arrays, configrecord_key: content}), node_id, MessageType.EVALUATE)
+                for node_id in grid.get_node_ids()]
+    run = active_run(grid)
+    with (run.observer.paused() if run is not None else _nothing()):
+        replies = grid.send_and_receive(messages)
+    per_client = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        record = next(iter(reply.content.metric_records.values()), {})
+        per_client[str(reply.metadata.src_node_id)] = {k: float(v) for k, v in record.items()
+                                                       if isinstance(v, (int, float)) and k != weighted_by_key}
+    stats = {}
+    for metric in sorted({k for values in per_client.values() for k in values}):
+        values = np.array([v[metric] for v in per_client.values() if metric in v])
+        stats[metric] = {"mean": float(values.mean()), "min": float(values.min()),
+                         "p10": float(np.percentile(values, 10)), "max": float(values.max())}
+    summary = {"num_clients": len(per_client), "stats": stats, "per_client": per_client}
+    if run is not None:
+        run.client_evaluation = summary
+    return summary
+
+
+def wait_for_nodes(grid, minimum: int = 1, settle_s: float = 0.5) -> int:
+    """How many nodes the run has: at once under fedsweep; under Flower's engine, once they have registered.
+
+    Flower's engine registers its nodes while the ServerApp starts; this waits
+    until at least `minimum` are there and their number held still for `settle_s`.
+    """
+    from fl_core.runner import active_run
+
+    if active_run(grid) is not None:
+        return len(grid.get_node_ids())
+    count = -1
+    while True:
+        now = len(list(grid.get_node_ids()))
+        if now >= minimum and now == count:
+            return now
+        count = now
+        time.sleep(settle_s)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+class RoundObserver:
+    """Rounds as the grid sees them, for apps that loop themselves with `strategy.start`.
+
+    Messages carry their round in the config (`server-round`, which Flower's
+    strategies always set); a round is reported once messages of a later round
+    go out, or when the ServerApp returns. Metrics are the replies' aggregated
+    with Flower's default (weighted by num-examples); central evaluation is not
+    visible from here.
+    """
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.current: dict | None = None
+        self.first_round: int | None = None
+        self._paused = False
+        self.active = True  # off once fedsweep runs the rounds itself (fl_core.start)
+
+    @contextmanager
+    def paused(self):
+        """Messages sent within the block are not part of any round."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def __call__(self, messages: list[Message], replies: list[Message], seconds: float) -> None:
+        """The grid's listener: fold one send_and_receive into the current round."""
+        if not self.active or self._paused or not messages:
+            return
+        server_round = message_round(messages[0])
+        if server_round is None:
+            return
+        if self.current is not None and self.current["round"] != server_round:
+            self.flush()
+        if self.current is None:
+            self.current = {"round": server_round, "t0": time.perf_counter() - seconds}
+            self.first_round = server_round if self.first_round is None else self.first_round
+        kind = "train" if messages[0].metadata.message_type.startswith("train") else "fed"
+        if kind == "train":
+            config = next(iter(messages[0].content.config_records.values()), {})
+            self.current["epochs"] = float(config.get("local-epochs", 1))
+        valid = [r.content for r in replies if not r.has_error()]
+        try:
+            aggregated = aggregate_metricrecords(valid, "num-examples") if valid else None
+        except (KeyError, StopIteration, TypeError):  # replies without one MetricRecord holding num-examples
+            aggregated = None
+        self.current[kind] = (prefixed(kind + "_", aggregated), len(valid), seconds,
+                              examples(replies, "num-examples")[1])
+
+    def flush(self) -> None:
+        """Report the current round, if one is open."""
+        if self.current is None:
+            return
+        current, self.current = self.current, None
+        train, train_clients, train_seconds, samples = current.get("train", ({}, 0, 0.0, 0.0))
+        fed, fed_clients, fed_seconds, _ = current.get("fed", ({}, 0, 0.0, 0.0))
+        seconds = time.perf_counter() - current["t0"]
+        metrics = {"round": current["round"], **train, **fed, "train_clients": train_clients, "fed_clients": fed_clients,
+                   "train_samples": samples, "seconds": seconds, "train_seconds": train_seconds,
+                   "fed_seconds": fed_seconds,
+                   "samples_per_s": samples * current.get("epochs", 1.0) / train_seconds if train_seconds else 0.0}
+        self.run.history.append(metrics)
+        self.run.round_done(current["round"], None, self.first_round, metrics, None)

@@ -1,0 +1,164 @@
+"""One run of a Flower app on Ray: data shared, workers started, the ServerApp called with fedsweep's grid.
+
+`run_app` is what `python -m fl_core` and each Tune trial call. It calls the
+app's ServerApp in this process with a `RayGrid`; when the ServerApp hands its
+rounds over (`fl_core.start`) the loop in loop.py runs them, otherwise the grid
+reports what it sees. Everything around the rounds (printing, checkpoints,
+metrics files, Tune reports) is a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+from fl_core import seeding, shared_data
+from fl_core.apps import FlowerApp
+from fl_core.callbacks import Callback, RoundEnd, RunEnd
+from fl_core.checkpoint import ServerState
+from fl_core.settings import ConfigError, RunSettings
+
+RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at a time
+SERVER_NODE_ID = 0  # the ServerApp's Context.node_id, as in Flower's simulation
+
+_active: "ActiveRun | None" = None
+
+
+def active_run(grid) -> "ActiveRun | None":
+    """The fedsweep run whose grid is `grid`, if the app runs under fedsweep."""
+    return _active if _active is not None and _active.grid is grid else None
+
+
+class ActiveRun:
+    """What the round loop and the grid's observer need of the run in progress."""
+
+    def __init__(self, app: FlowerApp, settings: RunSettings, run_config: dict, grid, callbacks, resume) -> None:
+        from fl_core.loop import RoundObserver
+
+        self.app, self.settings, self.run_config, self.grid = app, settings, run_config, grid
+        self.callbacks = list(callbacks)
+        self.resume: ServerState | None = resume
+        self.history: list[dict] = list(resume.history) if resume is not None else []
+        self.sampler = seeding.NodeSampler(settings.seed)
+        self.observer = RoundObserver(self)
+        grid.listeners.append(self.observer)
+        self.rounds_started = False
+        self.client_evaluation: dict = {}
+        self.last_state: ServerState | None = None
+
+    @contextmanager
+    def seeded(self, server_round: int, phase: int):
+        """Run the block with the global generators seeded from (seed, round, phase)."""
+        seeding.seed_globals(seeding.derive_seed(self.settings.seed, server_round, phase))
+        yield
+
+    def round_done(self, server_round: int, num_rounds: int | None, first: int, metrics: dict,
+                   state: ServerState | None) -> None:
+        """Tell every callback a round ended."""
+        self.last_state = state
+        event = RoundEnd(server_round, num_rounds, first, metrics, state)
+        for callback in self.callbacks:
+            callback.on_round_end(event)
+
+
+def prepare_shared(app: FlowerApp, run_config: dict, num_partitions: int, available: list | None = None) -> list:
+    """Import the app and compute its @shared data for this run (what `available` lacks), before Ray starts.
+
+    A data loader's ValueError or FileNotFoundError is bad input: ConfigError.
+    """
+    app.load("server")
+    app.load("client")  # both import the app's modules, registering its @shared functions
+    values = list(available or [])
+    try:
+        return values + shared_data.compute_missing(run_config, num_partitions, values)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def server_threads(settings: RunSettings) -> int:
+    """Torch threads of the server process (central evaluation): the CPUs it owns.
+
+    In a Tune trial that is bundle 0 of the trial's placement group. Alone it
+    is every local core: client workers are idle while the server evaluates.
+    """
+    import ray
+
+    if settings.server_cpus is not None:
+        return settings.server_cpus
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        return max(1, int(pg.bundle_specs[0].get("CPU", 1)))
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def server_process(settings: RunSettings):
+    """The server's share of this process: its thread count, and no GPU unless --server-gpus gives it one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    hidden = settings.server_gpus == 0 and not torch.cuda.is_initialized()
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden:  # Ray reserved no GPU for the server: its central evaluation must not take one
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.set_num_threads(server_threads(settings))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if hidden:
+            if previous is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callbacks: list[Callback] | tuple = (),
+            resume: ServerState | None = None, shared_values: list | None = None) -> RunEnd:
+    """Run (or continue, from `resume`) the app on the connected Ray cluster; returns the run's history.
+
+    `shared_values` are @shared results computed already (prepare_shared, or a
+    sweep's); whatever else the app shares is computed here. Ray is started
+    locally if it is not running.
+    """
+    global _active
+    import ray
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fl_core.grid import RayGrid
+    from fl_core.pool import WorkerPool
+
+    if not ray.is_initialized():
+        ray.init()
+    t_start = time.perf_counter()
+    values = prepare_shared(app, run_config, settings.pool_size, shared_values)
+    shared_data.publish(values)
+    shared_data.install(values)
+    pool = WorkerPool(app, settings, run_config, values, RUN_ID)  # workers start while the server gets ready
+    try:
+        grid = RayGrid(pool, num_nodes=settings.pool_size, run_config=run_config, seed=settings.seed, run_id=RUN_ID,
+                       node_states=resume.node_states if resume is not None else None)
+        run = ActiveRun(app, settings, run_config, grid, callbacks, resume)
+        server_app = app.load("server")
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
+        _active = run
+        with server_process(settings), seeding.seeded_node_sampling(run.sampler):
+            seeding.seed_globals(seeding.derive_seed(settings.seed, 0, seeding.MAIN))
+            server_app(grid, Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
+                                     run_config=dict(run_config)))
+        run.observer.flush()
+        state = run.last_state if run.last_state is not None else resume
+        if state is not None and run.client_evaluation:
+            state.extra = {**state.extra, "client_evaluation": run.client_evaluation}
+        end = RunEnd(list(run.history), run.client_evaluation, time.perf_counter() - t_start, state)
+        for callback in run.callbacks:
+            callback.on_run_end(end)
+        return end
+    finally:
+        _active = None
+        pool.shutdown()
+        shared_data.uninstall()

@@ -1,0 +1,112 @@
+"""The engine's settings for one run, the same for every app: nodes, seed, resources.
+
+What an app computes (model, data, strategy, rounds) is its run config: the
+`[tool.flwr.app.config]` table of its pyproject.toml plus overrides (see
+`fl_core.apps`). These settings decide how fedsweep runs it. `validate()` catches
+bad values before any data is read or Ray is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class RunSettings:
+    """How fedsweep runs an app: how many nodes, which seed, what each worker holds."""
+
+    pool_size: int = 100  # nodes; each gets node_config partition-id and num-partitions (Flower's num-supernodes)
+    seed: int = 0  # node sampling, and the global RNGs seeded around every client and strategy call
+    num_client_cpus: float = 1.0  # per client worker; also its torch thread count
+    num_client_gpus: float = 0.0  # per client worker; fractions share a GPU
+    server_cpus: int | None = None  # torch threads of the server process; None: what it owns (see runner)
+    server_gpus: float = 0.0  # 0: the server process sees no GPU (Ray did not reserve one for it)
+    max_parallel_clients: int | None = None  # cap on client workers
+
+    def to_dict(self) -> dict:
+        """Plain dict of every setting (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunSettings":
+        """Build from a dict, refusing keys that are not settings."""
+        unknown = sorted(set(values) - set(SETTING_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; engine settings: {', '.join(SETTING_NAMES)}")
+        return cls(**values)
+
+    def validate(self, local_cpus: int | None = None, local_gpus: int | None = None) -> "RunSettings":
+        """Raise ConfigError on the first bad value; return self when all is well.
+
+        `local_cpus`/`local_gpus` are the resources of the local Ray cluster about
+        to be started (None when joining an existing cluster, checked once joined).
+        """
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.pool_size >= 1, f"--pool-size must be at least 1, got {self.pool_size}")
+        need(self.num_client_cpus > 0, f"--num-client-cpus must be positive, got {self.num_client_cpus}")
+        need(self.num_client_gpus >= 0, f"--num-client-gpus must be >= 0, got {self.num_client_gpus}")
+        need(self.server_cpus is None or self.server_cpus >= 1, f"--server-cpus must be at least 1, got {self.server_cpus}")
+        need(self.server_gpus >= 0 and math.isfinite(self.server_gpus), f"--server-gpus must be >= 0, got {self.server_gpus}")
+        need(self.max_parallel_clients is None or self.max_parallel_clients >= 1,
+             f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}")
+        if local_cpus is not None:
+            need(self.num_client_cpus <= local_cpus,
+                 f"--num-client-cpus {self.num_client_cpus} is more than this machine's {local_cpus} CPUs: "
+                 "lower it, or join a larger cluster with --address")
+        if local_gpus is not None:
+            need(self.num_client_gpus == 0 or self.num_client_gpus <= local_gpus,
+                 f"--num-client-gpus {self.num_client_gpus} asks for more GPUs than this machine's {local_gpus}: "
+                 "use --num-client-gpus 0 or join a cluster with GPUs via --address")
+            need(self.server_gpus == 0 or self.server_gpus <= local_gpus,
+                 f"--server-gpus {self.server_gpus} asks for more GPUs than this machine's {local_gpus}")
+        return self
+
+
+SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
+# Settings that decide the data and the sampling: a checkpoint resumes only under the same values.
+RESUME_FIXED_SETTINGS = ("pool_size", "seed")
+# Settings whose change on resume changes floating-point results (thread counts change reduction order).
+THREAD_SETTINGS = ("num_client_cpus", "server_cpus")
+
+
+def setting_type(name: str) -> tuple[type, bool]:
+    """(int, float or str; whether None is allowed) of RunSettings field `name`, read from its annotation."""
+    annotation = str(next(f.type for f in fields(RunSettings) if f.name == name))  # a string: postponed annotations
+    return {"int": int, "float": float, "str": str}[annotation.split(" ")[0]], "None" in annotation
+
+
+def local_resources() -> tuple[int, int]:
+    """(CPUs, GPUs) of this machine, as a local Ray started here would see them."""
+    import torch  # here, not at module level: settings stay importable without torch
+
+    return os.cpu_count() or 1, torch.cuda.device_count()
+
+
+def clients_per_round(run_config: dict, pool_size: int) -> int | None:
+    """Most clients one round sends work to, from Flower's template run-config keys; None if the app has none.
+
+    Reads `fraction-train`/`min-train-nodes` and `fraction-evaluate`/`min-evaluate-nodes`
+    (the names Flower's templates and strategies use; minimums default to
+    Flower's 2) and counts as Flower's strategies do. Sizes the worker pool.
+    """
+    if "fraction-train" not in run_config:
+        return None
+
+    def sampled(fraction_key: str, minimum_key: str) -> int:
+        fraction = float(run_config.get(fraction_key, 0.0))
+        if fraction == 0:
+            return 0
+        return max(int(pool_size * fraction), int(run_config.get(minimum_key, 2)))
+
+    return max(1, min(pool_size, max(sampled("fraction-train", "min-train-nodes"),
+                                     sampled("fraction-evaluate", "min-evaluate-nodes"))))
