@@ -1,29 +1,31 @@
-"""fedsweep-tune: hyperparameter sweeps of fl_core simulations with Ray Tune.
+"""fedsweep-tune: hyperparameter sweeps of Flower apps run by fl_core, with Ray Tune.
 
-Run a sweep (default: a grid over client fraction x local epochs)::
+Run a sweep (default: a grid over fraction-train x local-epochs)::
 
-    python tune_search.py --set dataset=synthetic --set num_rounds=5
+    python tune_search.py --set dataset=synthetic --set num-server-rounds=5
+    python tune_search.py --app examples/quickstart-pytorch --grid lr=0.01,0.1 --metric fed_eval_acc
     python tune_search.py --config sweep.yaml --loguniform lr=1e-3,1e-1 --search random --num-samples 8
     python tune_search.py --name fedsweep --resume          # continue an interrupted sweep
     python tune_search.py report ./ray_results/fedsweep     # tables and plots, at any time
 
 Design, in short:
 
-* Every trial is one `fl_core.run_simulation`. Each round reports its metrics
-  with a checkpoint of that round (`fl_checkpoint.npz`), so a crashed trial and
-  a resumed sweep continue after the last reported round.
+* Every trial is one `fl_core.run_app` of the app (default: the built-in
+  CIFAR-10 app). Keys are the engine's settings (pool_size, seed, resources) or
+  the app's run-config keys. When the app hands its rounds to fedsweep
+  (`fl_core.start`), each round reports its metrics with a checkpoint of that
+  round (`fl_checkpoint.npz`), so a crashed trial and a resumed sweep continue
+  after the last reported round; an app that loops itself reports per round
+  without checkpoints and restarts from round 1.
 * A trial's placement group is [server bundle] + K client bundles, with
   K = min(clients per round, max parallel clients); fl_core puts one client
   worker actor on each client bundle.
-* The data is loaded once by the driver and shared through the object store.
-  Data-defining settings (DATA_KEYS) may be swept: with `grid`/`choice` values
-  the driver loads each distinct data set once (at most MAX_SHARED_DATASETS);
-  with `uniform`/`loguniform` values, or more distinct data sets than that,
-  each trial loads its own data.
+* The app's @shared data is built once by the driver per distinct data set and
+  shared through the object store (see fl_sweep.trainable.share_data).
 * The sweep's settings are written to `fedsweep_sweep.json` in the experiment
   directory; `--resume` and `report` refuse a directory without it.
-* Trials keep Tune's per-trial working directory (RAY_CHDIR_TO_TRIAL_DIR is
-  left alone): every path a trial uses (storage, data_dir) is made absolute first.
+* Trials run in the driver's working directory (RAY_CHDIR_TO_TRIAL_DIR=0), so
+  an app's relative paths mean what they mean for `python -m fl_core`.
 * Exit status: 0 all trials finished, 1 some trial failed, 2 bad input (refused
   before Ray starts or anything is written).
 
@@ -39,12 +41,12 @@ import argparse
 import os
 import sys
 
-from fl_core.config import ConfigError, local_resources
+from fl_core.settings import ConfigError, local_resources
 from fl_sweep.report import write_report
-from fl_sweep.spec import (DEFAULT_NAME, DEFAULT_STORAGE, METRIC_MODES, PROG, SCHEDULERS, SEARCH_ALGS, SWEEP_FLAGS,
-                           SweepSpec, build_spec, validate_spec)
+from fl_sweep.spec import (DEFAULT_NAME, DEFAULT_STORAGE, PROG, SCHEDULERS, SEARCH_ALGS, SWEEP_FLAGS, SweepSpec,
+                           build_spec, validate_spec)
 from fl_sweep.storage import check_writable, exists, experiment_location, is_uri, read_marker
-from fl_sweep.trainable import load_shared_data
+from fl_sweep.trainable import share_data
 from fl_sweep.tuner import execute
 
 class _Parser(argparse.ArgumentParser):
@@ -63,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     """Parser of a sweep run (the `report` sub-command has its own)."""
     p = _Parser(
         prog=PROG,
-        description="Sweep fl_core federated simulations with Ray Tune. Default search: a grid over fraction_fit "
-        "{0.05, 0.1, 0.2} x local_epochs {1, 2, 5}; any search flag replaces it. Keys are fl_core SimConfig settings "
-        "(see `python -m fl_core --help`). Also: `%(prog)s report EXPERIMENT_PATH` writes the tables and plots of a "
-        "sweep at any time.",
+        description="Sweep a Flower app run by fl_core with Ray Tune. Default search: a grid over fraction-train "
+        "{0.05, 0.1, 0.2} x local-epochs {1, 2, 5}; any search flag replaces it. Keys are the engine's settings "
+        "(pool_size, seed, ...) or the app's run-config keys (see `python -m fl_core --app DIR --help`). Also: "
+        "`%(prog)s report EXPERIMENT_PATH` writes the tables and plots of a sweep at any time.",
         epilog="Exit status: 0 when every trial finished, 1 when some trial failed (its error is in its trial "
         "folder; --resume retries it from its last round), 2 on bad input (nothing is written then).",
     )
-    s = p.add_argument_group("settings and search space")
+    s = p.add_argument_group("app, settings and search space")
+    s.add_argument("--app", metavar="DIR", help="Flower app folder (default: the built-in CIFAR-10 app, apps/cifar10)")
     s.add_argument("--config", metavar="FILE", help="YAML/JSON file with sections fixed: {key: value} and "
                    "search: {key: {grid|choice: [..]} or {uniform|loguniform: [lo, hi]}}; flags override it")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a setting (repeatable)")
@@ -82,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--search", choices=SEARCH_ALGS, help="grid: grid values are crossed; random: grid values become "
                    "choices; optuna: OptunaSearch (needs optuna; no grid values). Default grid")
     s.add_argument("--search-seed", type=int, help="seed of random/optuna sampling")
-    s.add_argument("--metric", help=f"per-round metric to optimise: {', '.join(METRIC_MODES)} (default central_accuracy)")
-    s.add_argument("--mode", choices=("min", "max"), help="default: max for accuracies, min for losses")
+    s.add_argument("--metric", help="per-round metric to optimise, as fl_core reports it: central_* (the app's central "
+                   "evaluation), fed_* (federated evaluation), train_* (default central_accuracy)")
+    s.add_argument("--mode", choices=("min", "max"), help="default: min for losses, max for anything else")
     s.add_argument("--scheduler", choices=SCHEDULERS, help="fifo (default) or asha (early stopping on rounds)")
     s.add_argument("--asha-grace-rounds", type=int, help="rounds every trial runs before ASHA may stop it (default 1)")
     s.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once (default: as resources allow)")
@@ -141,11 +145,11 @@ def run_main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         spec, experiment = prepare(args)
-        data = load_shared_data(spec)  # before Ray: a missing data set is bad input too
+        shared_values = share_data(spec)  # before Ray: bad data is bad input too
     except ConfigError as exc:
         return fail(exc)
     try:
-        timings = execute(args, spec, experiment, data)
+        timings = execute(args, spec, experiment, shared_values)
     except ConfigError as exc:  # e.g. a joined cluster too small for one trial
         return fail(exc)
     print(f"sweep ran {timings['sweep_s']:.1f} s (Ray start {timings['ray_start_s']:.1f} s)")

@@ -43,7 +43,10 @@ class FlowerApp:
         from flwr.supercore.object_ref import load_app
 
         reference = self.server_app if component == "server" else self.client_app
-        return load_app(reference, ConfigError, self.directory)
+        try:
+            return load_app(reference, ConfigError, self.directory)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import the {component} app {reference} of {self.directory}: {exc}") from None
 
     def check(self, run_config: dict, num_partitions: int) -> None:
         """Run the app's own run-config check, if it declares one; ConfigError with its message."""
@@ -74,10 +77,11 @@ def load_app_folder(directory: str | None) -> FlowerApp:
         project = get_project_config(folder)
     except FileNotFoundError:
         raise ConfigError(f"--app {directory or folder} has no pyproject.toml: it is not a Flower app folder") from None
-    except ValueError as exc:  # Flower's validation: one line per problem
-        raise ConfigError(f"--app {directory or folder}: " + " ".join(str(exc).split())) from None
-    except Exception as exc:  # a TOML syntax error
-        raise ConfigError(f"--app {directory or folder}: cannot read pyproject.toml ({exc})") from None
+    except ValueError as exc:  # Flower's validation (one line per problem), or a TOML syntax error
+        text = " ".join(str(exc).split())
+        if not text.startswith("Invalid pyproject.toml"):
+            text = f"cannot read pyproject.toml ({text})"
+        raise ConfigError(f"--app {directory or folder}: {text}") from None
     flwr_app = project["tool"]["flwr"]["app"]
     ours = project.get("tool", {}).get("fedsweep", {})
     may_change = ours.get("resume-may-change", list(DEFAULT_RESUME_MAY_CHANGE))

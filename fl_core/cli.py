@@ -31,17 +31,28 @@ SETTING_HELP = {
     "server_gpus": "GPUs the server process may use (0: it sees none)",
     "max_parallel_clients": "cap on client workers (default: the clients a round uses, as the cluster allows)",
 }
-# Flags of fedsweep before its engine ran Flower apps, and what replaced them.
+# Settings of fedsweep before its engine ran Flower apps, and what replaced them (None: removed).
 RENAMED = {
-    "--num-rounds": "--num-server-rounds",
-    "--fraction-fit": "--fraction-train",
-    "--min-fit-clients": "--min-train-nodes",
-    "--min-evaluate-clients": "--min-evaluate-nodes",
-    "--proximal-mu": "--fedprox.proximal-mu",
-    "--server-momentum": "--fedavgm.server-momentum",
-    "--server-lr": "--fedavgm.server-learning-rate, --fedadam.eta, --fedyogi.eta or --fedadagrad.eta",
-    "--model": "nothing: the built-in app has one model (write an app for another)",
+    "num-rounds": "num-server-rounds",
+    "fraction-fit": "fraction-train",
+    "min-fit-clients": "min-train-nodes",
+    "min-evaluate-clients": "min-evaluate-nodes",
+    "proximal-mu": "fedprox.proximal-mu",
+    "server-momentum": "fedavgm.server-momentum",
+    "server-lr": "fedavgm.server-learning-rate (FedAvgM) or fedadam.eta, fedyogi.eta, fedadagrad.eta",
+    "model": None,
 }
+
+
+def renamed(name: str, prefix: str = "--") -> str | None:
+    """What to say about a setting name of the old fedsweep (`num-rounds`, `num_rounds`), or None if it is not one."""
+    key = name.lstrip("-").split("=")[0].replace("_", "-")
+    if key not in RENAMED:
+        return None
+    new = RENAMED[key]
+    if new is None:
+        return f"{prefix}{key} was removed: the built-in app has one model (write an app for another)"
+    return f"{prefix}{key} is now {prefix}{new}" if " " not in new else f"{prefix}{key} is now {new}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,8 +127,8 @@ def prepare(argv: list[str]):
     app = load_app_folder(early.app if early.app is not None or resume is None else resume.app_dir)
     args, unknown = build_parser(app).parse_known_args(argv)
     if unknown:
-        renamed = [f"{flag} is now {RENAMED[flag.split('=')[0]]}" for flag in unknown if flag.split("=")[0] in RENAMED]
-        raise ConfigError("; ".join(renamed) if renamed else f"unrecognized arguments: {' '.join(unknown)} "
+        notes = [renamed(flag) for flag in unknown if flag.startswith("--") and renamed(flag)]
+        raise ConfigError("; ".join(notes) if notes else f"unrecognized arguments: {' '.join(unknown)} "
                           f"(app {app.name} has no such run-config key; see {PROG} --help)")
     values = vars(args)
     overrides = parse_run_config(values["run_config"])

@@ -62,20 +62,29 @@ class ActiveRun:
             callback.on_round_end(event)
 
 
-def prepare_shared(app: FlowerApp, run_config: dict, num_partitions: int, available: list | None = None) -> list:
-    """Import the app and compute its @shared data for this run (what `available` lacks), before Ray starts.
-
-    A data loader's ValueError or FileNotFoundError is bad input: ConfigError.
-    """
+def import_app(app: FlowerApp) -> None:
+    """Import the app's ServerApp and ClientApp modules here (registering its @shared functions)."""
     app.load("server")
-    app.load("client")  # both import the app's modules, registering its @shared functions
-    values = list(available or [])
+    app.load("client")
+
+
+@contextmanager
+def bad_data_is_bad_input():
+    """Within the block, a data loader's ValueError or FileNotFoundError becomes a ConfigError (exit status 2)."""
     try:
-        return values + shared_data.compute_missing(run_config, num_partitions, values)
+        yield
     except ConfigError:
         raise
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def prepare_shared(app: FlowerApp, run_config: dict, num_partitions: int, available: list | None = None) -> list:
+    """Import the app and compute its @shared data for this run (what `available` lacks); meant before Ray starts."""
+    import_app(app)
+    values = list(available or [])
+    with bad_data_is_bad_input():
+        return values + shared_data.compute_missing(run_config, num_partitions, values)
 
 
 def server_threads(settings: RunSettings) -> int:

@@ -7,9 +7,13 @@ import os
 import shutil
 import tempfile
 
-from fl_core.config import ConfigError
-from fl_sweep.spec import CLIENT_EVAL_KEYS, ROUND_COLUMNS, SweepSpec
+from fl_core.settings import ConfigError
+from fl_sweep.spec import METRIC_PREFIXES, SweepSpec
 from fl_sweep.storage import filesystem, is_uri, read_marker
+
+# Per-round columns fedsweep reports besides the model's metrics (METRIC_PREFIXES), and Tune's wall clock.
+ROUND_COLUMNS = ("round", "train_clients", "fed_clients", "train_samples", "seconds", "samples_per_s", "time_total_s")
+HEATMAP_KEYS = ("fraction-train", "local-epochs")  # Flower's template names
 
 # ---------------------------------------------------------------------------
 # Reports
@@ -39,7 +43,8 @@ def rounds_table(trials, frames: dict, swept: list[str]):
         df = frames.get(trial.trial_id)
         if df is None or df.empty or "round" not in df:
             continue
-        part = df[[c for c in ROUND_COLUMNS if c in df]].copy()
+        metrics = [c for c in df if c.startswith(METRIC_PREFIXES) and c not in ROUND_COLUMNS]
+        part = df[[c for c in ("round", *metrics, *ROUND_COLUMNS[1:]) if c in df]].copy()
         part.insert(0, "trial_id", trial.trial_id)
         for i, key in enumerate(swept, start=1):
             part.insert(i, key, trial.config.get(key))
@@ -82,11 +87,12 @@ def trials_table(trials, rounds, spec: SweepSpec, experiment: str):
         row = {"trial_id": trial.trial_id, "status": trial.status, **{k: trial.config.get(k) for k in spec.search}}
         row["rounds"] = len(mine)
         row.update(_metric_summary(mine, spec.metric, spec.mode))
-        row.update(_metric_summary(mine, "central_accuracy", "max"))  # always there, whatever the metric
+        if "central_accuracy" in mine:  # whatever the metric, when the app has a central evaluation
+            row.update(_metric_summary(mine, "central_accuracy", "max"))
         row["wall_time_s"] = mine["time_total_s"].iloc[-1] if len(mine) else None
         row["round_seconds_mean"] = mine["seconds"].mean() if len(mine) else None
         result = trial.last_result or {}
-        row.update({f"client_acc_{k}": result.get(f"client_acc_{k}") for k in CLIENT_EVAL_KEYS})
+        row.update({k: v for k, v in result.items() if k.startswith("clients_")})  # the final all-node evaluation
         row["checkpoint"] = _last_checkpoint(trial, experiment)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -112,17 +118,21 @@ def _json_default(value):
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def plot_accuracy(rounds, swept: list[str], path: str) -> None:
-    """Central test accuracy against round, one line per trial."""
+def plot_metric(rounds, metric: str, swept: list[str], path: str) -> None:
+    """The sweep's metric against round, one line per trial."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for trial_id, part in rounds.groupby("trial_id", sort=True):
+        if metric not in part:
+            continue
         label = ", ".join(f"{k}={_short(part[k].iloc[0])}" for k in swept) or trial_id
-        ax.plot(part["round"], part["central_accuracy"], marker="o", markersize=3, label=label)
+        ax.plot(part["round"], part[metric], marker="o", markersize=3, label=label)
     ax.set_xlabel("round")
-    ax.set_ylabel("central test accuracy")
-    ax.set_title("Accuracy per round, every trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per round, every trial")
     ax.grid(alpha=0.3)
     if 0 < rounds["trial_id"].nunique() <= 12:
         ax.legend(fontsize=7)
@@ -132,27 +142,29 @@ def plot_accuracy(rounds, swept: list[str], path: str) -> None:
 
 
 def plot_heatmap(table, spec: SweepSpec, path: str) -> str | None:
-    """Final accuracy over fraction_fit x local_epochs (mean over other keys); returns a note when skipped."""
+    """Final metric over fraction-train x local-epochs (mean over other keys); returns a note when skipped."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if not {"fraction_fit", "local_epochs"} <= set(spec.search):
-        return "heatmap skipped: fraction_fit and local_epochs are not both swept"
-    data = table.dropna(subset=["final_central_accuracy"])
+    x_key, y_key = HEATMAP_KEYS
+    if not set(HEATMAP_KEYS) <= set(spec.search):
+        return f"heatmap skipped: {x_key} and {y_key} are not both swept"
+    column = f"final_{spec.metric}"
+    data = table.dropna(subset=[column])
     if data.empty:
         return "heatmap skipped: no trial has reported yet"
-    grid = data.pivot_table(index="local_epochs", columns="fraction_fit", values="final_central_accuracy", aggfunc="mean")
+    grid = data.pivot_table(index=y_key, columns=x_key, values=column, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(1.6 * len(grid.columns) + 2.5, 1.2 * len(grid.index) + 2))
     image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower")
     ax.set_xticks(range(len(grid.columns)), [f"{c:.4g}" for c in grid.columns])
     ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
     for (row, col), value in np.ndenumerate(grid.values):
         ax.text(col, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", color="w")
-    others = [k for k in spec.search if k not in ("fraction_fit", "local_epochs")]
-    ax.set_title("Final central accuracy" + (f" (mean over {', '.join(others)})" if others or spec.num_samples > 1 else ""),
+    others = [k for k in spec.search if k not in HEATMAP_KEYS]
+    ax.set_title(f"Final {spec.metric}" + (f" (mean over {', '.join(others)})" if others or spec.num_samples > 1 else ""),
                  fontsize=9)
-    ax.set_xlabel("fraction_fit (client fraction)")
-    ax.set_ylabel("local_epochs")
+    ax.set_xlabel(f"{x_key} (client fraction)")
+    ax.set_ylabel(y_key)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -193,8 +205,9 @@ def write_report(experiment: str, top: int = 5) -> dict:
     rounds.to_csv(os.path.join(out, "rounds.csv"), index=False)
     with open(os.path.join(out, "best.json"), "w") as f:
         json.dump(_best_document(best, trials, spec, experiment), f, indent=1, default=_json_default)
-    plot_accuracy(rounds, swept, os.path.join(out, "accuracy_vs_round.png"))
-    note = plot_heatmap(table, spec, os.path.join(out, "heatmap_final_accuracy.png"))
+    plots = [f"{spec.metric}_vs_round.png", f"heatmap_{spec.metric}.png"]
+    plot_metric(rounds, spec.metric, swept, os.path.join(out, plots[0]))
+    note = plot_heatmap(table, spec, os.path.join(out, plots[1]))
     if out != experiment:
         _publish(out, experiment)
         shutil.rmtree(out, ignore_errors=True)
@@ -205,8 +218,8 @@ def write_report(experiment: str, top: int = 5) -> dict:
     if errored:
         print(f"{len(errored)} trial(s) failed ({', '.join(errored)}): their errors are in their trial folders; "
               "`--resume` retries them from their last round")
-    print(f"report written to {experiment}: trials.csv, rounds.csv, best.json, accuracy_vs_round.png"
-          + ("" if note else ", heatmap_final_accuracy.png"))
+    print(f"report written to {experiment}: trials.csv, rounds.csv, best.json, {plots[0]}"
+          + ("" if note else f", {plots[1]}"))
     return {"trials": len(table), "errored": errored, "best": best}
 
 
@@ -224,8 +237,9 @@ def _best_document(best: dict | None, trials, spec: SweepSpec, experiment: str) 
         "rounds": best["rounds"],
         "status": best["status"],
         "swept": {k: trial.config.get(k) for k in spec.search},
-        "config": {**spec.fixed, **trial.config},
+        "config": {**spec.settings, **spec.run_config, **trial.config},
         "checkpoint": checkpoint,
         "checkpoint_file": None if checkpoint is None else checkpoint.rstrip("/") + "/fl_checkpoint.npz",
+        "app": spec.app_dir,
         "experiment": experiment,
     }

@@ -1,4 +1,4 @@
-"""Trial resources: [server bundle] + K client bundles, and whether a trial fits the cluster."""
+"""Trials' settings and resources: [server bundle] + K client bundles, and whether a trial fits the cluster."""
 
 from __future__ import annotations
 
@@ -6,67 +6,77 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fl_core.config import ConfigError, SimConfig
+from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, clients_per_round
 
 if TYPE_CHECKING:  # only for annotations: spec imports this module
     from fl_sweep.spec import SweepSpec
 
-# ---------------------------------------------------------------------------
-# Resources
-
 
 @dataclass
 class ResourcePlan:
-    """What a trial's settings and bundles are derived from besides its sampled config."""
+    """What a trial's settings, run config and bundles are derived from besides its sampled values."""
 
-    fixed: dict  # the sweep's fixed settings; a trial's SimConfig is these updated with its sampled values
-    server_gpus: float
+    settings: dict  # the sweep's fixed engine settings (every RunSettings field)
+    run_config: dict  # the app's run config with the sweep's fixed overrides
     cluster_cpus: float
     cluster_gpus: float
 
     @classmethod
     def of(cls, spec: SweepSpec) -> "ResourcePlan":
         """The plan of a sweep."""
-        return cls(dict(spec.fixed), spec.server_gpus, spec.cluster_cpus, spec.cluster_gpus)
+        return cls(dict(spec.settings), dict(spec.run_config), spec.cluster_cpus, spec.cluster_gpus)
 
-    def sim_config(self, config: dict) -> SimConfig:
-        """The full SimConfig of a trial whose sampled (swept) values are `config`."""
-        return SimConfig.from_dict({**self.fixed, **config})
+    def trial(self, config: dict) -> tuple[RunSettings, dict]:
+        """(settings, run config) of a trial whose sampled values are `config`.
+
+        Sampled engine settings go to the settings, everything else to the run
+        config; the app's run-config key `seed`, if it has one, is the engine's seed.
+        """
+        settings = RunSettings.from_dict({**self.settings, **{k: v for k, v in config.items() if k in SETTING_NAMES}})
+        run_config = {**self.run_config, **{k: v for k, v in config.items() if k not in SETTING_NAMES}}
+        if "seed" in run_config:
+            run_config["seed"] = settings.seed
+        return settings, run_config
 
 
-def server_bundle_cpus(sim: SimConfig) -> int:
-    """CPUs of a trial's own bundle; fl_core's server then runs that many torch threads."""
-    return sim.server_cpus or 1
+def server_bundle_cpus(settings: RunSettings) -> int:
+    """CPUs of a trial's own bundle; the server then runs that many torch threads."""
+    return settings.server_cpus or 1
 
 
-def default_parallel_clients(sim: SimConfig, plan: ResourcePlan) -> int:
+def default_parallel_clients(settings: RunSettings, plan: ResourcePlan) -> int:
     """Client workers one trial may use when --max-parallel-clients is not given.
 
     The server bundle is subtracted first: on 2 CPUs with 1 CPU per client
     this gives K=1, a trial of 2 CPUs that fits; K=2 would never be scheduled.
     """
-    slots = math.floor((plan.cluster_cpus - server_bundle_cpus(sim)) / sim.num_client_cpus + 1e-9)
-    if sim.num_client_gpus > 0:
-        slots = min(slots, math.floor((plan.cluster_gpus - plan.server_gpus) / sim.num_client_gpus + 1e-9))
+    slots = math.floor((plan.cluster_cpus - server_bundle_cpus(settings)) / settings.num_client_cpus + 1e-9)
+    if settings.num_client_gpus > 0:
+        slots = min(slots, math.floor((plan.cluster_gpus - settings.server_gpus) / settings.num_client_gpus + 1e-9))
     return max(1, slots)
 
 
-def client_slots(sim: SimConfig, plan: ResourcePlan) -> int:
-    """K, the client bundles of one trial: min(clients sampled per round, max parallel clients)."""
-    cap = sim.max_parallel_clients or default_parallel_clients(sim, plan)
-    return max(1, min(sim.clients_per_round(), cap))
+def client_slots(settings: RunSettings, run_config: dict, plan: ResourcePlan) -> int:
+    """K, the client bundles of one trial: min(clients a round uses, max parallel clients).
+
+    The clients a round uses come from the run config's Flower-template keys
+    (fraction-train...); an app without them gets the cap.
+    """
+    cap = settings.max_parallel_clients or default_parallel_clients(settings, plan)
+    per_round = clients_per_round(run_config, settings.pool_size) or cap
+    return max(1, min(per_round, cap))
 
 
 def trial_bundles(config: dict, plan: ResourcePlan) -> list[dict]:
     """[server bundle] + K client bundles for a trial's sampled config."""
-    sim = plan.sim_config(config)
-    head = {"CPU": server_bundle_cpus(sim)}
-    if plan.server_gpus > 0:
-        head["GPU"] = plan.server_gpus
-    client = {"CPU": sim.num_client_cpus}
-    if sim.num_client_gpus > 0:
-        client["GPU"] = sim.num_client_gpus
-    return [head] + [dict(client) for _ in range(client_slots(sim, plan))]
+    settings, run_config = plan.trial(config)
+    head = {"CPU": server_bundle_cpus(settings)}
+    if settings.server_gpus > 0:
+        head["GPU"] = settings.server_gpus
+    client = {"CPU": settings.num_client_cpus}
+    if settings.num_client_gpus > 0:
+        client["GPU"] = settings.num_client_gpus
+    return [head] + [dict(client) for _ in range(client_slots(settings, run_config, plan))]
 
 
 def trial_resources(config: dict, plan: ResourcePlan):

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from fl_core.config import ConfigError
+from fl_core.settings import ConfigError
 from fl_sweep.spec import DEFAULT_NAME, DEFAULT_STORAGE, MARKER_FILE, MARKER_FORMAT, MARKER_VERSION, SweepSpec
 
 # ---------------------------------------------------------------------------

@@ -1,61 +1,53 @@
-"""The Tune trainable: one fl_core simulation per trial, with the data shared through the object store."""
+"""The Tune trainable: one fl_core run of the app per trial, with its data shared through the object store."""
 
 from __future__ import annotations
 
 import functools
-import itertools
-import json
 import logging
 import os
 import shutil
 import tempfile
 
-from fl_core.config import SimConfig
 from fl_sweep.resources import ResourcePlan, client_slots, trial_resources
-from fl_sweep.spec import CLIENT_EVAL_KEYS, DATA_KEYS, MAX_SHARED_DATASETS, SweepSpec
+from fl_sweep.spec import SweepSpec, combinations
+
+# Data sets the driver builds and shares per @shared function at most; trials build the others themselves.
+MAX_SHARED_DATASETS = 8
 
 # ---------------------------------------------------------------------------
 # Data
 
 
-def swept_data_keys(spec: SweepSpec) -> tuple[str, ...]:
-    """Swept settings that change the data, in a fixed order."""
-    return tuple(k for k in DATA_KEYS if k in spec.search)
+def share_data(spec: SweepSpec) -> list:
+    """The app's @shared data for the sweep's trials, built once each here (before Ray starts).
 
-
-def data_key(config: dict, keys: tuple[str, ...]) -> str:
-    """Identifies the data set a trial needs: its values of the swept data settings."""
-    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True)
-
-
-def shared_data_configs(spec: SweepSpec) -> dict[str, SimConfig] | None:
-    """Data key -> config to load, for every data set the driver shares; None when trials load their own."""
-    keys = swept_data_keys(spec)
-    if any(spec.search[k]["kind"] not in ("grid", "choice") for k in keys):
-        return None
-    combos = [dict(zip(keys, c)) for c in itertools.product(*(spec.search[k]["values"] for k in keys))]
-    if len(combos) > MAX_SHARED_DATASETS:
-        return None
-    return {data_key(c, keys): SimConfig.from_dict({**spec.fixed, **c}) for c in combos}
-
-
-def load_shared_data(spec: SweepSpec) -> dict:
-    """Data key -> FederatedData for the data sets the driver shares (empty when trials load their own).
-
-    Also pins CIFAR-10's folder as an absolute path in `spec.fixed`: trials run
-    in their own working directories, where a relative default would miss it.
+    Each combination of swept values that needs data no value built so far fits
+    (a value fits every trial that agrees on the run-config keys its function
+    read) gets its own, up to MAX_SHARED_DATASETS per function. A value that
+    depends on a key swept over a range (uniform/loguniform) would fit almost
+    no trial: trials then build that function's data themselves.
     """
-    from fl_core.data import DEFAULT_DATA_DIR, load_cifar10, load_federated_data
+    from fl_core import shared_data
+    from fl_core.runner import bad_data_is_bad_input, import_app
 
-    datasets = spec.search["dataset"]["values"] if "dataset" in spec.search else [spec.fixed["dataset"]]
-    if "cifar10" in datasets:
-        spec.fixed["data_dir"] = os.path.abspath(spec.fixed["data_dir"] or DEFAULT_DATA_DIR)
-    configs = shared_data_configs(spec)
-    if configs is None:
-        if "cifar10" in datasets:
-            load_cifar10(spec.fixed["data_dir"])  # trials load their own: check (or download) it once here
-        return {}
-    return {key: load_federated_data(config) for key, config in configs.items()}
+    app, plan = spec.app(), ResourcePlan.of(spec)
+    import_app(app)
+    ranged = {k for k, e in spec.search.items() if e["kind"] in ("uniform", "loguniform")}
+    values: list = []
+    given_up: set[str] = set()
+    for combo in combinations(spec):
+        settings, run_config = plan.trial(combo)
+        for function in shared_data.registered():
+            if function.name in given_up or any(
+                    v.function == function.name and v.matches(run_config, settings.pool_size) for v in values):
+                continue
+            with bad_data_is_bad_input():
+                value = function.compute(run_config, settings.pool_size)
+            if ranged & set(value.inputs) or sum(v.function == function.name for v in values) >= MAX_SHARED_DATASETS:
+                given_up.add(function.name)
+            else:
+                values.append(value)
+    return [v for v in values if v.function not in given_up]
 
 
 # ---------------------------------------------------------------------------
@@ -63,7 +55,7 @@ def load_shared_data(spec: SweepSpec) -> dict:
 
 
 def _test_hooks(trial_id: str, round_: int) -> None:
-    """Test-only: inject one failure at round 2, and log every finished round (see module docstring)."""
+    """Test-only: inject one failure at round 2, and log every finished round (see tune_search's docstring)."""
     marker = os.environ.get("FEDSWEEP_TEST_FAIL_ONCE")
     if marker and round_ == 2:
         try:
@@ -81,11 +73,14 @@ def _test_hooks(trial_id: str, round_: int) -> None:
 
 
 def _report(metrics: dict, state) -> None:
-    """One tune.report with a checkpoint of `state` (written to a fresh temp dir that Tune copies)."""
+    """One tune.report, with a checkpoint of `state` (written to a fresh temp dir that Tune copies) when there is one."""
     from ray import tune
 
     from fl_core import save_checkpoint
 
+    if state is None:  # an app that loops itself: nothing to resume from
+        tune.report(metrics)
+        return
     directory = tempfile.mkdtemp(prefix="fedsweep-ckpt-")
     try:
         save_checkpoint(state, directory)
@@ -94,67 +89,76 @@ def _report(metrics: dict, state) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def client_evaluation_metrics(client_evaluation: dict) -> dict:
+    """The all-node evaluation's statistics as flat metrics: clients_<metric>_<mean|min|p10|max>."""
+    return {f"clients_{metric}_{stat}": value
+            for metric, stats in client_evaluation.get("stats", {}).items() for stat, value in stats.items()}
+
+
 def _make_reporter(trial_id: str):
     """The fl_core callback that reports each round to Tune (built here so fl_core is imported in the trial)."""
     from fl_core import Callback
 
     class TuneReporter(Callback):
-        """Reports every round; the last round waits for the all-client evaluation to report it too."""
+        """Reports every round; the last round waits for the all-node evaluation to report it too."""
 
         def __init__(self) -> None:
             """Nothing held back yet."""
-            self.last_round = None
+            self.held = None
 
         def on_round_end(self, event) -> None:
             """Report the round with its checkpoint (the last one: keep it for on_run_end)."""
             _test_hooks(trial_id, event.round)
-            if event.round < event.num_rounds:
-                _report(dict(event.metrics), event.state)
+            if event.num_rounds is not None and event.round >= event.num_rounds:
+                self.held = event
             else:
-                self.last_round = event
+                _report(dict(event.metrics), event.state)
 
         def on_run_end(self, event) -> None:
-            """Report the final round with the per-client evaluation summary."""
-            if self.last_round is None:  # resumed after the final round: already reported
-                return
-            metrics = dict(self.last_round.metrics)
-            metrics.update({f"client_acc_{k}": event.client_evaluation.get(k) for k in CLIENT_EVAL_KEYS})
-            _report(metrics, event.state)
+            """Report the final round with the all-node evaluation's statistics."""
+            if self.held is None:
+                if not (event.client_evaluation and event.history):  # resumed after the final round: reported
+                    return
+                metrics, state = dict(event.history[-1]), event.state  # an app that loops itself: report again
+            else:
+                metrics, state = dict(self.held.metrics), event.state
+            metrics.update(client_evaluation_metrics(event.client_evaluation))
+            _report(metrics, state)
 
     return TuneReporter()
 
 
-def fedsweep_trial(config: dict, data_refs: dict, data_keys: tuple, plan: ResourcePlan) -> None:
-    """Tune function trainable: one fl_core simulation, resumed from the trial's last checkpoint if any.
+def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_dir: str) -> None:
+    """Tune function trainable: one fl_core run, resumed from the trial's last checkpoint if any.
 
-    `config` holds the trial's sampled values only; the fixed settings come with `plan`.
+    `config` holds the trial's sampled values only; the fixed ones come with `plan`.
     """
     from ray import tune
 
-    from fl_core import load_checkpoint, load_federated_data, run_simulation
+    from fl_core import load_app_folder, load_checkpoint, run_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint otherwise
-    sim = plan.sim_config(config)
+    settings, run_config = plan.trial(config)
     # The pool then uses exactly the K client bundles of this trial's placement group.
-    sim.max_parallel_clients = client_slots(sim, plan)
+    settings.max_parallel_clients = client_slots(settings, run_config, plan)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory)
-        if resume.round >= sim.num_rounds:
+        if resume.round >= run_config.get("num-server-rounds", resume.round + 1):
             return
-    data_ref = data_refs.get(data_key(config, data_keys))
-    data = load_federated_data(sim) if data_ref is None else None  # swept data keys without a shared copy
     reporter = _make_reporter(tune.get_context().get_trial_id())
-    run_simulation(sim, data=data, data_ref=data_ref, resume=resume, callbacks=[reporter])
+    run_app(load_app_folder(app_dir), run_config, settings, resume=resume, shared_values=shared_values,
+            callbacks=[reporter])
 
 
-def make_trainable(spec: SweepSpec, data_refs: dict):
-    """The trainable as Tune sees it: data via the object store, resources from the trial's config."""
+def make_trainable(spec: SweepSpec, shared_values: list):
+    """The trainable as Tune sees it: shared data by object-store reference, resources from the trial's config."""
     from ray import tune
 
     plan = ResourcePlan.of(spec)
-    trainable = tune.with_parameters(fedsweep_trial, data_refs=data_refs, data_keys=swept_data_keys(spec), plan=plan)
+    transfer = [value.for_transfer() for value in shared_values]  # the refs only, not the data again
+    trainable = tune.with_parameters(fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir)
     return tune.with_resources(trainable, functools.partial(trial_resources, plan=plan))

@@ -7,9 +7,8 @@ import logging
 import os
 import time
 
-from fl_core.config import setting_type
 from fl_sweep.resources import ResourcePlan, check_fits
-from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, SweepSpec, combinations
+from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, ROUNDS_KEY, SweepSpec, combinations
 from fl_sweep.storage import write_marker
 from fl_sweep.trainable import make_trainable
 
@@ -24,7 +23,7 @@ def param_space(spec: SweepSpec) -> dict:
     space = {}
     for key, entry in spec.search.items():
         kind, values = entry["kind"], entry["values"]
-        integer = setting_type(key)[0] is int
+        integer = isinstance(values[0], int) and not isinstance(values[0], bool)  # values have the key's type
         if kind == "grid" and spec.search_alg == "grid":
             space[key] = tune.grid_search(values)
         elif kind in ("grid", "choice"):
@@ -55,8 +54,8 @@ def tune_config(spec: SweepSpec):
         searcher = BasicVariantGenerator(random_state=spec.search_seed)
     scheduler = None
     if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="round", max_t=spec.fixed["num_rounds"],
-                                  grace_period=min(spec.asha_grace_rounds, spec.fixed["num_rounds"]))
+        rounds = spec.run_config[ROUNDS_KEY]
+        scheduler = ASHAScheduler(time_attr="round", max_t=rounds, grace_period=min(spec.asha_grace_rounds, rounds))
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
                            num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
                            trial_dirname_creator=trial_dirname,
@@ -91,6 +90,9 @@ def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_SNAPSHOT_S)
     # Tune also forces a snapshot every --keep-checkpoints reports and warns when that is frequent: expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Trials run in the driver's working directory (Tune propagates this to them), so an app's relative
+    # paths (data-dir...) mean what they mean for python -m fl_core.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if args.address is None:
         kwargs = {"_temp_dir": os.path.abspath(args.ray_temp_dir)} if args.ray_temp_dir else {}
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **kwargs)
@@ -122,16 +124,19 @@ class _GoneCheckpointFilter(logging.Filter):
         return True
 
 
-def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, data: dict) -> dict:
+def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_values: list) -> dict:
     """Start Ray, run (or restore) the sweep, leave Ray shut down; returns its timings in seconds."""
     import ray
     from ray import tune
+
+    from fl_core import shared_data
 
     t0 = time.perf_counter()
     start_ray(args, spec, fresh=not args.resume)
     timings = {"ray_start_s": time.perf_counter() - t0}
     try:
-        trainable = make_trainable(spec, {key: ray.put(value) for key, value in data.items()})
+        shared_data.publish(shared_values)
+        trainable = make_trainable(spec, shared_values)
         if args.resume:
             logging.getLogger("ray.tune.execution.tune_controller").addFilter(_GoneCheckpointFilter())
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)

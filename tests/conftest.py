@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic configs and one in-process Ray for the session."""
+"""Shared fixtures: small synthetic runs of the built-in app and one in-process Ray for the session."""
 
 from __future__ import annotations
 
@@ -15,24 +15,36 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
-def tiny_config(**overrides):
-    """A SimConfig small enough for a test: synthetic data, 4 clients, 2 per round."""
-    from fl_core import SimConfig
+def tiny_run(settings: dict | None = None, **run_config):
+    """(built-in app, run config, RunSettings) small enough for a test: synthetic data, 4 nodes, 2 a round.
 
-    values = dict(
-        dataset="synthetic",
-        synthetic_size=400,
-        pool_size=4,
-        fraction_fit=0.5,
-        fraction_evaluate=0.5,
-        min_fit_clients=2,
-        min_evaluate_clients=2,
-        num_rounds=2,
-        lr=0.05,
-        eval_batch_size=200,
-    )
-    values.update(overrides)
-    return SimConfig(**values)
+    Run-config keys are given with `_` for `-` (local_epochs=2); engine settings in `settings`.
+    """
+    from fl_core import RunSettings, fuse_run_config, load_app_folder
+
+    app = load_app_folder(None)
+    values = dict(dataset="synthetic", synthetic_size=400, fraction_train=0.5, fraction_evaluate=0.5,
+                  min_train_nodes=2, min_evaluate_nodes=2, num_server_rounds=2, local_epochs=1, lr=0.05,
+                  eval_batch_size=200)
+    values.update(run_config)
+    fused = fuse_run_config(app, {k.replace("_", "-"): v for k, v in values.items()})
+    engine = RunSettings(**{"pool_size": 4, **(settings or {})})
+    fused["seed"] = engine.seed
+    return app, fused, engine
+
+
+def model_metrics(history: list[dict]) -> list[dict]:
+    """Per-round metrics without the timing keys (which differ run to run)."""
+    from fl_core.callbacks import TIMING_KEYS
+
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def same_arrays(a, b) -> bool:
+    """Whether two ArrayRecords hold bit-identical arrays under the same names."""
+    import numpy as np
+
+    return list(a.keys()) == list(b.keys()) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a.keys())
 
 
 @pytest.fixture(scope="session")

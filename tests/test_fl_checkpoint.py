@@ -1,37 +1,54 @@
-"""Checkpoint files: round trip, safety, refusal of corrupt or incompatible ones."""
+"""Checkpoint files: round trip of every kind of state, safety, refusal of corrupt, malformed or incompatible ones."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 
-from fl_core.checkpoint import CHECKPOINT_FILE, CheckpointError, ServerState, check_compatible, load_checkpoint, save_checkpoint
-from tests.conftest import tiny_config
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fl_core.checkpoint import CHECKPOINT_FILE, CheckpointError, ServerState, check_resume, load_checkpoint, save_checkpoint
+from fl_core.strategies import StrategyState
+from tests.conftest import same_arrays, tiny_run
 
 
-def _state(round_=2, cfg=None):
-    cfg = cfg or tiny_config()
+def _state(round_=2, run=None):
+    app, run_config, settings = run or tiny_run()
+    arrays = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float64)])
+    inner = StrategyState(momentum_vector=[np.full(3, 0.5)], clipping_norm=np.float32(0.25), keys={"a": 1, 2: None})
+    node_state = RecordDict({"control": ArrayRecord([np.full(2, 7.0)]), "seen": MetricRecord({"rounds": 3}),
+                             "tag": ConfigRecord({"name": "x", "raw": b"\x00\x01", "flags": [True, False]})})
     return ServerState(
-        round=round_,
-        parameters=[np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)],
-        strategy_state={"m_t": [np.full(3, 0.5)], "v_t": [np.full(3, 0.25)]},
-        history=[{"round": 1, "central_accuracy": 0.1, "fed_val_accuracy": None}],
-        config=cfg.to_dict(),
+        round=round_, arrays=arrays, strategy="FedAvgM",
+        strategy_state=StrategyState(current_arrays=arrays, m_t={"w": np.full(3, 0.5)}, eta=0.1, name="s",
+                                     pair=(1, 2.5), strategy=inner, nothing=None),
+        node_states={1001: node_state}, history=[{"round": 1, "central_accuracy": 0.1, "fed_accuracy": None}],
+        app=app.name, app_dir=app.directory, run_config=run_config, settings=settings.to_dict(),
     )
 
 
 def test_round_trip(tmp_path):
-    path = save_checkpoint(_state(), str(tmp_path))
+    saved = _state()
+    path = save_checkpoint(saved, str(tmp_path))
     assert os.path.basename(path) == CHECKPOINT_FILE
     assert [p for p in os.listdir(tmp_path) if p != CHECKPOINT_FILE] == [], "temp file left behind"
     for where in (str(tmp_path), path):
         loaded = load_checkpoint(where)
-        assert loaded.round == 2 and loaded.history[0]["fed_val_accuracy"] is None
-        assert all(np.array_equal(a, b) for a, b in zip(loaded.parameters, _state().parameters))
-        assert np.array_equal(loaded.strategy_state["v_t"][0], np.full(3, 0.25))
-        assert loaded.config == tiny_config().to_dict()
+        assert loaded.round == 2 and loaded.history[0]["fed_accuracy"] is None
+        assert same_arrays(loaded.arrays, saved.arrays) and loaded.arrays["1"].dtype == "float64"
+        state = loaded.strategy_state
+        assert same_arrays(state["current_arrays"], saved.arrays) and np.array_equal(state["m_t"]["w"], np.full(3, 0.5))
+        assert state["eta"] == 0.1 and state["name"] == "s" and state["pair"] == (1, 2.5) and state["nothing"] is None
+        inner = state["strategy"]
+        assert isinstance(inner, StrategyState) and inner["keys"] == {"a": 1, 2: None}
+        assert inner["clipping_norm"] == np.float32(0.25) and inner["clipping_norm"].dtype == np.float32
+        node = loaded.node_states[1001]
+        assert np.array_equal(node["control"]["0"].numpy(), np.full(2, 7.0)) and node["seen"]["rounds"] == 3
+        assert node["tag"]["raw"] == b"\x00\x01" and node["tag"]["flags"] == [True, False]
+        assert loaded.run_config == saved.run_config and loaded.settings == saved.settings
 
 
 def test_overwrite_keeps_a_valid_file(tmp_path):
@@ -80,23 +97,62 @@ def test_missing_checkpoint(tmp_path):
         load_checkpoint(str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("change", [{"pool_size": 8}, {"partition": "dirichlet"}, {"model": "cnn2"}, {"strategy": "fedadam"}])
-def test_incompatible_config_is_refused(change):
+@pytest.mark.parametrize("change", [{"settings": {"pool_size": 8}}, {"partition": "dirichlet"}, {"strategy": "fedadam"},
+                                    {"lr": 0.5}, {"settings": {"seed": 3}}])
+def test_incompatible_run_is_refused(change):
     saved = _state()
-    if "model" in change:  # an unknown model cannot even be validated; compare the dicts directly
-        saved.config["model"] = "resnet"
-        change = {}
+    app, run_config, settings = tiny_run(**change)
     with pytest.raises(CheckpointError, match="other settings"):
-        check_compatible(saved, tiny_config(**change))
+        check_resume(saved, app, run_config, settings)
 
 
-def test_more_rounds_and_other_resources_are_compatible():
-    check_compatible(_state(), tiny_config(num_rounds=10, num_client_cpus=2.0, max_parallel_clients=1))
+def test_more_rounds_and_other_resources_are_allowed_with_a_note_on_threads():
+    app, run_config, settings = tiny_run(settings={"num_client_cpus": 2.0, "max_parallel_clients": 1},
+                                         num_server_rounds=10)
+    notes = check_resume(_state(), app, run_config, settings)
+    assert len(notes) == 1 and "num_client_cpus" in notes[0] and "not bit-identical" in notes[0]
+    app, run_config, settings = tiny_run(num_server_rounds=10)
+    assert check_resume(_state(), app, run_config, settings) == []
 
 
-def test_checkpoint_past_the_requested_rounds_is_refused():
-    with pytest.raises(CheckpointError, match="past --num-rounds"):
-        check_compatible(_state(round_=5), tiny_config(num_rounds=3))
+def test_another_app_is_refused():
+    saved = _state()
+    saved.app = "someone-elses-app"
+    with pytest.raises(CheckpointError, match="is of app 'someone-elses-app'"):
+        check_resume(saved, *tiny_run())
+
+
+def _rewrite_meta(path: str, edit) -> None:
+    """Rewrite the JSON part of a checkpoint file with `edit(meta)` applied (valid JSON, maybe wrong content)."""
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    meta = json.loads(bytes(entries["meta"]).decode())
+    edit(meta)
+    entries["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **entries)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("history"),
+    lambda m: m.update(round="three"),
+    lambda m: m.update(history={"round": 1}),
+    lambda m: m.update(history=[1, 2]),
+    lambda m: m.update(arrays={"ArrayRecord": [["w", "a999999"]]}),
+    lambda m: m.update(arrays={"ndarray": "a000000"}),
+    lambda m: m.update(strategy_state={"Pickle": []}),
+    lambda m: m.update(strategy_state=[1, 2]),
+    lambda m: m.update(node_states=[[1001, {"list": []}]]),
+    lambda m: m.update(node_states={"1001": 5}),
+    lambda m: m.update(run_config=None),
+    lambda m: m.update(version=1),
+    lambda m: m.update(format="something-else"),
+])
+def test_valid_json_with_wrong_fields_is_refused(tmp_path, edit):
+    path = save_checkpoint(_state(), str(tmp_path))
+    _rewrite_meta(path, edit)
+    with pytest.raises(CheckpointError, match="corrupt or not a fedsweep checkpoint"):
+        load_checkpoint(path)
 
 
 def test_plain_npy_is_refused(tmp_path):

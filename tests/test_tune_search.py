@@ -29,17 +29,18 @@ sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
 
 import fl_sweep.spec  # noqa: E402
 import tune_search  # noqa: E402
-from fl_core.config import ConfigError  # noqa: E402
+from fl_core.settings import ConfigError  # noqa: E402
 from fl_sweep.resources import ResourcePlan, trial_bundles, trial_resources  # noqa: E402
 from fl_sweep.spec import SweepSpec, build_spec, combinations, validate_spec  # noqa: E402
-from fl_sweep.trainable import data_key, shared_data_configs  # noqa: E402
+from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import param_space, tune_config  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "tune_search.py")
+EXAMPLE_WITHOUT_ROUNDS = os.path.join(REPO, "tests", "apps", "no_rounds")
 TINY = [
-    "--set", "dataset=synthetic", "--set", "synthetic_size=600", "--set", "pool_size=4",
-    "--set", "min_fit_clients=1", "--set", "min_evaluate_clients=1", "--set", "eval_batch_size=200",
-    "--set", "num_rounds=2",
+    "--set", "dataset=synthetic", "--set", "synthetic-size=600", "--set", "pool_size=4",
+    "--set", "min-train-nodes=1", "--set", "min-evaluate-nodes=1", "--set", "eval-batch-size=200",
+    "--set", "num-server-rounds=2",
 ]
 
 
@@ -154,23 +155,26 @@ def rounds_of(log: list[tuple[str, int]], trial_id: str) -> list[int]:
 
 def test_default_grid_and_replacement():
     """No search flag: the 3x3 default grid; any search flag replaces it; fixed keys leave the default grid."""
-    assert spec_of([]).search == {"fraction_fit": {"kind": "grid", "values": [0.05, 0.1, 0.2]},
-                                  "local_epochs": {"kind": "grid", "values": [1, 2, 5]}}
+    assert spec_of([]).search == {"fraction-train": {"kind": "grid", "values": [0.05, 0.1, 0.2]},
+                                  "local-epochs": {"kind": "grid", "values": [1, 2, 5]}}
     assert spec_of(["--loguniform", "lr=1e-3,1e-1"]).search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]}}
-    assert list(spec_of(["--set", "local-epochs=3"]).search) == ["fraction_fit"]
-    spec = spec_of(["--set", "num-rounds=7", "--choice", "strategy=fedavg,fedprox"])
-    assert spec.fixed["num_rounds"] == 7 and spec.search["strategy"]["values"] == ["fedavg", "fedprox"]
+    assert list(spec_of(["--set", "local_epochs=3"]).search) == ["fraction-train"]
+    spec = spec_of(["--set", "num-server-rounds=7", "--choice", "strategy=fedavg,fedprox", "--set", "pool-size=8"])
+    assert spec.run_config["num-server-rounds"] == 7 and spec.search["strategy"]["values"] == ["fedavg", "fedprox"]
+    assert spec.settings["pool_size"] == 8 and "pool_size" not in spec.run_config
+    seeded = spec_of(["--grid", "seed=0,1"])
+    assert ResourcePlan.of(seeded).trial({"seed": 1})[1]["seed"] == 1  # the app's seed key is the engine's seed
 
 
 def test_config_file_sections(tmp_path):
     """YAML `fixed:` and `search:` sections; dashes accepted; command-line flags override the file."""
     path = tmp_path / "sweep.yaml"
-    path.write_text("fixed:\n  num-rounds: 4\n  dataset: synthetic\n"
+    path.write_text("fixed:\n  num-server-rounds: 4\n  dataset: synthetic\n"
                     "search:\n  lr: {loguniform: [1.0e-3, 1.0e-1]}\n  local_epochs: {grid: [1, 2]}\n")
-    spec = spec_of(["--config", str(path), "--set", "num_rounds=5"])
-    assert spec.fixed["num_rounds"] == 5 and spec.fixed["dataset"] == "synthetic"
+    spec = spec_of(["--config", str(path), "--set", "num_server_rounds=5"])
+    assert spec.run_config["num-server-rounds"] == 5 and spec.run_config["dataset"] == "synthetic"
     assert spec.search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]},
-                           "local_epochs": {"kind": "grid", "values": [1, 2]}}
+                           "local-epochs": {"kind": "grid", "values": [1, 2]}}
     json_path = tmp_path / "sweep.json"
     json_path.write_text(json.dumps({"search": {"seed": [0, 1, 2]}}))
     assert spec_of(["--config", str(json_path)]).search == {"seed": {"kind": "grid", "values": [0, 1, 2]}}
@@ -181,38 +185,44 @@ def test_param_space_domains():
     from ray.tune.search.sample import Categorical, Float, Integer
 
     argv = ["--grid", "local_epochs=1,2", "--choice", "strategy=fedavg,fedprox", "--uniform", "momentum=0,0.9",
-            "--loguniform", "lr=1e-3,1e-1", "--uniform", "batch_size=16,64"]
+            "--loguniform", "lr=1e-3,1e-1", "--uniform", "batch_size=16,64", "--loguniform", "fedadam.eta=0.01,1"]
     space = param_space(spec_of(argv))
-    assert space["local_epochs"] == {"grid_search": [1, 2]}
+    assert space["local-epochs"] == {"grid_search": [1, 2]}
     assert isinstance(space["strategy"], Categorical)
     assert isinstance(space["momentum"], Float) and isinstance(space["lr"], Float)
-    assert isinstance(space["batch_size"], Integer)
-    assert "num_rounds" not in space  # fixed settings travel with the trainable
+    assert isinstance(space["batch-size"], Integer) and isinstance(space["fedadam.eta"], Float)
+    assert "num-server-rounds" not in space  # fixed values travel with the trainable
     random_space = param_space(spec_of(argv + ["--search", "random"]))
-    assert isinstance(random_space["local_epochs"], Categorical)
+    assert isinstance(random_space["local-epochs"], Categorical)
 
 
 def test_trial_bundles_follow_config():
     """[server] + K client bundles, K = min(clients per round, max parallel); GPU key only when asked."""
-    spec = spec_of(["--set", "pool_size=100", "--grid", "fraction_fit=0.05,0.2"], cpus=16)
+    spec = spec_of(["--set", "pool_size=100", "--set", "fraction-evaluate=0.02", "--grid", "fraction_train=0.05,0.2"],
+                   cpus=16)
     plan = ResourcePlan.of(spec)
-    assert trial_bundles({"fraction_fit": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
-    assert len(trial_bundles({"fraction_fit": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
+    assert trial_bundles({"fraction-train": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
+    assert len(trial_bundles({"fraction-train": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
     gpu = spec_of(["--num-client-gpus", "0.25", "--server-gpus", "1", "--max-parallel-clients", "3"], cpus=16, gpus=2)
-    bundles = trial_bundles({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    bundles = trial_bundles({"fraction-train": 0.1}, ResourcePlan.of(gpu))
     assert bundles == [{"CPU": 1, "GPU": 1.0}] + [{"CPU": 1.0, "GPU": 0.25}] * 3
-    factory = trial_resources({"fraction_fit": 0.1}, ResourcePlan.of(gpu))
+    factory = trial_resources({"fraction-train": 0.1}, ResourcePlan.of(gpu))
     assert factory.bundles == bundles
 
 
 def test_data_sharing_decision():
-    """Swept data keys: grid/choice values -> one shared data set per value; ranges -> trials load their own."""
-    assert list(shared_data_configs(spec_of(["--grid", "lr=0.1,0.2"]))) == ["{}"]
-    per_seed = shared_data_configs(spec_of(["--grid", "seed=0,1,2", "--grid", "lr=0.1,0.2"]))
-    assert sorted(per_seed) == ['{"seed": 0}', '{"seed": 1}', '{"seed": 2}'] and per_seed['{"seed": 2}'].seed == 2
-    assert shared_data_configs(spec_of(["--uniform", "alpha=0.1,1"])) is None
-    assert shared_data_configs(spec_of(["--grid", "seed=" + ",".join(map(str, range(9)))])) is None
-    assert data_key({"seed": 1, "lr": 0.1}, ("seed",)) == '{"seed": 1}'
+    """One data set per distinct value of the keys the app's loader reads; ranges over them: trials load their own."""
+    small = ["--set", "dataset=synthetic", "--set", "synthetic-size=200", "--set", "pool-size=4"]
+    one = share_data(spec_of(small + ["--grid", "lr=0.1,0.2", "--grid", "alpha=0.1,1"]))  # iid: alpha not read
+    assert len(one) == 1 and "lr" not in one[0].inputs and "alpha" not in one[0].inputs
+    per_seed = share_data(spec_of(small + ["--grid", "seed=0,1,2", "--grid", "lr=0.1,0.2"]))
+    assert sorted(v.inputs["seed"] for v in per_seed) == [0, 1, 2]
+    per_alpha = share_data(spec_of(small + ["--set", "partition=dirichlet", "--grid", "alpha=0.5,1"]))
+    assert sorted(v.inputs["alpha"] for v in per_alpha) == [0.5, 1.0]
+    assert share_data(spec_of(small + ["--set", "partition=dirichlet", "--uniform", "alpha=0.5,1"])) == []
+    assert share_data(spec_of(small + ["--grid", "seed=" + ",".join(map(str, range(9)))])) == []
+    by_pool = ["--set", "dataset=synthetic", "--set", "synthetic-size=200", "--grid", "pool_size=4,5"]
+    assert len(share_data(spec_of(by_pool))) == 2  # num_partitions decides too
 
 
 def test_tune_config_scheduler_and_searcher():
@@ -220,7 +230,7 @@ def test_tune_config_scheduler_and_searcher():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    spec = spec_of(["--set", "num_rounds=8", "--scheduler", "asha", "--search", "optuna", "--metric", "central_loss",
+    spec = spec_of(["--set", "num-server-rounds=8", "--scheduler", "asha", "--search", "optuna", "--metric", "central_loss",
                     "--loguniform", "lr=1e-3,1e-1", "--num-samples", "6"])
     assert spec.mode == "min" and spec.num_samples == 6
     config = tune_config(spec)
@@ -253,12 +263,15 @@ def _bad_cases(tmp_path):
     return {
         "unknown parameter": storage + ["--grid", "learning_rate=0.01,0.1"],
         "unknown parameter in --set": storage + ["--set", "rounds=3"],
+        "renamed parameter": storage + ["--set", "num_rounds=3"],
         "empty grid": storage + ["--grid", "local_epochs="],
+        "not an app": storage + ["--app", str(tmp_path)],
+        "asha without rounds key": storage + ["--app", EXAMPLE_WITHOUT_ROUNDS, "--scheduler", "asha", "--grid", "lr=0.1,0.2"],
         "unwritable storage": ["--storage-path", str(tmp_path / "file.txt" / "sub"), "--set", "dataset=synthetic"],
         "resume of a non-sweep": ["--resume", "--storage-path", str(tmp_path / "empty")],
         "resume of nothing": ["--resume", "--storage-path", str(tmp_path / "nothing")],
         "optuna with grid": storage + ["--search", "optuna", "--set", "dataset=synthetic"],
-        "bad grid value": storage + ["--set", "dataset=synthetic", "--grid", "fraction_fit=0.5,1.5"],
+        "bad grid value": storage + ["--set", "dataset=synthetic", "--grid", "fraction-train=0.5,1.5"],
         "bad fixed value": storage + ["--set", "dataset=synthetic", "--set", "local_epochs=two"],
         "bad metric": storage + ["--set", "dataset=synthetic", "--metric", "accuracy"],
         "uniform on text": storage + ["--uniform", "strategy=a,b"],
@@ -267,9 +280,9 @@ def _bad_cases(tmp_path):
 
 
 @pytest.mark.parametrize("case", [
-    "unknown parameter", "unknown parameter in --set", "empty grid", "unwritable storage", "resume of a non-sweep",
-    "resume of nothing", "optuna with grid", "bad grid value", "bad fixed value", "bad metric", "uniform on text",
-    "fixed and swept",
+    "unknown parameter", "unknown parameter in --set", "renamed parameter", "empty grid", "not an app",
+    "asha without rounds key", "unwritable storage", "resume of a non-sweep", "resume of nothing", "optuna with grid",
+    "bad grid value", "bad fixed value", "bad metric", "uniform on text", "fixed and swept",
 ])
 def test_bad_input_refused(case, tmp_path, capsys):
     """Each bad input: exit 2, one `tune_search: error:` line on stderr, no files, Ray not started."""
@@ -314,10 +327,10 @@ def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Run a 2x2 sweep (fraction_fit x local_epochs, 2 rounds) in which one trial fails once in round 2."""
+    """Run a 2x2 sweep (fraction-train x local-epochs, 2 rounds) in which one trial fails once in round 2."""
     root = tmp_path_factory.mktemp("sweep")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
-    run = Run(TINY + ["--grid", "fraction_fit=0.25,0.5", "--grid", "local_epochs=1,2",
+    run = Run(TINY + ["--grid", "fraction-train=0.25,0.5", "--grid", "local-epochs=1,2",
                       "--storage-path", str(root / "results"), "--name", "grid"], env=hooks).start()
     t0 = time.time()
     code, output = run.wait(timeout=400)
@@ -332,19 +345,20 @@ def test_sweep_writes_results(sweep):
     exp = sweep["experiment"]
     trials = pd.read_csv(os.path.join(exp, "trials.csv"))
     assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
-    assert set(zip(trials["fraction_fit"], trials["local_epochs"])) == {(0.25, 1), (0.25, 2), (0.5, 1), (0.5, 2)}
+    assert set(zip(trials["fraction-train"], trials["local-epochs"])) == {(0.25, 1), (0.25, 2), (0.5, 1), (0.5, 2)}
     assert (trials["rounds"] == 2).all() and trials["final_central_accuracy"].between(0, 1).all()
     rounds = pd.read_csv(os.path.join(exp, "rounds.csv"))
     assert len(rounds) == 8 and not rounds.duplicated(["trial_id", "round"]).any()
-    assert {"central_accuracy", "central_loss", "fed_val_accuracy", "seconds", "samples_per_s"} <= set(rounds)
+    assert {"central_accuracy", "central_loss", "fed_accuracy", "train_loss", "seconds", "samples_per_s"} <= set(rounds)
+    assert {"clients_accuracy_mean", "clients_accuracy_p10"} <= set(trials)
     with open(os.path.join(exp, "best.json")) as f:
         best = json.load(f)
     assert best["value"] == trials["final_central_accuracy"].max()
-    assert set(best["swept"]) == {"fraction_fit", "local_epochs"} and best["config"]["num_rounds"] == 2
+    assert set(best["swept"]) == {"fraction-train", "local-epochs"} and best["config"]["num-server-rounds"] == 2
     from fl_core import load_checkpoint
 
     assert load_checkpoint(best["checkpoint_file"]).round == 2
-    for png in ("accuracy_vs_round.png", "heatmap_final_accuracy.png"):
+    for png in ("central_accuracy_vs_round.png", "heatmap_central_accuracy.png"):
         assert os.path.getsize(os.path.join(exp, png)) > 1000
     assert "best 4 of 4 trials" in sweep["output"]
 
@@ -365,12 +379,13 @@ def test_failed_trial_retried_from_its_checkpoint(sweep):
 def test_report_command_rewrites_files(sweep, capsys):
     """`tune_search report PATH` rebuilds the tables and plots from the experiment folder."""
     exp = sweep["experiment"]
-    for name in ("trials.csv", "rounds.csv", "best.json", "accuracy_vs_round.png"):
+    for name in ("trials.csv", "rounds.csv", "best.json", "central_accuracy_vs_round.png"):
         os.remove(os.path.join(exp, name))
     assert tune_search.main(["report", exp]) == 0
     assert len(pd.read_csv(os.path.join(exp, "trials.csv"))) == 4
     assert len(pd.read_csv(os.path.join(exp, "rounds.csv"))) == 8
-    assert os.path.exists(os.path.join(exp, "best.json")) and os.path.exists(os.path.join(exp, "accuracy_vs_round.png"))
+    assert os.path.exists(os.path.join(exp, "best.json"))
+    assert os.path.exists(os.path.join(exp, "central_accuracy_vs_round.png"))
     assert "best 4 of 4 trials" in capsys.readouterr().out
 
 
@@ -417,8 +432,9 @@ def test_kill_and_resume(tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     # Two trials one after the other (2 CPUs each); ~1 s rounds so the kill lands mid-trial.
-    args = TINY + ["--set", "synthetic_size=3000", "--set", f"num_rounds={num_rounds}", "--set", "fraction_fit=0.5",
-                   "--grid", "local_epochs=2,3", "--storage-path", storage, "--name", "killed"]
+    args = TINY + ["--set", "synthetic-size=3000", "--set", f"num-server-rounds={num_rounds}",
+                   "--set", "fraction-train=0.5", "--grid", "lr=0.05,0.06", "--set", "local-epochs=3",
+                   "--storage-path", storage, "--name", "killed"]
     first = Run(args, env={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
     try:
         finished, running = _wait_for_kill_point(first, log_path, num_rounds)

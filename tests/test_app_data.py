@@ -1,4 +1,4 @@
-"""Data loading and partitioning."""
+"""The built-in app's data: loading and partitioning."""
 
 from __future__ import annotations
 
@@ -8,14 +8,22 @@ import pickle
 import numpy as np
 import pytest
 
-from fl_core import ConfigError, SimConfig
-from fl_core.data import label_histograms, load_cifar10, load_federated_data, make_synthetic, partition_summary
+from cifar10_app.data import label_histograms, load_cifar10, make_synthetic, partition_summary
+from cifar10_app.data import load_data as shared_load_data
+from fl_core import fuse_run_config, load_app_folder
 
 
-def _config(**kw):
-    base = dict(dataset="synthetic", synthetic_size=2000, pool_size=20)
+def _config(pool_size=20, **kw):
+    """(run config, pool size) of the built-in app on synthetic data; keys with `_` for `-`."""
+    base = dict(dataset="synthetic", synthetic_size=2000)
     base.update(kw)
-    return SimConfig(**base)
+    return fuse_run_config(load_app_folder(None), {k.replace("_", "-"): v for k, v in base.items()}), pool_size
+
+
+def load_federated_data(config):
+    """The data the app's @shared load_data builds for (run config, pool size), computed afresh."""
+    run_config, pool_size = config
+    return shared_load_data.compute(run_config, pool_size).value
 
 
 @pytest.mark.parametrize("partition", ["iid", "dirichlet", "pathological"])
@@ -100,7 +108,7 @@ def test_reads_pickled_batches_in_plane_order(tmp_path):
 def test_incomplete_cifar_folder_is_reported(tmp_path):
     folder = _write_fake_cifar(tmp_path)
     os.remove(os.path.join(folder, "test_batch"))
-    with pytest.raises(ConfigError, match="missing test_batch"):
+    with pytest.raises(ValueError, match="missing test_batch"):
         load_cifar10(str(tmp_path))
 
 
@@ -111,14 +119,25 @@ def test_offline_without_data_says_how_to_supply_it(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(ConfigError, match="could not be downloaded.*--dataset synthetic"):
+    with pytest.raises(ValueError, match="could not be downloaded.*--dataset synthetic"):
         load_cifar10(str(tmp_path))
-    with pytest.raises(ConfigError, match="could not be downloaded"):
+    with pytest.raises(ValueError, match="could not be downloaded"):
         load_cifar10(str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh").exists(), "a failed download left its folder behind"
 
 
+def test_data_keys_are_the_ones_read():
+    """load_data reads alpha only for Dirichlet splits: a sweep over alpha with IID splits shares one data set."""
+    iid = shared_load_data.compute(*_config(partition="iid"))
+    dirichlet = shared_load_data.compute(*_config(partition="dirichlet"))
+    assert "alpha" not in iid.inputs and "alpha" in dirichlet.inputs
+    assert {"dataset", "synthetic-size", "partition", "val-ratio", "seed"} <= set(iid.inputs)
+    assert "lr" not in iid.inputs and "data-dir" not in iid.inputs  # synthetic data: the folder does not matter
+    other_lr, _ = _config(partition="iid", lr=0.5)
+    assert iid.matches(other_lr, 20) and not iid.matches(other_lr, 21)
+
+
 def test_real_cifar10_loads(cifar_dir):
-    data = load_federated_data(SimConfig(dataset="cifar10", data_dir=cifar_dir, pool_size=100))
+    data = load_federated_data(_config(pool_size=100, dataset="cifar10", data_dir=cifar_dir))
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
