@@ -7,7 +7,7 @@
    (sum of the trials' own times / trials that fit at once) / sweep wall time:
    1.0 means Tune kept every slot busy; the rest is scheduling, trial start-up
    and idle slots at the end.
-2. The first trial's config run by `fl_core.run_simulation` alone, in-process,
+2. The first trial's config run by `fl_core.run_app` alone, in-process,
    with the same client workers (K) and server CPUs. Per-round overhead =
    Tune's wall time between two round reports minus fl_core's alone (rounds
    after the first, which holds the workers' start-up). Tune's side includes
@@ -20,6 +20,7 @@ cifar-10-batches-py, e.g. made by `python ../shared/datasets/make_cifar10.py DIR
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -36,9 +37,9 @@ import pandas as pd  # noqa: E402
 import tune_search  # noqa: E402
 from fl_sweep.report import write_report  # noqa: E402
 from fl_sweep.resources import ResourcePlan, client_slots, server_bundle_cpus, trial_bundles  # noqa: E402
-from fl_sweep.trainable import data_key, load_shared_data, swept_data_keys  # noqa: E402
+from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import execute  # noqa: E402
-from fl_core import Callback, run_simulation  # noqa: E402
+from fl_core import Callback, load_app_folder, run_app  # noqa: E402
 from provenance import write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="folder with cifar-10-batches-py: use real CIFAR-10 (default: synthetic data)")
     p.add_argument("--rounds", type=int, default=5, help="rounds per trial (default 5)")
     p.add_argument("--pool-size", type=int, default=10, help="clients (default 10)")
-    p.add_argument("--fraction-fit", type=float, default=0.2, help="client fraction (default 0.2)")
+    p.add_argument("--fraction-train", type=float, default=0.2, help="client fraction (default 0.2)")
     p.add_argument("--synthetic-size", type=int, default=10000, help="synthetic training images (default 10000)")
     p.add_argument("--storage-path", help="where the sweep is written (default: a temp folder)")
     p.add_argument("--out", help="write the figures as JSON here")
@@ -77,26 +78,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sweep_argv(args: argparse.Namespace, storage: str) -> list[str]:
     """tune_search arguments of the 4-trial sweep."""
-    data = (["--set", "dataset=cifar10", "--set", f"data_dir={args.data_dir}"] if args.data_dir
-            else ["--set", "dataset=synthetic", "--set", f"synthetic_size={args.synthetic_size}"])
+    data = (["--set", "dataset=cifar10", "--set", f"data-dir={args.data_dir}"] if args.data_dir
+            else ["--set", "dataset=synthetic", "--set", f"synthetic-size={args.synthetic_size}"])
     return data + [
-        "--set", f"pool_size={args.pool_size}", "--set", f"fraction_fit={args.fraction_fit}",
-        "--set", f"num_rounds={args.rounds}", "--set", "fraction_evaluate=0.2",
-        "--grid", "local_epochs=1,2", "--grid", "lr=0.01,0.02",
+        "--set", f"pool_size={args.pool_size}", "--set", f"fraction-train={args.fraction_train}",
+        "--set", f"num-server-rounds={args.rounds}", "--set", "fraction-evaluate=0.2",
+        "--grid", "local-epochs=1,2", "--grid", "lr=0.01,0.02",
         "--storage-path", storage, "--name", time.strftime("bench-%Y%m%d-%H%M%S"),
     ]
 
 
 def run_sweep(args: argparse.Namespace, storage: str) -> dict:
-    """Run the sweep through tune_search; returns spec, experiment, timings, data and its two tables."""
+    """Run the sweep through tune_search; returns spec, experiment, timings, shared data and its two tables."""
     targs = tune_search.build_parser().parse_args(sweep_argv(args, storage))
     spec, experiment = tune_search.prepare(targs)
-    data = load_shared_data(spec)
-    timings = execute(targs, spec, experiment, data)
+    shared_values = share_data(spec)
+    timings = execute(targs, spec, experiment, shared_values)
     write_report(experiment)
     trials = pd.read_csv(os.path.join(experiment, "trials.csv"))
     rounds = pd.read_csv(os.path.join(experiment, "rounds.csv"))
-    return {"spec": spec, "experiment": experiment, "timings": timings, "data": data, "trials": trials, "rounds": rounds}
+    return {"spec": spec, "experiment": experiment, "timings": timings, "shared": shared_values, "trials": trials,
+            "rounds": rounds}
 
 
 def packing(sweep: dict) -> dict:
@@ -124,7 +126,7 @@ def packing(sweep: dict) -> dict:
 
 
 def run_alone(sweep: dict) -> tuple[dict, RoundClock, float]:
-    """The first trial's config through fl_core.run_simulation in-process; returns (config, clock, total seconds)."""
+    """The first trial's config through fl_core.run_app in-process; returns (config, clock, total seconds)."""
     import logging
 
     import ray
@@ -134,16 +136,16 @@ def run_alone(sweep: dict) -> tuple[dict, RoundClock, float]:
     first = trials.sort_values("trial_id").iloc[0]
     sampled = {k: plain(first[k]) for k in spec.search}
     plan = ResourcePlan.of(spec)
-    sim = plan.sim_config(sampled)
-    sim.max_parallel_clients = client_slots(sim, plan)  # same K workers as the trial
-    sim.server_cpus = server_bundle_cpus(sim)
-    key = data_key(sampled, swept_data_keys(spec))
+    settings, run_config = plan.trial(sampled)
+    settings.max_parallel_clients = client_slots(settings, run_config, plan)  # same K workers as the trial
+    settings.server_cpus = server_bundle_cpus(settings)
     temp_dir = tempfile.mkdtemp(prefix="fsb", dir="/tmp")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING", _temp_dir=temp_dir)
     try:
         clock = RoundClock()
         t0 = time.perf_counter()
-        run_simulation(sim, data=sweep["data"][key], callbacks=[clock])
+        fresh = [dataclasses.replace(v, ref=None) for v in sweep["shared"]]  # the sweep's object store is gone
+        run_app(load_app_folder(spec.app_dir), run_config, settings, callbacks=[clock], shared_values=fresh)
         total = time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -58,11 +58,11 @@ pytestmark = [
 ]
 # The tiny sweep of tests/test_tune_search.py: synthetic data, 4 clients, 2 rounds; 2 trials with the grid.
 TINY = [
-    "--set", "dataset=synthetic", "--set", "synthetic_size=600", "--set", "pool_size=4",
-    "--set", "min_fit_clients=1", "--set", "min_evaluate_clients=1", "--set", "eval_batch_size=200",
-    "--set", "num_rounds=2",
+    "--set", "dataset=synthetic", "--set", "synthetic-size=600", "--set", "pool_size=4",
+    "--set", "min-train-nodes=1", "--set", "min-evaluate-nodes=1", "--set", "eval-batch-size=200",
+    "--set", "num-server-rounds=2",
 ]
-TWO_TRIALS = ["--grid", "local_epochs=1,2"]
+TWO_TRIALS = ["--grid", "local-epochs=1,2"]
 START_TIMEOUT_S = 120  # one `ray start` (about 10 s for a head here)
 JOB_TIMEOUT_S = 240  # one tiny sweep as a job (about 20 s here)
 
@@ -496,7 +496,7 @@ def test_clients_run_on_second_node(head, tmp_path):
         assert result.returncode == 0, _output(result)
         check_results(os.path.join(storage, "two_nodes"), trials=2, rounds=2)
         job_id = head.job_id(submission_id)
-        workers = head.actors("ClientWorker", job_id)
+        workers = head.actors("ClientAppWorker", job_id)
         assert len(workers) >= 2, workers  # at least one per trial (K = 1)
         assert {w["node_id"] for w in workers} == {node.node_id}, (workers, node.node_id)
         trainables = head.actors("ImplicitFunc", job_id)  # Tune's actor for a function trainable: the server
@@ -527,8 +527,8 @@ def round_log_env(tmp_path, log_path: str) -> str:
 
 def long_rounds(num_rounds: int) -> list[str]:
     """Trial settings for two nodes with ~0.5-1 s rounds (as in test_tune_search's kill test): a kill lands inside."""
-    return [*TWO_NODE_TRIAL, "--set", "synthetic_size=3000", "--set", "fraction_fit=0.5",
-            "--set", f"num_rounds={num_rounds}"]
+    return [*TWO_NODE_TRIAL, "--set", "synthetic-size=3000", "--set", "fraction-train=0.5",
+            "--set", f"num-server-rounds={num_rounds}"]
 
 
 def kill_raylet_after_first_round(node: RayNode, submit: subprocess.Popen, log_path: str) -> None:
@@ -546,7 +546,7 @@ def test_node_killed_without_retries_fails_clearly(head, tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     # One trial only: a second one could never be placed after the loss, and would wait (see the next test).
-    entrypoint = sweep_command(storage, "no_retry", "--grid", "local_epochs=1", *long_rounds(6), "--max-failures", "0")
+    entrypoint = sweep_command(storage, "no_retry", "--grid", "local-epochs=1", *long_rounds(6), "--max-failures", "0")
     command = ray_job_submit(head, entrypoint, runtime_env=round_log_env(tmp_path, log_path))
     out = open(tmp_path / "submit.log", "w+")
     submit = None
@@ -609,7 +609,7 @@ def test_node_killed_mid_sweep_then_replaced(head, tmp_path):
             redone = [r for t, r in log[len(before_kill):] if t == interrupted]
             assert 2 <= redone[0] <= done[-1] + 1, (done, redone)
             # Client work ran on the lost node, then (after the retry) on the replacement only.
-            nodes = {w["node_id"] for w in head.actors("ClientWorker", head.job_id(submission_id))}
+            nodes = {w["node_id"] for w in head.actors("ClientAppWorker", head.job_id(submission_id))}
             assert nodes == {lost_id, replacement.node_id}, nodes
     finally:
         if submit is not None and submit.poll() is None:
