@@ -1,7 +1,7 @@
-"""Where a round's compute goes, without Ray or Flower: the kernels fl_core runs.
+"""Where a round's compute goes, without Ray or Flower: the kernels fedsweep's built-in app runs.
 
-Measures, on one device and with fedsweep's own `fl_core.task.train` and
-`fl_core.task.evaluate`:
+Measures, on one device and with the built-in app's own `cifar10_app.task.train`
+and `cifar10_app.task.evaluate` (what fedsweep's client workers and server run):
 
 * one client's local epoch (450 samples, batch 32, SGD with momentum), as a
   client worker runs it: samples/s, with the model and data in NCHW layout and
@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO_ROOT]
-from fl_core.models import build_model  # noqa: E402
-from fl_core.task import evaluate, train  # noqa: E402
+sys.path[:0] = [os.path.join(REPO_ROOT, "apps", "cifar10")]  # cifar10_app without an install (the GPU machine)
+from cifar10_app.task import evaluate, initial_model, train  # noqa: E402
 from provenance import git_commit, versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -86,13 +85,14 @@ def labels(n: int, device: torch.device, seed: int) -> torch.Tensor:
 
 
 def client_epoch(args: argparse.Namespace, device: torch.device, layout: str) -> float:
-    """Samples/s of one client's local epoch through fl_core.task.train."""
+    """Samples/s of one client's local epoch through cifar10_app.task.train."""
     torch.set_num_threads(args.train_threads)
-    model = build_model("cnn", seed=0).to(device, memory_format=LAYOUTS[layout])
+    model = initial_model(0).to(device, memory_format=LAYOUTS[layout])
     x, y = images(args.client_samples, device, layout, 1), labels(args.client_samples, device, 2)
     generator = torch.Generator().manual_seed(0)
 
     def epoch() -> None:
+        """One local epoch of the client."""
         train(model, x, y, epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, weight_decay=0.0,
               augment="none", generator=generator)
 
@@ -100,9 +100,9 @@ def client_epoch(args: argparse.Namespace, device: torch.device, layout: str) ->
 
 
 def central_eval(args: argparse.Namespace, device: torch.device, layout: str) -> float:
-    """Seconds of one pass of fl_core.task.evaluate over the test-shaped set."""
+    """Seconds of one pass of cifar10_app.task.evaluate over the test-shaped set."""
     torch.set_num_threads(args.eval_threads)
-    model = build_model("cnn", seed=0).to(device, memory_format=LAYOUTS[layout])
+    model = initial_model(0).to(device, memory_format=LAYOUTS[layout])
     x, y = images(args.test_samples, device, layout, 3), labels(args.test_samples, device, 4)
     return best_seconds(lambda: evaluate(model, x, y, args.eval_batch_size), device, args.repeats)
 
@@ -112,7 +112,7 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     from torch.func import functional_call, grad, stack_module_state, vmap
 
     torch.set_num_threads(args.train_threads)
-    models = [build_model("cnn", seed=i).to(device) for i in range(k)]
+    models = [initial_model(i).to(device) for i in range(k)]
     params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
 
@@ -126,6 +126,7 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     momentum = {name: torch.zeros_like(v) for name, v in params.items()}
 
     def epoch() -> None:
+        """One epoch of all k clients: a vmapped SGD step with momentum per batch index."""
         for start in range(0, args.client_samples, args.batch_size):
             grads = batched_grad(params, buffers, x[:, start : start + args.batch_size], y[:, start : start + args.batch_size])
             with torch.no_grad():

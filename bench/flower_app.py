@@ -6,10 +6,12 @@ transforms (`ToTensor`, `Normalize((0.5,)*3, (0.5,)*3)`) behind a `DataLoader`,
 the model travels as an `ArrayRecord` of its state_dict, and the server runs
 `flwr.serverapp.strategy.FedAvg.start(...)` with a central `evaluate_fn`.
 
-Only the data source differs from the template, so that both sides of
-bench_flower.py train on exactly the same partitions: the client reads
-fedsweep's `FederatedData` from Ray's object store (zero-copy, once per worker
-process) and takes the indices of its node's `partition-id`.
+Only the data source and the model differ from the template, so that both
+sides of bench_flower.py train on exactly the same partitions from the same
+weights: the client reads the built-in app's `FederatedData`
+(`cifar10_app.data.load_data`) from Ray's object store (zero-copy, once per
+worker process) and takes the indices of its node's `partition-id`; the model is
+`cifar10_app.task.initial_model` (Flower's CIFAR CNN, seeded).
 
 Ray's worker processes import this module by name (bench_flower.py puts bench/
 on PYTHONPATH), so the per-process cache below persists between messages.
@@ -33,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from fl_core.models import build_model
+from cifar10_app.task import initial_model
 
 TRANSFORMS = Compose([ToTensor(), Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
 CENTRAL_EVAL_BATCH = 128  # the template's central test loader batch size
@@ -65,7 +67,7 @@ class PartitionDataset(Dataset):
 
 @functools.lru_cache(maxsize=2)
 def shared_data(data_ref: ray.ObjectRef):
-    """fedsweep's `FederatedData`, fetched from the object store once per worker process."""
+    """The built-in app's `FederatedData`, fetched from the object store once per worker process."""
     return ray.get(data_ref)
 
 
@@ -108,14 +110,14 @@ def test_fn(net: torch.nn.Module, loader: DataLoader, device) -> tuple[float, fl
     return loss / n, correct / n
 
 
-def received_model(msg: Message, model_name: str) -> torch.nn.Module:
+def received_model(msg: Message) -> torch.nn.Module:
     """A fresh model holding the weights the server sent."""
-    net = build_model(model_name, seed=0)
+    net = initial_model(0)
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return net
 
 
-def make_client_app(data_ref: ray.ObjectRef, model_name: str) -> ClientApp:
+def make_client_app(data_ref: ray.ObjectRef) -> ClientApp:
     """The ClientApp: train and evaluate on the node's partition of the shared data."""
     app = ClientApp()
 
@@ -123,7 +125,7 @@ def make_client_app(data_ref: ray.ObjectRef, model_name: str) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         """Local training, as the template's `@app.train()`."""
         cfg = msg.content["config"]
-        net = received_model(msg, model_name)
+        net = received_model(msg)
         loader = partition_loader(
             shared_data(data_ref), int(context.node_config["partition-id"]), "train", int(cfg["batch-size"]), True
         )
@@ -136,7 +138,7 @@ def make_client_app(data_ref: ray.ObjectRef, model_name: str) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         """Local validation, as the template's `@app.evaluate()`."""
         cfg = msg.content["config"]
-        net = received_model(msg, model_name)
+        net = received_model(msg)
         loader = partition_loader(
             shared_data(data_ref), int(context.node_config["partition-id"]), "val", int(cfg["batch-size"]), False
         )
@@ -189,10 +191,10 @@ def central_loader(data) -> DataLoader:
     return DataLoader(PartitionDataset(data.test_images, data.test_labels), batch_size=CENTRAL_EVAL_BATCH)
 
 
-def make_evaluate_fn(data, model_name: str, recorder: RoundRecorder):
+def make_evaluate_fn(data, recorder: RoundRecorder):
     """Central evaluation on the whole test set, timing each round as a side effect."""
     loader = central_loader(data)
-    net = build_model(model_name, seed=0)
+    net = initial_model(0)
     device = pick_device()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -205,12 +207,12 @@ def make_evaluate_fn(data, model_name: str, recorder: RoundRecorder):
     return evaluate_fn
 
 
-def make_server_app(data, settings: dict, recorder: RoundRecorder) -> ServerApp:
+def make_server_app(data, run_config: dict, recorder: RoundRecorder) -> ServerApp:
     """The ServerApp: FedAvg from the same initial weights as fedsweep, central evaluation every round.
 
-    `settings` holds pool_size, fraction_fit, fraction_evaluate, min_fit_clients,
-    min_evaluate_clients, num_rounds, local_epochs, batch_size, lr, momentum,
-    model, seed and eval_batch_size (SimConfig's names).
+    `run_config` is the built-in app's fused run config (its keys: fraction-train,
+    fraction-evaluate, min-train-nodes, min-evaluate-nodes, num-server-rounds,
+    local-epochs, batch-size, lr, momentum, seed).
     """
     app = ServerApp()
 
@@ -218,25 +220,25 @@ def make_server_app(data, settings: dict, recorder: RoundRecorder) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         """Run FedAvg for the configured rounds."""
         t0 = time.perf_counter()
-        initial = ArrayRecord(build_model(settings["model"], settings["seed"]).state_dict())
+        initial = ArrayRecord(initial_model(run_config["seed"]).state_dict())
         strategy = FedAvg(
-            fraction_train=settings["fraction_fit"],
-            fraction_evaluate=settings["fraction_evaluate"],
-            min_train_nodes=settings["min_fit_clients"],
-            min_evaluate_nodes=settings["min_evaluate_clients"],
-            min_available_nodes=max(settings["min_fit_clients"], settings["min_evaluate_clients"]),
+            fraction_train=run_config["fraction-train"],
+            fraction_evaluate=run_config["fraction-evaluate"],
+            min_train_nodes=run_config["min-train-nodes"],
+            min_evaluate_nodes=run_config["min-evaluate-nodes"],
+            min_available_nodes=max(run_config["min-train-nodes"], run_config["min-evaluate-nodes"]),
             train_metrics_aggr_fn=recorder.train_metrics_aggr_fn,
         )
-        evaluate_fn = make_evaluate_fn(data, settings["model"], recorder)
+        evaluate_fn = make_evaluate_fn(data, recorder)
         train_config = ConfigRecord(
             {
-                "lr": settings["lr"],
-                "momentum": settings["momentum"],
-                "local-epochs": settings["local_epochs"],
-                "batch-size": settings["batch_size"],
+                "lr": run_config["lr"],
+                "momentum": run_config["momentum"],
+                "local-epochs": run_config["local-epochs"],
+                "batch-size": run_config["batch-size"],
             }
         )
-        evaluate_config = ConfigRecord({"batch-size": settings["batch_size"]})
+        evaluate_config = ConfigRecord({"batch-size": run_config["batch-size"]})
 
         def timed_evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             """evaluate_fn that also notes when the initial evaluation ended."""
@@ -248,7 +250,7 @@ def make_server_app(data, settings: dict, recorder: RoundRecorder) -> ServerApp:
         strategy.start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=settings["num_rounds"],
+            num_rounds=run_config["num-server-rounds"],
             train_config=train_config,
             evaluate_config=evaluate_config,
             evaluate_fn=timed_evaluate_fn,

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one prepared command for the H100/H200 device machine.
+# bench_gpu.py runs fedsweep (fl_core.run_app with the built-in app, apps/cifar10) with 2/4/8
+# client workers sharing the GPU; bench_kernels.py times the app's kernels (cifar10_app.task).
 #
 # Before (here, in the repo root, once): DEST=.whl bash ../shared/device/make-wheels.sh
 #   (fills .whl/ with the Python 3.12 wheels of Ray, Flower, Flower Datasets and
@@ -7,7 +9,8 @@
 # Then call the device tool's `run` with carry [".whl"] and the command
 #   bash bench/run_gpu.sh
 # and a timeout_s of about 540. Arguments are passed on to bench_gpu.py
-# (`bash bench/run_gpu.sh --device cpu --smoke` checks the script on a CPU machine). Everything lands in $OUT: gpu.json (results,
+# (`bash bench/run_gpu.sh --device cpu --smoke` checks the script on a CPU machine; WHEELS=DIR takes
+# the wheels from DIR instead of .whl, e.g. a stand-in wheel for that check). Everything lands in $OUT: gpu.json (results,
 # rewritten after every configuration), gpu.log (console), nvidia-smi.txt, and
 # kernels.json/kernels.log from bench_kernels.py on the GPU (memory layouts and
 # vmap cohorts; given KERNELS_S seconds, default 60, out of the budget).
@@ -20,16 +23,19 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench-gpu-out}
 BUDGET_S=${BUDGET_S:-480}
 KERNELS_S=${KERNELS_S:-60}
+WHEELS=${WHEELS:-.whl}
 START=$(date +%s)
 mkdir -p "$OUT"
 
-if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "run_gpu.sh: no wheels in .whl/: run DEST=.whl bash ../shared/device/make-wheels.sh here and carry .whl" >&2
+if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    echo "run_gpu.sh: no wheels in $WHEELS/: run DEST=.whl bash ../shared/device/make-wheels.sh here and carry .whl" >&2
     exit 2
 fi
-# The install line of make-wheels.sh's header.
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-if [ "${PYTHONPATH:-}" != "/tmp/site:$PWD" ]; then
+# The install line of make-wheels.sh's header; fl_core from the repository root and the built-in
+# app's package (cifar10_app) from its folder, as nothing is pip-installed there.
+SITEPATH=/tmp/site:$PWD:$PWD/apps/cifar10
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=$SITEPATH
+if [ "${PYTHONPATH:-}" != "$SITEPATH" ]; then
     echo "run_gpu.sh: installing the wheels failed" >&2
     exit 3
 fi
@@ -43,7 +49,7 @@ config_budget=$(( left - 100 ))             # no new configuration after this (o
 [ "$config_budget" -lt 60 ] && config_budget=60
 echo "run_gpu.sh: ${elapsed} s spent on setup; bench_gpu.py gets ${left} s"
 timeout --kill-after=10 "$left" python3 bench/bench_gpu.py \
-    --fraction-fit 0.8 0.1 \
+    --fraction-train 0.8 0.1 \
     --time-budget "$config_budget" \
     --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log"
 status=$?

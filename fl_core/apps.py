@@ -149,6 +149,11 @@ def coerce(key: str, value, default):
         raise ConfigError(f"run-config key {key} expects {expected}, got {value!r}") from None
 
 
+def bind_seed(app: FlowerApp, run_config: dict, seed: int) -> dict:
+    """The run config with the app's run-config key `seed` (if it has one) set to the engine's seed: one seed per run."""
+    return {**run_config, "seed": seed} if "seed" in app.defaults else dict(run_config)
+
+
 def fuse_run_config(app: FlowerApp, overrides: dict, where: str = "--run-config") -> dict:
     """The app's defaults with `overrides` applied; unknown keys and values of another type are refused."""
     fused = dict(app.defaults)

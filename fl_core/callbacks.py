@@ -37,7 +37,9 @@ class RoundEnd:
     num_rounds: int | None  # None when the app loops itself (strategy.start) and fedsweep cannot know
     start_round: int
     metrics: dict
-    state: ServerState | None  # None when the app loops itself: such runs cannot be checkpointed
+    # None when the app loops itself: such runs cannot be checkpointed. A snapshot that shares arrays with the
+    # live strategy and nodes: write or copy it during the callback to keep it.
+    state: ServerState | None
 
 
 @dataclass

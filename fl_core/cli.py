@@ -5,7 +5,8 @@ Flags: the engine's settings (`--pool-size`, `--seed`, resources), the run
 the app's run config written as `flwr run` takes them (`--run-config "k=v ..."`)
 and, for convenience, one flag per run-config key of the app (`--lr 0.05`,
 `--fedadam.eta 0.01`). Everything that can be checked is checked before Ray
-starts; bad input gets one line on stderr and exit status 2.
+starts (the app's data then loads while Ray starts); bad input gets one line
+on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from fl_core.apps import FlowerApp, coerce, fuse_run_config, load_app_folder, parse_run_config
+from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources, setting_type
 
 PROG = "python -m fl_core"
@@ -142,9 +144,7 @@ def prepare(argv: list[str]):
             raise ConfigError(f"--seed {given['seed']} and run-config seed={seed} disagree: give one of them")
         settings.seed = seed
     start = dict(resume.run_config) if resume is not None else {}
-    run_config = fuse_run_config(app, {**start, **overrides})
-    if "seed" in app.defaults:
-        run_config["seed"] = settings.seed
+    run_config = bind_seed(app, fuse_run_config(app, {**start, **overrides}), settings.seed)
     if values["address"] is None:
         cpus, gpus = local_resources()
         settings.validate(local_cpus=cpus, local_gpus=gpus)
@@ -188,24 +188,31 @@ def main(argv: list[str] | None = None) -> int:
 
             run_with_flower(app, run_config, settings, verbose=args.get("verbose", False))
             return 0
-        if not args.get("verbose"):
-            logging.getLogger("flwr").setLevel(logging.WARNING)
-        from fl_core.runner import prepare_shared
-
-        shared_values = prepare_shared(app, run_config, settings.pool_size)  # bad data is bad input: before Ray
     except ConfigError as exc:
         print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    if not args.get("verbose"):
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     import ray
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
-    from fl_core.runner import run_app
+    from fl_core.runner import prepare_shared, run_app
 
     owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
-    if owns_ray:
-        _start_ray(args["address"])
+    # The app's data loads while Ray starts (each takes seconds); data that cannot be read is still bad input.
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        loading = loader.submit(prepare_shared, app, run_config, settings.pool_size)
+        if owns_ray:
+            _start_ray(args["address"])
+        try:
+            shared_values = loading.result()
+        except ConfigError as exc:
+            if owns_ray:
+                ray.shutdown()
+            print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
     where = f"resuming after round {resume.round}" if resume else "starting"
     print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints and metrics in {out_dir}")
     describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config, "settings": settings.to_dict()}

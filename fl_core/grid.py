@@ -110,6 +110,7 @@ class RayGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Run every message on the pool and return the replies in the order the messages came."""
+        self.pool.wait_ready()  # worker start-up is not part of the first call's time
         t0 = time.perf_counter()
         messages = list(messages)
         replies = self.pull_messages(self.push_messages(messages))

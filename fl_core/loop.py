@@ -66,14 +66,14 @@ def prefixed(prefix: str, record: MetricRecord | None) -> dict:
     return out
 
 
-def examples(replies: list[Message], weighting_key: str) -> tuple[int, float]:
+def examples(replies: list[Message], weighting_key: str) -> tuple[int, int | float]:
     """(replies without error, sum of their `weighting_key` metric)."""
     valid = [r for r in replies if not r.has_error()]
-    total = 0.0
+    total = 0
     for reply in valid:
         for record in reply.content.metric_records.values():
             value = record.get(weighting_key)
-            total += value if isinstance(value, (int, float)) else 0.0
+            total += value if isinstance(value, (int, float)) else 0
             break
     return len(valid), total
 
@@ -116,6 +116,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
     result.arrays = arrays
+    grid.pool.wait_ready()  # worker start-up (overlapped with the ServerApp's own) is not part of round 1
     weighting_key = getattr(innermost(strategy), "weighted_by_key", "num-examples")
     epochs = float(train_config.get("local-epochs", 1))
     for server_round in range(first, num_rounds + 1):

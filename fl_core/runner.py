@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 
 from fl_core import seeding, shared_data
-from fl_core.apps import FlowerApp
+from fl_core.apps import FlowerApp, bind_seed
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.checkpoint import ServerState
 from fl_core.settings import ConfigError, RunSettings
@@ -130,8 +130,10 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     """Run (or continue, from `resume`) the app on the connected Ray cluster; returns the run's history.
 
     `shared_values` are @shared results computed already (prepare_shared, or a
-    sweep's); whatever else the app shares is computed here. Ray is started
-    locally if it is not running.
+    sweep's); whatever else the app shares is computed here. The settings and
+    the app's run-config check are applied first (ConfigError); the app's
+    run-config key `seed`, if it has one, is set to the engine's seed. Ray is
+    started locally if it is not running.
     """
     global _active
     import ray
@@ -141,6 +143,9 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     from fl_core.grid import RayGrid
     from fl_core.pool import WorkerPool
 
+    settings.validate()
+    run_config = bind_seed(app, run_config, settings.seed)
+    app.check(run_config, settings.pool_size)
     if not ray.is_initialized():
         ray.init()
     t_start = time.perf_counter()

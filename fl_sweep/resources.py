@@ -34,9 +34,7 @@ class ResourcePlan:
         """
         settings = RunSettings.from_dict({**self.settings, **{k: v for k, v in config.items() if k in SETTING_NAMES}})
         run_config = {**self.run_config, **{k: v for k, v in config.items() if k not in SETTING_NAMES}}
-        if "seed" in run_config:
-            run_config["seed"] = settings.seed
-        return settings, run_config
+        return settings, {**run_config, "seed": settings.seed} if "seed" in run_config else run_config
 
 
 def server_bundle_cpus(settings: RunSettings) -> int:

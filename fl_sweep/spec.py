@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from fl_core.apps import FlowerApp, coerce, config_key, fuse_run_config, load_app_folder
+from fl_core.apps import FlowerApp, bind_seed, coerce, config_key, fuse_run_config, load_app_folder
 from fl_core.cli import renamed
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, setting_type
 from fl_sweep.resources import ResourcePlan, check_fits
@@ -226,9 +226,8 @@ def build_spec(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: floa
     file_fixed, file_search = read_config_file(app, args.config) if args.config else ({}, {})
     fixed, search = merge_settings(app, file_fixed, file_search, _cli_fixed(app, args), _cli_search(app, args))
     settings = RunSettings.from_dict({k: v for k, v in fixed.items() if k in SETTING_NAMES}).to_dict()
-    run_config = fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set")
-    if "seed" in run_config:
-        run_config["seed"] = settings["seed"]
+    run_config = bind_seed(app, fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set"),
+                           settings["seed"])
     metric = args.metric or "central_accuracy"
     search_alg = args.search or "grid"
     return SweepSpec(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shutil
 import time
 
+from fl_core.settings import ConfigError
 from fl_sweep.resources import ResourcePlan, check_fits
 from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, ROUNDS_KEY, SweepSpec, combinations
-from fl_sweep.storage import write_marker
+from fl_sweep.storage import is_uri, write_marker
 from fl_sweep.trainable import make_trainable
 
 # ---------------------------------------------------------------------------
@@ -145,8 +148,30 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
             tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
                                run_config=run_config(spec, experiment))
         t0 = time.perf_counter()
-        tuner.fit()
+        try:
+            tuner.fit()
+        except tune.TuneError as exc:
+            missing = _missing_metric(str(exc), spec.metric)
+            if missing is None:
+                raise
+            if not args.resume and not is_uri(experiment):
+                shutil.rmtree(experiment, ignore_errors=True)  # made by this run, before any trial could finish
+            raise ConfigError(missing) from None
         timings["sweep_s"] = time.perf_counter() - t0
     finally:
         ray.shutdown()
     return timings
+
+
+def _missing_metric(error: str, metric: str) -> str | None:
+    """For Tune's error on a trial result without the sweep's metric: what to do instead (else None).
+
+    Only the first report shows what an app reports per round (an app that loops
+    itself with strategy.start has no central_* metrics), so this is found once Ray runs.
+    """
+    if "did not include the specified metric" not in error:
+        return None
+    reported = sorted(set(re.findall(r"'((?:central|fed|train|clients)_[\w.-]+)'", error)) - {
+        "train_clients", "fed_clients", "train_samples", "train_seconds", "fed_seconds", "central_seconds"})
+    return (f"the app reports no {metric} per round; it reports {', '.join(reported) or 'no model metrics'}: "
+            "sweep one of those with --metric")

@@ -29,7 +29,6 @@ def tiny_run(settings: dict | None = None, **run_config):
     values.update(run_config)
     fused = fuse_run_config(app, {k.replace("_", "-"): v for k, v in values.items()})
     engine = RunSettings(**{"pool_size": 4, **(settings or {})})
-    fused["seed"] = engine.seed
     return app, fused, engine
 
 

@@ -1,4 +1,4 @@
-"""The example apps in examples/: Flower's PyTorch template on fedsweep and on Flower's engine; SCAFFOLD's client state."""
+"""The apps in examples/: Flower's PyTorch template on fedsweep and on Flower's engine; SCAFFOLD's client state."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import fl_core
-from fl_core.callbacks import TIMING_KEYS, CheckpointWriter
+from fl_core.callbacks import CheckpointWriter
+from tests.conftest import model_metrics, same_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "examples", "quickstart-pytorch")
@@ -28,20 +29,8 @@ def run(app_dir: str, overrides: dict, *, callbacks=(), resume=None, **settings)
     """Run the app in `app_dir` in this process's Ray with run-config `overrides` and engine `settings` (4 nodes)."""
     app = fl_core.load_app_folder(app_dir)
     engine = fl_core.RunSettings(**{"pool_size": 4, **settings})
-    run_config = fl_core.fuse_run_config(app, overrides)
-    if "seed" in run_config:
-        run_config["seed"] = engine.seed  # as `python -m fl_core` does: one seed per run
+    run_config = fl_core.fuse_run_config(app, overrides)  # run_app sets its seed key to the engine's seed
     return fl_core.run_app(app, run_config, engine, callbacks=list(callbacks), resume=resume)
-
-
-def model_rows(history: list[dict]) -> list[dict]:
-    """History rows without the timing keys (they measure the machine, not the model)."""
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
-
-
-def arrays_equal(a, b) -> bool:
-    """Whether two ArrayRecords hold the same keys with bitwise-equal arrays."""
-    return list(a.keys()) == list(b.keys()) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -52,7 +41,7 @@ def states_equal(a: dict, b: dict) -> bool:
         if sorted(a[node].keys()) != sorted(b[node].keys()):
             return False
         for key in a[node].keys():
-            if not arrays_equal(a[node][key], b[node][key]):
+            if not same_arrays(a[node][key], b[node][key]):
                 return False
     return True
 
@@ -134,18 +123,18 @@ def scaffold_runs(ray_local, tmp_path_factory):
 def test_scaffold_client_state_does_not_depend_on_the_workers(scaffold_runs):
     one, two = scaffold_runs["first"].state, scaffold_runs["snapshots"][2]  # 1 worker vs 2, after round 2
     assert one.settings["max_parallel_clients"] == 1 and two.settings["max_parallel_clients"] is None  # 2 on 2 CPUs
-    assert arrays_equal(one.arrays, two.arrays)
+    assert same_arrays(one.arrays, two.arrays)
     assert states_equal(one.node_states, two.node_states)
     assert controls_equal(one.strategy_state["control"], two.strategy_state["control"])
-    assert model_rows(one.history) == model_rows(two.history)
+    assert model_metrics(one.history) == model_metrics(two.history)
 
 
 def test_scaffold_resumes_bit_identically_from_a_checkpoint(scaffold_runs):
     saved, resumed, whole = scaffold_runs["saved"], scaffold_runs["resumed"], scaffold_runs["whole"]
     assert saved.round == 2 and saved.strategy == "Scaffold" and saved.node_states  # the checkpoint has the state
     assert [row["round"] for row in resumed.history] == [1, 2, 3, 4]
-    assert model_rows(resumed.history) == model_rows(whole.history)
-    assert arrays_equal(resumed.state.arrays, whole.state.arrays)
+    assert model_metrics(resumed.history) == model_metrics(whole.history)
+    assert same_arrays(resumed.state.arrays, whole.state.arrays)
     assert states_equal(resumed.state.node_states, whole.state.node_states)
     assert controls_equal(resumed.state.strategy_state["control"], whole.state.strategy_state["control"])
     assert resumed.client_evaluation == whole.client_evaluation

@@ -475,3 +475,33 @@ def test_kill_and_resume(tmp_path):
         assert sorted(part["round"]) == list(range(1, num_rounds + 1))
     # Whatever the killed run left behind had to be reaped by us, not by luck: report it if any.
     print(f"processes of the killed run reaped by the test: {killed_leftovers}")
+
+
+# ---------------------------------------------------------------------------
+# An app that loops itself (strategy.start) as a Tune trial
+
+
+def test_an_unchanged_flower_app_sweeps_on_its_client_metrics(tmp_path):
+    """The quickstart template app: per-round reports from its replies, no checkpoints; a missing metric is named."""
+    quickstart = os.path.join(REPO, "examples", "quickstart-pytorch")
+    base = ["--app", quickstart, "--set", "dataset=synthetic", "--set", "synthetic-size=400", "--set", "pool_size=4",
+            "--set", "num-server-rounds=2", "--grid", "lr=0.05", "--storage-path", str(tmp_path / "results")]
+    wrong = Run(base + ["--name", "wrong"]).start()  # default metric central_accuracy: such an app has none
+    try:
+        code, output = wrong.wait(timeout=300)
+    finally:
+        wrong.cleanup()
+    assert code == 2 and "reports no central_accuracy per round; it reports fed_eval_acc" in output, output[-2000:]
+    assert not (tmp_path / "results" / "wrong").exists()
+    right = Run(base + ["--name", "right", "--metric", "fed_eval_acc"]).start()
+    try:
+        code, output = right.wait(timeout=300)
+    finally:
+        leftovers = right.cleanup()
+    assert code == 0, output[-3000:]
+    assert leftovers == []
+    exp = tmp_path / "results" / "right"
+    rounds = pd.read_csv(exp / "rounds.csv")
+    assert rounds["round"].tolist() == [1, 2] and {"train_loss", "fed_eval_acc"} <= set(rounds)
+    trials = pd.read_csv(exp / "trials.csv")
+    assert trials["final_fed_eval_acc"].between(0, 1).all() and trials["checkpoint"].isna().all()

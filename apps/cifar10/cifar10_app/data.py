@@ -166,8 +166,8 @@ def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *
         with warnings.catch_warnings():
             # DirichletPartitioner warns on every redraw for min_partition_size; redraws are expected.
             warnings.simplefilter("ignore", UserWarning)
-            # Read each partition's column as an array, not a Python list (4x faster for 100 partitions).
-            parts = [np.asarray(partitioner.load_partition(i).with_format("numpy")["idx"], dtype=np.int64)
+            # One batch read per partition: `partition["idx"]` is a lazy column read row by row (5 s for CIFAR-10).
+            parts = [np.asarray(partitioner.load_partition(i).with_format("numpy")[:]["idx"], dtype=np.int64)
                      for i in range(num_partitions)]
     except ValueError as exc:
         raise ValueError(
