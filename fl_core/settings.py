@@ -86,10 +86,18 @@ def setting_type(name: str) -> tuple[type, bool]:
 
 
 def local_resources() -> tuple[int, int]:
-    """(CPUs, GPUs) of this machine, as a local Ray started here would see them."""
-    import torch  # here, not at module level: settings stay importable without torch
+    """(CPUs, GPUs) of this machine, as a local Ray started here would see them.
 
-    return os.cpu_count() or 1, torch.cuda.device_count()
+    GPUs are counted as NVIDIA's driver lists them (CUDA_VISIBLE_DEVICES, when
+    set, narrows them), without importing torch: that import costs seconds
+    before Ray can start, and the checks that need the count come first.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+        return os.cpu_count() or 1, len(devices[:devices.index("-1")] if "-1" in devices else devices)
+    driver = "/proc/driver/nvidia/gpus"
+    return os.cpu_count() or 1, len(os.listdir(driver)) if os.path.isdir(driver) else 0
 
 
 def clients_per_round(run_config: dict, pool_size: int) -> int | None:

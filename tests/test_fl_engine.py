@@ -170,3 +170,14 @@ def test_real_cifar10_round(ray_local, cifar_dir):
               settings={"pool_size": 100})
     assert end.history[0]["train_clients"] == 2 and end.history[0]["train_samples"] == 900
     assert end.client_evaluation["num_clients"] == 100
+
+
+def test_data_that_cannot_be_read_is_one_line_exit_2(ray_local, tmp_path, capsys):
+    """The data loads while Ray starts: a broken CIFAR-10 folder still ends with one line, exit 2, nothing written."""
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
+    out = tmp_path / "out"
+    assert cli.main(["--data-dir", str(tmp_path), "--pool-size", "4", "--checkpoint-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is incomplete" in err[0], err
+    assert not out.exists()
