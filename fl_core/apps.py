@@ -48,6 +48,23 @@ class FlowerApp:
         except ImportError as exc:
             raise ConfigError(f"cannot import the {component} app {reference} of {self.directory}: {exc}") from None
 
+    def find_components(self) -> None:
+        """ConfigError unless the ServerApp's and ClientApp's modules can be found (without importing them:
+        importing an app pulls in torch, seconds that `python -m fl_core` spends beside Ray's start instead)."""
+        import importlib.util
+        import sys
+
+        if self.directory not in sys.path:
+            sys.path.insert(0, self.directory)  # as Flower's load_app does
+        for component, reference in (("server", self.server_app), ("client", self.client_app)):
+            module = reference.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a parent package that is missing or fails to import
+                found = False
+            if not found:
+                raise ConfigError(f"cannot find the {component} app's module {module} ({reference}) in {self.directory}")
+
     def check(self, run_config: dict, num_partitions: int) -> None:
         """Run the app's own run-config check, if it declares one; ConfigError with its message."""
         if self.check_run_config is None:

@@ -150,6 +150,7 @@ def prepare(argv: list[str]):
         settings.validate(local_cpus=cpus, local_gpus=gpus)
     else:
         settings.validate()
+    app.find_components()
     app.check(run_config, settings.pool_size)
     out_dir = values.get("checkpoint_dir")
     if resume is not None:
