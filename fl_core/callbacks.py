@@ -34,7 +34,7 @@ class RoundEnd:
     """What a callback learns after a round."""
 
     round: int
-    num_rounds: int | None  # None when the app loops itself (strategy.start) and fedsweep cannot know
+    num_rounds: int | None  # None when the app loops itself (strategy.start) without a num-server-rounds key
     start_round: int
     metrics: dict
     # None when the app loops itself: such runs cannot be checkpointed. A snapshot that shares arrays with the

@@ -231,7 +231,8 @@ class RoundObserver:
 
     Messages carry their round in the config (`server-round`, which Flower's
     strategies always set); a round is reported once messages of a later round
-    go out, or when the ServerApp returns. Metrics are the replies' aggregated
+    go out, or when the ServerApp returns. The number of rounds is the run
+    config's `num-server-rounds` (Flower's template key) when it has one. Metrics are the replies' aggregated
     with Flower's default (weighted by num-examples); central evaluation is not
     visible from here.
     """
@@ -289,4 +290,6 @@ class RoundObserver:
                    "fed_seconds": fed_seconds,
                    "samples_per_s": samples * current.get("epochs", 1.0) / train_seconds if train_seconds else 0.0}
         self.run.history.append(metrics)
-        self.run.round_done(current["round"], None, self.first_round, metrics, None)
+        rounds = self.run.run_config.get("num-server-rounds")  # Flower's template key, when the app has it
+        self.run.round_done(current["round"], rounds if isinstance(rounds, int) else None, self.first_round, metrics,
+                            None)

@@ -19,7 +19,8 @@ def central_evaluation(data, batch_size: int):
     """`evaluate_fn` for the strategy: the global model on the whole test set, in the server process."""
     device = pick_device()  # a GPU only when the server was given one
     model = place_model(initial_model(0), device)
-    x, y = to_tensor(data.test_images, device), torch.from_numpy(data.test_labels).to(device)
+    # tensor(), not from_numpy(): the labels may be a read-only view of Ray's object store.
+    x, y = to_tensor(data.test_images, device), torch.tensor(data.test_labels, device=device)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Loss and accuracy on the test set."""

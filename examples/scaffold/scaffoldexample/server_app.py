@@ -19,7 +19,7 @@ def central_evaluation(data):
     """`evaluate_fn`: loss and accuracy of the global model on the whole test set, in the server process."""
     device = pick_device()
     model = place_model(initial_model(0), device)
-    x, y = to_tensor(data.test_images, device), torch.from_numpy(data.test_labels).to(device)
+    x, y = to_tensor(data.test_images, device), torch.tensor(data.test_labels, device=device)  # a read-only view
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """The test-set metrics of `arrays`."""
