@@ -168,6 +168,6 @@ def test_scaffold_run_config_checks():
     app.check(good, 10)
     for overrides, pool, message in [({"lr": 0.0}, 10, "lr must be a positive number"),
                                      ({"min-train-nodes": 5}, 4, "--pool-size 4 is smaller than min-train-nodes 5"),
-                                     ({"partition": "shards"}, 10, "partition must be iid, dirichlet or pathological")]:
+                                     ({"partition": "shards"}, 10, "partition must be one of iid, dirichlet, pathological")]:
         with pytest.raises(fl_core.ConfigError, match=message):
             app.check(fl_core.fuse_run_config(app, overrides), pool)

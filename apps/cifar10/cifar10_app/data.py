@@ -9,6 +9,7 @@ with Flower Datasets' partitioners.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -188,6 +189,25 @@ def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> 
         train.append(np.sort(order[n_val:]))
         val.append(np.sort(order[:n_val]))
     return train, val
+
+
+def check_data_config(run_config, num_partitions: int) -> None:
+    """Raise ValueError, with what to change, on the first bad value of the keys load_data reads."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    rc = run_config
+    need(rc["dataset"] in ("cifar10", "synthetic"), f"dataset must be cifar10 or synthetic, got {rc['dataset']!r}")
+    need(rc["partition"] in ("iid", "dirichlet", "pathological"),
+         f"partition must be one of iid, dirichlet, pathological, got {rc['partition']!r}")
+    need(rc["alpha"] > 0 and math.isfinite(rc["alpha"]), f"alpha must be a positive number, got {rc['alpha']}")
+    need(rc["classes-per-client"] >= 1, f"classes-per-client must be at least 1, got {rc['classes-per-client']}")
+    need(0 <= rc["val-ratio"] < 1, f"val-ratio must be in [0, 1), got {rc['val-ratio']}")
+    need(rc["synthetic-size"] >= 10, f"synthetic-size must be at least 10, got {rc['synthetic-size']}")
+    need(rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
+         f"data-dir {rc['data-dir']} does not exist: create it or point it at the folder holding cifar-10-batches-py")
+    need(num_partitions >= 1, f"--pool-size must be at least 1, got {num_partitions}")
 
 
 @shared

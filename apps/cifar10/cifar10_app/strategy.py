@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
-
+from cifar10_app.data import check_data_config
 from fl_core.strategies import from_run_config
 
-CHOICES = {
-    "dataset": ("cifar10", "synthetic"),
-    "partition": ("iid", "dirichlet", "pathological"),
-    "augment": ("none", "crop-flip"),
-}
+AUGMENTS = ("none", "crop-flip")
 
 
 def clients_per_round(run_config, num_nodes: int) -> int:
@@ -35,34 +29,37 @@ def build_strategy(run_config, num_nodes: int):
     )
 
 
+def _need(ok: bool, message: str) -> None:
+    """ValueError(message) unless ok."""
+    if not ok:
+        raise ValueError(message)
+
+
+def check_rounds(run_config, num_partitions: int) -> None:
+    """Raise ValueError on a bad value of Flower's template keys for rounds and sampling, or of local-epochs/batch-size."""
+    rc = run_config
+    _need(rc["num-server-rounds"] >= 1, f"num-server-rounds must be at least 1, got {rc['num-server-rounds']}")
+    _need(0 < rc["fraction-train"] <= 1, f"fraction-train must be in (0, 1], got {rc['fraction-train']}")
+    _need(0 <= rc["fraction-evaluate"] <= 1, f"fraction-evaluate must be in [0, 1], got {rc['fraction-evaluate']}")
+    for key in ("min-train-nodes", "min-evaluate-nodes", "local-epochs", "batch-size"):
+        _need(rc[key] >= 1, f"{key} must be at least 1, got {rc[key]}")
+    _need(num_partitions >= rc["min-train-nodes"],
+          f"--pool-size {num_partitions} is smaller than min-train-nodes {rc['min-train-nodes']}: "
+          "raise the pool size or lower min-train-nodes")
+    _need(rc["fraction-evaluate"] == 0 or num_partitions >= rc["min-evaluate-nodes"],
+          f"--pool-size {num_partitions} is smaller than min-evaluate-nodes {rc['min-evaluate-nodes']}: "
+          "raise the pool size or lower min-evaluate-nodes")
+
+
 def check_run_config(run_config: dict, num_partitions: int) -> None:
     """Raise ValueError, with what to change, on the first bad run-config value."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(message)
-
     rc = run_config
-    for key, choices in CHOICES.items():
-        need(rc[key] in choices, f"{key} must be one of {', '.join(choices)}, got {rc[key]!r}")
-    need(rc["num-server-rounds"] >= 1, f"num-server-rounds must be at least 1, got {rc['num-server-rounds']}")
-    need(0 < rc["fraction-train"] <= 1, f"fraction-train must be in (0, 1], got {rc['fraction-train']}")
-    need(0 <= rc["fraction-evaluate"] <= 1, f"fraction-evaluate must be in [0, 1], got {rc['fraction-evaluate']}")
-    for key in ("min-train-nodes", "min-evaluate-nodes", "local-epochs", "batch-size", "eval-batch-size",
-                "classes-per-client"):
-        need(rc[key] >= 1, f"{key} must be at least 1, got {rc[key]}")
-    need(num_partitions >= rc["min-train-nodes"],
-         f"--pool-size {num_partitions} is smaller than min-train-nodes {rc['min-train-nodes']}: "
-         "raise the pool size or lower min-train-nodes")
-    need(rc["fraction-evaluate"] == 0 or num_partitions >= rc["min-evaluate-nodes"],
-         f"--pool-size {num_partitions} is smaller than min-evaluate-nodes {rc['min-evaluate-nodes']}: "
-         "raise the pool size or lower min-evaluate-nodes")
-    need(rc["alpha"] > 0 and math.isfinite(rc["alpha"]), f"alpha must be a positive number, got {rc['alpha']}")
-    need(0 <= rc["val-ratio"] < 1, f"val-ratio must be in [0, 1), got {rc['val-ratio']}")
-    need(rc["lr"] > 0, f"lr must be positive, got {rc['lr']}")
-    need(rc["momentum"] >= 0, f"momentum must be >= 0, got {rc['momentum']}")
-    need(rc["weight-decay"] >= 0, f"weight-decay must be >= 0, got {rc['weight-decay']}")
-    need(rc["synthetic-size"] >= 10, f"synthetic-size must be at least 10, got {rc['synthetic-size']}")
-    need(rc["fedprox.proximal-mu"] >= 0, f"fedprox.proximal-mu must be >= 0, got {rc['fedprox.proximal-mu']}")
-    need(rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
-         f"data-dir {rc['data-dir']} does not exist: create it or point it at the folder holding cifar-10-batches-py")
+    check_data_config(rc, num_partitions)
+    check_rounds(rc, num_partitions)
+    _need(rc["augment"] in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {rc['augment']!r}")
+    _need(rc["eval-batch-size"] >= 1, f"eval-batch-size must be at least 1, got {rc['eval-batch-size']}")
+    _need(rc["lr"] > 0, f"lr must be positive, got {rc['lr']}")
+    _need(rc["momentum"] >= 0, f"momentum must be >= 0, got {rc['momentum']}")
+    _need(rc["weight-decay"] >= 0, f"weight-decay must be >= 0, got {rc['weight-decay']}")
+    _need(rc["fedprox.proximal-mu"] >= 0, f"fedprox.proximal-mu must be >= 0, got {rc['fedprox.proximal-mu']}")
     build_strategy(rc, num_partitions)  # the strategy's own checks (unknown name, DP parameters...)

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 import fl_core
 from cifar10_app.data import load_data
-from cifar10_app.task import evaluate, initial_model, pick_device, place_model, to_tensor
+from cifar10_app.server_app import central_evaluation  # the built-in app's: the same model and test set
+from cifar10_app.task import initial_model
 from scaffoldexample.strategy import Scaffold
 from scaffoldexample.task import EVAL_BATCH_SIZE
 
 app = ServerApp()
-
-
-def central_evaluation(data):
-    """`evaluate_fn`: loss and accuracy of the global model on the whole test set, in the server process."""
-    device = pick_device()
-    model = place_model(initial_model(0), device)
-    x, y = to_tensor(data.test_images, device), torch.tensor(data.test_labels, device=device)  # a read-only view
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """The test-set metrics of `arrays`."""
-        model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, x, y, EVAL_BATCH_SIZE)
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
-
-    return evaluate_fn
 
 
 @app.main()
@@ -52,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(initial_model(rc["seed"]).state_dict()),
         num_rounds=rc["num-server-rounds"],
         train_config=ConfigRecord({"lr": rc["lr"], "local-epochs": rc["local-epochs"]}),
-        evaluate_fn=central_evaluation(data),
+        evaluate_fn=central_evaluation(data, EVAL_BATCH_SIZE),
     )
     if rc["val-ratio"] > 0:  # the final model's accuracy on every node's validation split
         fl_core.evaluate_all_nodes(grid, result.arrays, server_round=rc["num-server-rounds"])

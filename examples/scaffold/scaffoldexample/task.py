@@ -15,7 +15,6 @@ float32 numpy arrays keyed like the model's parameters; a key that is absent
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
-from cifar10_app.data import load_data
+from cifar10_app.data import check_data_config, load_data
+from cifar10_app.strategy import check_rounds
 from cifar10_app.task import to_tensor
 
 CONTROL_KEY = "scaffold-control"  # the server's c, beside "arrays" in train messages
@@ -99,30 +99,10 @@ def updated_control(c_i: Controls, c: Controls, x: Controls, y: Controls, steps:
 
 def check_run_config(run_config: dict, num_partitions: int) -> None:
     """Raise ValueError, with what to change, on the first bad run-config value (fedsweep checks before Ray starts)."""
-    def need(ok: bool, message: str) -> None:
-        """ValueError(message) unless ok."""
-        if not ok:
-            raise ValueError(message)
-
-    rc = run_config
-    need(rc["dataset"] in ("cifar10", "synthetic"), f"dataset must be cifar10 or synthetic, got {rc['dataset']!r}")
-    need(rc["partition"] in ("iid", "dirichlet", "pathological"),
-         f"partition must be iid, dirichlet or pathological, got {rc['partition']!r}")
-    need(rc["num-server-rounds"] >= 1, f"num-server-rounds must be at least 1, got {rc['num-server-rounds']}")
-    need(0 < rc["fraction-train"] <= 1, f"fraction-train must be in (0, 1], got {rc['fraction-train']}")
-    need(0 <= rc["fraction-evaluate"] <= 1, f"fraction-evaluate must be in [0, 1], got {rc['fraction-evaluate']}")
-    for key in ("min-train-nodes", "min-evaluate-nodes", "local-epochs", "batch-size", "classes-per-client"):
-        need(rc[key] >= 1, f"{key} must be at least 1, got {rc[key]}")
-    need(num_partitions >= rc["min-train-nodes"],
-         f"--pool-size {num_partitions} is smaller than min-train-nodes {rc['min-train-nodes']}: "
-         "raise the pool size or lower min-train-nodes")
-    need(rc["fraction-evaluate"] == 0 or num_partitions >= rc["min-evaluate-nodes"],
-         f"--pool-size {num_partitions} is smaller than min-evaluate-nodes {rc['min-evaluate-nodes']}: "
-         "raise the pool size or lower min-evaluate-nodes")
+    check_data_config(run_config, num_partitions)  # the keys of the built-in app's data loader
+    check_rounds(run_config, num_partitions)  # and its checks of rounds and sampling
     # SCAFFOLD divides by K * lr: a non-positive or non-finite lr has no meaning here.
-    need(rc["lr"] > 0 and math.isfinite(rc["lr"]), f"lr must be a positive number, got {rc['lr']}")
-    need(rc["alpha"] > 0 and math.isfinite(rc["alpha"]), f"alpha must be a positive number, got {rc['alpha']}")
-    need(0 <= rc["val-ratio"] < 1, f"val-ratio must be in [0, 1), got {rc['val-ratio']}")
-    need(rc["synthetic-size"] >= 10, f"synthetic-size must be at least 10, got {rc['synthetic-size']}")
-    need(rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
-         f"data-dir {rc['data-dir']} does not exist: create it or point it at the folder holding cifar-10-batches-py")
+    lr = run_config["lr"]
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+
