@@ -1,7 +1,8 @@
-"""Sweeps of fl_core simulations with Ray Tune; `tune_search.py` is their command line.
+"""Sweeps of a Flower app run by fl_core, with Ray Tune; `tune_search.py` is their command line.
 
-Modules, one role each: spec (the sweep's definition, parsed and checked),
-resources (placement-group bundles per trial), storage (experiment location and
-marker file), trainable (the Tune function trainable and data sharing), tuner
-(Tune objects, starting Ray, fit or restore), report (tables and plots).
+Modules, one role each: spec (the app, the sweep's search space and fixed
+values, parsed and checked), resources (each trial's settings, run config and
+placement-group bundles), storage (experiment location and marker file),
+trainable (the Tune function trainable and data sharing), tuner (Tune objects,
+starting Ray, fit or restore), report (tables and plots).
 """
