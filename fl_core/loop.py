@@ -66,7 +66,7 @@ def prefixed(prefix: str, record: MetricRecord | None) -> dict:
     return out
 
 
-def examples(replies: list[Message], weighting_key: str) -> tuple[int, int | float]:
+def reply_counts(replies: list[Message], weighting_key: str) -> tuple[int, int | float]:
     """(replies without error, sum of their `weighting_key` metric)."""
     valid = [r for r in replies if not r.has_error()]
     total = 0
@@ -127,7 +127,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_TRAIN):
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        train_clients, samples = examples(replies, weighting_key)
+        train_clients, samples = reply_counts(replies, weighting_key)
         t1 = time.perf_counter()
         if new_arrays is not None:
             arrays = result.arrays = new_arrays
@@ -138,7 +138,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_EVALUATE):
             fed_metrics = strategy.aggregate_evaluate(server_round, replies)
-        fed_clients, _ = examples(replies, weighting_key)
+        fed_clients, _ = reply_counts(replies, weighting_key)
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
         t2 = time.perf_counter()
@@ -275,7 +275,7 @@ class RoundObserver:
         except (KeyError, StopIteration, TypeError):  # replies without one MetricRecord holding num-examples
             aggregated = None
         self.current[kind] = (prefixed(kind + "_", aggregated), len(valid), seconds,
-                              examples(replies, "num-examples")[1])
+                              reply_counts(replies, "num-examples")[1])
 
     def flush(self) -> None:
         """Report the current round, if one is open."""

@@ -77,6 +77,10 @@ class SharedValue:
     ref: object = None  # its ObjectRef once published
     fetched: bool = field(default=False, repr=False)
 
+    def answers(self, function: str, run_config: Mapping, num_partitions: int) -> bool:
+        """Whether this is what calling `function` (a SharedFunction name) with these arguments would give."""
+        return function == self.function and self.matches(run_config, num_partitions)
+
     def matches(self, run_config: Mapping, num_partitions: int) -> bool:
         """Whether calling the function with these arguments would give this value."""
         if num_partitions != self.num_partitions:
@@ -109,7 +113,7 @@ class SharedFunction:
     def __call__(self, run_config: Mapping, num_partitions: int):
         """The published value for these arguments if there is one, else computed here once and cached."""
         for entry in _INSTALLED:
-            if entry.function == self.name and entry.matches(run_config, num_partitions):
+            if entry.answers(self.name, run_config, num_partitions):
                 return entry.get()
         key = _canonical([dict(run_config), num_partitions])
         if key not in self._local:
@@ -141,7 +145,7 @@ def compute_missing(run_config: Mapping, num_partitions: int, available: list[Sh
     """Values of every registered function for this run that `available` does not already hold, computed here."""
     missing = []
     for function in registered():
-        if not any(v.function == function.name and v.matches(run_config, num_partitions) for v in available):
+        if not any(v.answers(function.name, run_config, num_partitions) for v in available):
             missing.append(function.compute(run_config, num_partitions))
     return missing
 

@@ -38,8 +38,8 @@ def share_data(spec: SweepSpec) -> list:
     for combo in combinations(spec):
         settings, run_config = plan.trial(combo)
         for function in shared_data.registered():
-            if function.name in given_up or any(
-                    v.function == function.name and v.matches(run_config, settings.pool_size) for v in values):
+            if function.name in given_up or any(v.answers(function.name, run_config, settings.pool_size)
+                                                for v in values):
                 continue
             with bad_data_is_bad_input():
                 value = function.compute(run_config, settings.pool_size)
