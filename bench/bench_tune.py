@@ -9,9 +9,13 @@
    and idle slots at the end.
 2. The first trial's config run by `fl_core.run_app` alone, in-process,
    with the same client workers (K) and server CPUs. Per-round overhead =
-   Tune's wall time between two round reports minus fl_core's alone (rounds
-   after the first, which holds the workers' start-up). Tune's side includes
-   writing each round's checkpoint and `tune.report`.
+   the trial's wall time between two round reports minus fl_core's alone, over
+   rounds 2..N-1: round 1 holds the workers' start-up, and the last round's
+   report waits for the all-node evaluation (every client scores the final
+   model), which a run alone does after its last round too but which is no
+   per-round cost. Tune's side includes writing the round's checkpoint and
+   `tune.report`; the trial also times those two directly (a wrapped trial
+   function, as tests/hooked_sweep.py wraps it), which noise cannot blur.
 
 Synthetic data by default; real CIFAR-10 with --data-dir (a folder holding
 cifar-10-batches-py, e.g. made by `python ../shared/datasets/make_cifar10.py DIR`).
@@ -23,6 +27,7 @@ import argparse
 import dataclasses
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -33,14 +38,18 @@ sys.path.insert(0, REPO)
 os.chdir(REPO)  # Ray puts the driver's working directory on its workers' path: tune_search must import there
 
 import pandas as pd  # noqa: E402
+from provenance import write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
-import tune_search  # noqa: E402
+from fl_core import Callback, load_app_folder, run_app  # noqa: E402
+from fl_sweep import trainable  # noqa: E402
+from fl_sweep.cli import build_parser, prepare  # noqa: E402
 from fl_sweep.report import write_report  # noqa: E402
-from fl_sweep.resources import ResourcePlan, client_slots, server_bundle_cpus, trial_bundles  # noqa: E402
+from fl_sweep.resources import client_slots, server_bundle_cpus, trial_bundles  # noqa: E402
 from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import execute  # noqa: E402
-from fl_core import Callback, load_app_folder, run_app  # noqa: E402
-from provenance import write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+
+
+PHASES = ("train_seconds", "fed_seconds", "central_seconds")  # the engine's timing keys, in round order
 
 
 class RoundClock(Callback):
@@ -51,11 +60,13 @@ class RoundClock(Callback):
         self.t0 = time.perf_counter()
         self.ends: list[float] = []
         self.seconds: list[float] = []
+        self.phases: list[dict] = []
 
     def on_round_end(self, event) -> None:
         """Record the round's end."""
         self.ends.append(time.perf_counter() - self.t0)
         self.seconds.append(event.metrics["seconds"])
+        self.phases.append({k: event.metrics[k] for k in PHASES})
 
 
 def plain(value):
@@ -67,10 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="folder with cifar-10-batches-py: use real CIFAR-10 (default: synthetic data)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per trial (default 5)")
+    p.add_argument("--rounds", type=int, default=8, help="rounds per trial (default 8)")
     p.add_argument("--pool-size", type=int, default=10, help="clients (default 10)")
     p.add_argument("--fraction-train", type=float, default=0.2, help="client fraction (default 0.2)")
     p.add_argument("--synthetic-size", type=int, default=10000, help="synthetic training images (default 10000)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="tune_search's --checkpoint-every (default 1)")
+    p.add_argument("--snapshot-s", help="TUNE_GLOBAL_CHECKPOINT_S, Tune's experiment snapshot period (default: "
+                   "tune_search's own)")
     p.add_argument("--storage-path", help="where the sweep is written (default: a temp folder)")
     p.add_argument("--out", help="write the figures as JSON here")
     return p.parse_args(argv)
@@ -84,27 +98,73 @@ def sweep_argv(args: argparse.Namespace, storage: str) -> list[str]:
         "--set", f"pool_size={args.pool_size}", "--set", f"fraction-train={args.fraction_train}",
         "--set", f"num-server-rounds={args.rounds}", "--set", "fraction-evaluate=0.2",
         "--grid", "local-epochs=1,2", "--grid", "lr=0.01,0.02",
+        "--checkpoint-every", str(args.checkpoint_every),
         "--storage-path", storage, "--name", time.strftime("bench-%Y%m%d-%H%M%S"),
     ]
 
 
+def timed_trial(log_path: str):
+    """fedsweep's trial function with `tune.report` and `save_checkpoint` timed inside the trial."""
+
+    def fedsweep_trial(config: dict, **parameters) -> None:
+        """Run the original (this process never saw the patch) with both calls wrapped."""
+        from ray import tune
+
+        import fl_core
+        from fl_sweep.trainable import fedsweep_trial as original
+
+        report, save = tune.report, fl_core.save_checkpoint
+        trial_id = tune.get_context().get_trial_id()
+        saved = []
+
+        def timed_save(state, directory):
+            t0 = time.perf_counter()
+            save(state, directory)
+            saved.append(time.perf_counter() - t0)
+
+        def timed_report(metrics, *args, **kwargs):
+            t0 = time.perf_counter()
+            report(metrics, *args, **kwargs)
+            with open(log_path, "a") as f:
+                f.write(f"{trial_id},{metrics['round']},{t0},{time.perf_counter() - t0},"
+                        f"{saved.pop() if saved else 0.0}\n")
+
+        tune.report, fl_core.save_checkpoint = timed_report, timed_save
+        try:
+            original(config, **parameters)
+        finally:
+            tune.report, fl_core.save_checkpoint = report, save
+
+    return fedsweep_trial
+
+
 def run_sweep(args: argparse.Namespace, storage: str) -> dict:
-    """Run the sweep through tune_search; returns spec, experiment, timings, shared data and its two tables."""
-    targs = tune_search.build_parser().parse_args(sweep_argv(args, storage))
-    spec, experiment = tune_search.prepare(targs)
+    """Run the sweep through tune_search; returns spec, experiment, timings, shared data, its two tables and the
+    trials' own report/checkpoint times."""
+    if args.snapshot_s:
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = args.snapshot_s
+    log_path = os.path.join(storage, "report_times.csv")
+    trainable.fedsweep_trial = timed_trial(log_path)
+    targs = build_parser().parse_args(sweep_argv(args, storage))
+    spec, experiment = prepare(targs)
     shared_values = share_data(spec)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     timings = execute(targs, spec, experiment, shared_values)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    # The driver's own CPU (Tune's controller, loggers, snapshots; Ray's start included) competes with the trials.
+    timings["driver_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     write_report(experiment)
     trials = pd.read_csv(os.path.join(experiment, "trials.csv"))
     rounds = pd.read_csv(os.path.join(experiment, "rounds.csv"))
+    reports = pd.read_csv(log_path, names=["trial_id", "round", "t", "report_s", "checkpoint_s"])
     return {"spec": spec, "experiment": experiment, "timings": timings, "shared": shared_values, "trials": trials,
-            "rounds": rounds}
+            "rounds": rounds, "reports": reports}
 
 
 def packing(sweep: dict) -> dict:
     """Sweep wall time against the trials' own times divided by the trials that fit at once."""
     spec, trials = sweep["spec"], sweep["trials"]
-    plan = ResourcePlan.of(spec)
+    plan = spec.plan()
     sizes = []
     for _, row in trials.iterrows():
         bundles = trial_bundles({k: plain(row[k]) for k in spec.search}, plan)
@@ -122,6 +182,8 @@ def packing(sweep: dict) -> dict:
         "sweep_wall_s": wall,
         "ray_start_s": sweep["timings"]["ray_start_s"],
         "packing_efficiency": trial_sum / at_once / wall,
+        "driver_cpu_s": sweep["timings"]["driver_cpu_s"],
+        "driver_cpu_share": sweep["timings"]["driver_cpu_s"] / wall,  # cores the driver kept busy, on average
     }
 
 
@@ -135,7 +197,7 @@ def run_alone(sweep: dict) -> tuple[dict, RoundClock, float]:
     spec, trials = sweep["spec"], sweep["trials"]
     first = trials.sort_values("trial_id").iloc[0]
     sampled = {k: plain(first[k]) for k in spec.search}
-    plan = ResourcePlan.of(spec)
+    plan = spec.plan()
     settings, run_config = plan.trial(sampled)
     settings.max_parallel_clients = client_slots(settings, run_config, plan)  # same K workers as the trial
     settings.server_cpus = server_bundle_cpus(settings)
@@ -153,20 +215,33 @@ def run_alone(sweep: dict) -> tuple[dict, RoundClock, float]:
 
 
 def overhead(sweep: dict, sampled: dict, clock: RoundClock, alone_total: float) -> dict:
-    """Per-round wall time and round-loop time in Tune vs alone (rounds after the first)."""
+    """Per-round wall time and round-loop time in Tune vs alone (rounds 2..N-1), and what reporting costs a trial."""
     mine = sweep["rounds"][sweep["rounds"]["trial_id"] == sampled["trial_id"]].sort_values("round")
-    tune_ends = mine["time_total_s"].tolist()
-    tune_walls = [b - a for a, b in zip(tune_ends, tune_ends[1:])]
-    alone_walls = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
+    # Wall clock in the trial at each report (Tune's time_total_s leaves out time spent blocked in tune.report).
+    timed = sweep["reports"][sweep["reports"]["trial_id"] == sampled["trial_id"]].sort_values("round")
+    tune_ends = (timed["t"] - timed["t"].iloc[0] + mine["time_total_s"].iloc[0]).tolist()
+    # Deltas ending at rounds 2..N-1 (the last report also waits for the all-node evaluation).
+    tune_walls = [b - a for a, b in zip(tune_ends, tune_ends[1:])][:-1]
+    alone_walls = [b - a for a, b in zip(clock.ends, clock.ends[1:])][:-1]
     tune_wall, alone_wall = statistics.mean(tune_walls), statistics.mean(alone_walls)
+    reports = sweep["reports"]
+    middle = reports[(reports["round"] > 1) & (reports["round"] < reports["round"].max())]
     return {
         "config": sampled,
+        "rounds_compared": f"2..{len(tune_ends) - 1}",
         "tune_round_wall_s": tune_wall,
         "alone_round_wall_s": alone_wall,
         "overhead_per_round_s": tune_wall - alone_wall,
         "overhead_per_round_pct": 100 * (tune_wall - alone_wall) / alone_wall,
-        "tune_round_loop_s": statistics.mean(mine["seconds"].tolist()[1:]),
-        "alone_round_loop_s": statistics.mean(clock.seconds[1:]),
+        "tune_round_loop_s": statistics.mean(mine["seconds"].tolist()[1:-1]),
+        "alone_round_loop_s": statistics.mean(clock.seconds[1:-1]),
+        **{f"tune_{k}": statistics.mean(mine[k].tolist()[1:-1]) for k in PHASES},
+        **{f"alone_{k}": statistics.mean(p[k] for p in clock.phases[1:-1]) for k in PHASES},
+        # Inside every trial, rounds 2..N-1: the two calls a round adds in Tune, measured where they run.
+        "report_s_per_round": float(middle["report_s"].mean()),
+        "checkpoint_write_s_per_round": float(middle["checkpoint_s"].mean()),
+        "reporting_pct_of_round": 100 * float((middle["report_s"] + middle["checkpoint_s"]).mean()) / alone_wall,
+        "last_round_wall_s": tune_ends[-1] - tune_ends[-2],
         "tune_first_round_end_s": tune_ends[0],
         "alone_first_round_end_s": clock.ends[0],
         "tune_trial_s": tune_ends[-1],
@@ -184,19 +259,25 @@ def print_tables(pack: dict, over: dict) -> None:
         ("sweep wall time, Tuner.fit (s)", f"{pack['sweep_wall_s']:.1f}"),
         ("packing efficiency", f"{pack['packing_efficiency']:.2f}"),
         ("Ray start (s, not in the wall time)", f"{pack['ray_start_s']:.1f}"),
+        ("driver's own CPU (s, cores on average)", f"{pack['driver_cpu_s']:.1f} ({pack['driver_cpu_share']:.2f})"),
     ]
     print("\n".join(f"  {name:<38} {value}" for name, value in rows))
-    print(f"\nPer-round cost, trial {over['config']} (rounds 2..N)")
+    print(f"\nPer-round cost, trial {over['config']} (rounds {over['rounds_compared']})")
     print(f"  {'':<34} {'in Tune':>9} {'fl_core alone':>14} {'difference':>11}")
     for label, t, a in (
         ("wall time per round (s)", over["tune_round_wall_s"], over["alone_round_wall_s"]),
         ("round loop's own time (s)", over["tune_round_loop_s"], over["alone_round_loop_s"]),
+        *((f"  of which {k} (s)", over[f"tune_{k}"], over[f"alone_{k}"]) for k in PHASES),
         ("end of round 1 from start (s)", over["tune_first_round_end_s"], over["alone_first_round_end_s"]),
         ("whole run (s)", over["tune_trial_s"], over["alone_run_s"]),
     ):
         print(f"  {label:<34} {t:>9.3f} {a:>14.3f} {t - a:>+11.3f}")
     print(f"  per-round overhead of Tune: {over['overhead_per_round_s'] * 1000:.0f} ms "
           f"({over['overhead_per_round_pct']:.1f}% of a round)")
+    print(f"  inside the trials: tune.report {over['report_s_per_round'] * 1000:.1f} ms + checkpoint write "
+          f"{over['checkpoint_write_s_per_round'] * 1000:.1f} ms per round ({over['reporting_pct_of_round']:.1f}% "
+          f"of a round); the last round's report came {over['last_round_wall_s']:.2f} s after the one before "
+          "(it waits for the all-node evaluation)")
 
 
 def main(argv=None) -> int:

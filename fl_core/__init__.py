@@ -21,8 +21,9 @@ folders and run configs), shared_data (the @shared decorator: data in the object
 (randomness per round, node and phase), pool (Ray workers hosting the
 ClientApp), grid (the Flower Grid over the pool, nodes' Contexts), strategies
 (Flower strategies by name, their state), loop (the round loop, start,
-evaluate_all_nodes), checkpoint (safe .npz checkpoints), callbacks (progress,
-checkpoints, metrics files), runner (one run), cli (the command line).
+evaluate_all_nodes), checkpoint (safe .npz checkpoints), metrics (the names of
+what a round reports), callbacks (progress, checkpoints, metrics files), plots (metrics.png; partitions.csv/.png from an
+app's `[tool.fedsweep] partitioner` hook), runner (one run), cli (the command line).
 """
 
 from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_folder, parse_run_config

@@ -9,6 +9,9 @@ table adds what only fedsweep uses:
     [tool.fedsweep]
     check-run-config = "mypkg.task:check_run_config"   # fn(run_config, num_partitions); raises ValueError on bad input
     resume-may-change = ["num-server-rounds"]          # run-config keys a resumed run may change (this is the default)
+    partitioner = "mypkg.task:partitioner"             # fn(run_config, num_partitions) -> the flwr_datasets
+                                                       # Partitioner (dataset assigned) giving the clients' partitions
+    partition-by = "label"                             # its label column (this is the default)
 
 The built-in CIFAR-10 job is such a folder: `apps/cifar10`.
 """
@@ -23,7 +26,9 @@ from dataclasses import dataclass
 from fl_core.settings import ConfigError
 
 BUILTIN_APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "cifar10")
-DEFAULT_RESUME_MAY_CHANGE = ("num-server-rounds",)
+ROUNDS_KEY = "num-server-rounds"  # Flower's template key for the number of rounds (fedsweep reads it when present)
+DEFAULT_RESUME_MAY_CHANGE = (ROUNDS_KEY,)
+DEFAULT_PARTITION_BY = "label"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class FlowerApp:
     defaults: dict  # flat run config from [tool.flwr.app.config]
     check_run_config: str | None = None  # "module:function", from [tool.fedsweep]
     resume_may_change: tuple[str, ...] = DEFAULT_RESUME_MAY_CHANGE
+    partitioner: str | None = None  # "module:function", from [tool.fedsweep]
+    partition_by: str = DEFAULT_PARTITION_BY
 
     def load(self, component: str):
         """The app's ServerApp (`component="server"`) or ClientApp ("client"), imported from its folder."""
@@ -49,29 +56,42 @@ class FlowerApp:
             raise ConfigError(f"cannot import the {component} app {reference} of {self.directory}: {exc}") from None
 
     def find_components(self) -> None:
-        """ConfigError unless the ServerApp's and ClientApp's modules can be found (without importing them:
-        importing an app pulls in torch, seconds that `python -m fl_core` spends beside Ray's start instead)."""
+        """ConfigError unless the modules of the ServerApp, the ClientApp and the partitioner hook can be found
+        (without importing them: importing an app pulls in torch, seconds that `python -m fl_core` spends beside
+        Ray's start instead)."""
         import importlib.util
         import sys
 
         if self.directory not in sys.path:
             sys.path.insert(0, self.directory)  # as Flower's load_app does
-        for component, reference in (("server", self.server_app), ("client", self.client_app)):
+        found_here = [("server app", self.server_app), ("client app", self.client_app)]
+        if self.partitioner is not None:
+            found_here.append(("[tool.fedsweep] partitioner", self.partitioner))
+        for component, reference in found_here:
             module = reference.partition(":")[0]
             try:
                 found = importlib.util.find_spec(module) is not None
             except (ImportError, ValueError):  # a parent package that is missing or fails to import
                 found = False
             if not found:
-                raise ConfigError(f"cannot find the {component} app's module {module} ({reference}) in {self.directory}")
+                raise ConfigError(f"cannot find the {component}'s module {module} ({reference}) in {self.directory}")
+
+    def _hook(self, reference: str, key: str):
+        """The function a `[tool.fedsweep]` key names, imported from the app's folder; ConfigError if it cannot be."""
+        from flwr.supercore.object_ref import load_app
+
+        try:
+            return load_app(reference, ConfigError, self.directory)
+        except (ImportError, ConfigError) as exc:  # Flower's ConfigError goes on with a paragraph on the form
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"cannot import [tool.fedsweep] {key} {reference} of {self.directory}: "
+                              f"{reason}") from None
 
     def check(self, run_config: dict, num_partitions: int) -> None:
         """Run the app's own run-config check, if it declares one; ConfigError with its message."""
         if self.check_run_config is None:
             return
-        from flwr.supercore.object_ref import load_app
-
-        check = load_app(self.check_run_config, ConfigError, self.directory)
+        check = self._hook(self.check_run_config, "check-run-config")
         flower_log = logging.getLogger("flwr")
         level = flower_log.level
         flower_log.setLevel(logging.ERROR)  # a check may build a strategy: its start-up warnings come later anyway
@@ -81,6 +101,29 @@ class FlowerApp:
             raise ConfigError(str(exc)) from None
         finally:
             flower_log.setLevel(level)
+
+    def partitions(self, run_config: dict, num_partitions: int):
+        """The app's partitioner hook called for this run: a flwr_datasets Partitioner with its dataset assigned,
+        `num_partitions` partitions and the label column `partition_by`; ConfigError naming the hook otherwise."""
+        from flwr_datasets.partitioner import Partitioner
+
+        where = f"[tool.fedsweep] partitioner {self.partitioner}"
+        hook = self._hook(self.partitioner, "partitioner")
+        try:
+            result = hook(dict(run_config), num_partitions)
+        except Exception as exc:  # whatever the app's code raises, the user needs the hook's name with it
+            raise ConfigError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(result, Partitioner):
+            raise ConfigError(f"{where} returned {type(result).__name__}, not a flwr_datasets Partitioner")
+        if not result.is_dataset_assigned():
+            raise ConfigError(f"{where} returned a partitioner without its dataset (assign partitioner.dataset)")
+        if result.num_partitions != num_partitions:
+            raise ConfigError(f"{where} made {result.num_partitions} partitions for a run of {num_partitions} nodes")
+        if self.partition_by not in result.dataset.column_names:
+            raise ConfigError(f"{where}: its dataset has no column {self.partition_by!r} (columns: "
+                              f"{', '.join(result.dataset.column_names)}); name the label column with "
+                              "[tool.fedsweep] partition-by")
+        return result
 
 
 def load_app_folder(directory: str | None) -> FlowerApp:
@@ -104,6 +147,13 @@ def load_app_folder(directory: str | None) -> FlowerApp:
     may_change = ours.get("resume-may-change", list(DEFAULT_RESUME_MAY_CHANGE))
     if not isinstance(may_change, list) or not all(isinstance(k, str) for k in may_change):
         raise ConfigError(f"--app {folder}: [tool.fedsweep] resume-may-change must be a list of run-config keys")
+    hook = ours.get("partitioner")
+    if hook is not None and not (isinstance(hook, str) and all(hook.partition(":")[::2])):
+        raise ConfigError(f"--app {folder}: [tool.fedsweep] partitioner must be \"module:function\", got {hook!r}")
+    partition_by = ours.get("partition-by", DEFAULT_PARTITION_BY)
+    if not isinstance(partition_by, str) or not partition_by:
+        raise ConfigError(f"--app {folder}: [tool.fedsweep] partition-by must name the label column, "
+                          f"got {partition_by!r}")
     return FlowerApp(
         directory=folder,
         name=str(project["project"]["name"]),
@@ -112,6 +162,8 @@ def load_app_folder(directory: str | None) -> FlowerApp:
         defaults=flatten_dict(flwr_app.get("config", {})),
         check_run_config=ours.get("check-run-config"),
         resume_may_change=tuple(may_change),
+        partitioner=hook,
+        partition_by=partition_by,
     )
 
 

@@ -5,12 +5,7 @@ rounds fedsweep runs, a full `ServerState` snapshot) and a `RunEnd` once at the
 end. The Tune trainable adds its own callback that reports to Tune; the loop
 itself knows none of them.
 
-Per-round metrics are flat: `round`; the strategy's aggregated train metrics
-(`train_*`), aggregated federated evaluation metrics (`fed_*`) and the central
-evaluation's metrics (`central_*`), each key prefixed unless the app's key
-already starts with the prefix; the clients that replied (`train_clients`,
-`fed_clients`), the training examples (`train_samples`: the replies'
-num-examples) and the timing keys below.
+Per-round metrics are flat; fl_core.metrics names them.
 """
 
 from __future__ import annotations
@@ -23,10 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fl_core.checkpoint import ServerState, save_checkpoint, write_atomically
-
-# Metrics that measure the machine, not the model: they differ run to run.
-# samples_per_s: num-examples x the train config's local-epochs (1 if absent) per second of the train phase.
-TIMING_KEYS = ("seconds", "train_seconds", "fed_seconds", "central_seconds", "samples_per_s")
+from fl_core.metrics import model_metrics
 
 
 @dataclass
@@ -65,12 +57,6 @@ class Callback:
 def _write_text(path: str, text: str) -> None:
     """Replace `path` with `text` atomically."""
     write_atomically(path, lambda f: f.write(text.encode()))
-
-
-def model_metrics(metrics: dict) -> dict:
-    """The metrics of a round that describe the model: central_*, then fed_*, then train_*."""
-    keys = [k for k in metrics if k not in TIMING_KEYS and k not in ("train_clients", "fed_clients", "train_samples")]
-    return {k: metrics[k] for prefix in ("central_", "fed_", "train_") for k in keys if k.startswith(prefix)}
 
 
 def _short(key: str) -> str:
@@ -115,14 +101,15 @@ class ProgressPrinter(Callback):
 
 
 class CheckpointWriter(Callback):
-    """Keeps `directory/fl_checkpoint.npz` at the latest finished round."""
+    """Keeps `directory/fl_checkpoint.npz` at the latest round that is a multiple of `every`, and at the end."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, every: int = 1) -> None:
         self.directory = directory
+        self.every = every
 
     def on_round_end(self, event: RoundEnd) -> None:
-        """Overwrite the checkpoint atomically."""
-        if event.state is not None:
+        """Overwrite the checkpoint atomically on every `every`-th round."""
+        if event.state is not None and event.round % self.every == 0:
             save_checkpoint(event.state, self.directory)
 
     def on_run_end(self, event: RunEnd) -> None:

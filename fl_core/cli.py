@@ -6,7 +6,8 @@ the app's run config written as `flwr run` takes them (`--run-config "k=v ..."`)
 and, for convenience, one flag per run-config key of the app (`--lr 0.05`,
 `--fedadam.eta 0.01`). Everything that can be checked is checked before Ray
 starts (the app's data then loads while Ray starts); bad input gets one line
-on stderr and exit status 2.
+on stderr and exit status 2. The run folder gets metrics.png at the end and,
+for an app with a partitioner hook, partitions.csv/.png as soon as the data is ready.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                         "or the resumed checkpoint's folder)")
     parser.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (file or its folder); "
                         "settings and run config default to the checkpoint's")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="rounds between checkpoints; the last "
+                        "round always has one. A killed run redoes at most N-1 rounds, with the same results "
+                        "(default 1)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set (as in a Ray Job), "
                         "else start a local Ray in-process")
@@ -101,7 +105,7 @@ def build_parser(app: FlowerApp) -> argparse.ArgumentParser:
         shown = "(see text)" if getattr(defaults, name) is None else getattr(defaults, name)
         engine.add_argument(_flag(name), type=kind, help=f"{SETTING_HELP[name]} (default: {shown})")
     taken = {_flag(name) for name in SETTING_NAMES} | {"--app", "--run-config", "--checkpoint-dir", "--resume",
-                                                        "--address", "--engine", "--verbose"}
+                                                        "--checkpoint-every", "--address", "--engine", "--verbose"}
     keys = parser.add_argument_group(f"run config of app {app.name} (same as --run-config KEY=VALUE)")
     for key, default in app.defaults.items():
         if "--" + key not in taken:
@@ -164,6 +168,8 @@ def prepare(argv: list[str]):
                               "or pick another --checkpoint-dir")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
+    if values.setdefault("checkpoint_every", 1) < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1, got {values['checkpoint_every']}")
     return app, run_config, settings, resume, out_dir, values
 
 
@@ -175,6 +181,24 @@ def _start_ray(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
+
+
+def _draw_partitions(loading, app: FlowerApp, run_config: dict, num_partitions: int, out_dir: str) -> None:
+    """Write partitions.csv and .png into `out_dir` once `loading` (the data) succeeded.
+
+    A hook found broken only now gets a warning line and the run goes on: the
+    files are a picture of the data, not worth stopping a run that has its data.
+    """
+    from fl_core.plots import write_partition_files
+
+    if loading.exception() is not None:  # bad data: the run ends with that error and writes nothing
+        return
+    try:
+        write_partition_files(app, run_config, num_partitions, out_dir)
+    except ConfigError as exc:
+        print(f"fl_core: warning: {' '.join(str(exc).split())}; no partitions.csv/.png", file=sys.stderr)
+    except Exception as exc:  # a picture is a by-product: never worth the run
+        print(f"fl_core: warning: partitions.csv/.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
+    from fl_core.plots import MetricsPlotter
     from fl_core.runner import prepare_shared, run_app
 
     owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
     # The app's data loads while Ray starts (each takes seconds); data that cannot be read is still bad input.
-    with ThreadPoolExecutor(max_workers=1) as loader:
+    loader = ThreadPoolExecutor(max_workers=1)
+    try:
         loading = loader.submit(prepare_shared, app, run_config, settings.pool_size)
+        # Next in that thread, the partitions' label distribution (seconds for 100 clients): written as soon as
+        # the data is ready (a killed run has it too), beside Ray's start and the first round, not before them.
+        loader.submit(_draw_partitions, loading, app, run_config, settings.pool_size, out_dir)
         if owns_ray:
             _start_ray(args["address"])
         try:
@@ -214,16 +243,21 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
             print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2
-    where = f"resuming after round {resume.round}" if resume else "starting"
-    print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints and metrics in {out_dir}")
-    describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config, "settings": settings.to_dict()}
-    try:
-        run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
-                callbacks=[ProgressPrinter(), CheckpointWriter(out_dir), MetricsWriter(out_dir, describe)])
-    except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
-        print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        where = f"resuming after round {resume.round}" if resume else "starting"
+        print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
+        describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config,
+                    "settings": settings.to_dict()}
+        try:
+            run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
+                    callbacks=[ProgressPrinter(), CheckpointWriter(out_dir, args["checkpoint_every"]),
+                               MetricsWriter(out_dir, describe),
+                               MetricsPlotter(out_dir, app.name)])
+        except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
+            print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        finally:
+            if owns_ray:
+                ray.shutdown()
     finally:
-        if owns_ray:
-            ray.shutdown()
+        loader.shutdown()  # a short run may end before its partition files are written: they are waited for
     return 0

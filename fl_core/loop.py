@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_core import seeding
+from fl_core.apps import ROUNDS_KEY
 from fl_core.checkpoint import CheckpointError, ServerState
 from fl_core.grid import message_round
 from fl_core.strategies import innermost, restore_strategy_state, strategy_state
@@ -290,6 +291,6 @@ class RoundObserver:
                    "fed_seconds": fed_seconds,
                    "samples_per_s": samples * current.get("epochs", 1.0) / train_seconds if train_seconds else 0.0}
         self.run.history.append(metrics)
-        rounds = self.run.run_config.get("num-server-rounds")  # Flower's template key, when the app has it
+        rounds = self.run.run_config.get(ROUNDS_KEY)
         self.run.round_done(current["round"], rounds if isinstance(rounds, int) else None, self.first_round, metrics,
                             None)

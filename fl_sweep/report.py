@@ -7,30 +7,38 @@ import os
 import shutil
 import tempfile
 
+from fl_core.metrics import CLIENTS_PREFIX, COUNT_KEYS, TIMING_KEYS, is_model_metric
 from fl_core.settings import ConfigError
-from fl_sweep.spec import METRIC_PREFIXES, SweepSpec
-from fl_sweep.storage import filesystem, is_uri, read_marker
+from fl_sweep.partitions import FOLDER, INDEX
+from fl_sweep.spec import SweepSpec
+from fl_sweep.storage import exists, filesystem, is_uri, read_marker
 
-# Per-round columns fedsweep reports besides the model's metrics (METRIC_PREFIXES), and Tune's wall clock.
-ROUND_COLUMNS = ("round", "train_clients", "fed_clients", "train_samples", "seconds", "samples_per_s", "time_total_s")
+# Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock.
+ROUND_COLUMNS = ("round", *COUNT_KEYS, *TIMING_KEYS, "time_total_s")
 HEATMAP_KEYS = ("fraction-train", "local-epochs")  # Flower's template names
 
 # ---------------------------------------------------------------------------
 # Reports
 
 
-def _trial_frames(experiment: str):
-    """(trials, {trial_id: per-round DataFrame}) read from the experiment folder."""
-    from ray.tune import ExperimentAnalysis
+def _results(experiment: str):
+    """(Tune's ResultGrid of the sweep, {trial_id: status}) read from the experiment folder."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
 
     try:
         analysis = ExperimentAnalysis(experiment)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"no Tune experiment state in {experiment} yet ({str(exc).splitlines()[0]})") from None
-    return analysis.trials, analysis.trial_dataframes
+    return ResultGrid(analysis), {trial.trial_id: trial.status for trial in analysis.trials}
 
 
-def rounds_table(trials, frames: dict, swept: list[str]):
+def _trial_id(result) -> str | None:
+    """The id of the trial behind a Result (from its folder name, as trial_dirname makes it)."""
+    name = os.path.basename(result.path.rstrip("/"))
+    return name[len("trial_"):] if name.startswith("trial_") else None
+
+
+def rounds_table(grid, swept: list[str]):
     """Every trial's per-round metrics, one row per (trial, round).
 
     A round reported twice (re-run after a restore from an older checkpoint)
@@ -39,15 +47,15 @@ def rounds_table(trials, frames: dict, swept: list[str]):
     import pandas as pd
 
     parts = []
-    for trial in trials:
-        df = frames.get(trial.trial_id)
+    for result in grid:
+        df = result.metrics_dataframe
         if df is None or df.empty or "round" not in df:
             continue
-        metrics = [c for c in df if c.startswith(METRIC_PREFIXES) and c not in ROUND_COLUMNS]
+        metrics = [c for c in df if is_model_metric(c)]
         part = df[[c for c in ("round", *metrics, *ROUND_COLUMNS[1:]) if c in df]].copy()
-        part.insert(0, "trial_id", trial.trial_id)
+        part.insert(0, "trial_id", _trial_id(result))
         for i, key in enumerate(swept, start=1):
-            part.insert(i, key, trial.config.get(key))
+            part.insert(i, key, result.config.get(key))
         parts.append(part)
     if not parts:
         return pd.DataFrame(columns=["trial_id", *swept, *ROUND_COLUMNS])
@@ -57,14 +65,14 @@ def rounds_table(trials, frames: dict, swept: list[str]):
     return table.sort_values(["trial_id", "round"]).reset_index(drop=True)
 
 
-def _last_checkpoint(trial, experiment: str) -> str | None:
-    """Path (or URI, for remote storage) of the trial's latest kept checkpoint, if any."""
-    checkpoint = trial.checkpoint
-    if checkpoint is None:
+def _checkpoint_location(result, experiment: str) -> str | None:
+    """Path (or URI, for remote storage) of a trial's latest kept checkpoint, if any."""
+    if result.checkpoint is None:
         return None
-    if is_uri(experiment) and "://" not in checkpoint.path:
-        return experiment.split("://", 1)[0] + "://" + checkpoint.path.lstrip("/")
-    return checkpoint.path
+    path = result.checkpoint.path
+    if is_uri(experiment) and "://" not in path:
+        return experiment.split("://", 1)[0] + "://" + path.lstrip("/")
+    return path
 
 
 def _metric_summary(mine, metric: str, mode: str) -> dict:
@@ -77,35 +85,43 @@ def _metric_summary(mine, metric: str, mode: str) -> dict:
             f"best_{metric}_round": int(mine.loc[best, "round"])}
 
 
-def trials_table(trials, rounds, spec: SweepSpec, experiment: str):
-    """One row per trial: swept values, final and best metric, rounds, wall time, status, checkpoint."""
+def trials_table(grid, statuses: dict, rounds, spec: SweepSpec, experiment: str):
+    """One row per trial: swept values, final and best metric, rounds, wall time, status, checkpoint.
+
+    The last report of each trial (Tune's ResultGrid.get_dataframe) gives the
+    final all-node evaluation (clients_*) and the wall time; the rounds give the rest.
+    """
     import pandas as pd
 
+    last = grid.get_dataframe().set_index("trial_id") if len(grid) else pd.DataFrame()
+    checkpoints = {_trial_id(r): _checkpoint_location(r, experiment) for r in grid}
+    configs = {_trial_id(r): r.config for r in grid}
     rows = []
-    for trial in sorted(trials, key=lambda t: t.trial_id):
-        mine = rounds[rounds["trial_id"] == trial.trial_id]
-        row = {"trial_id": trial.trial_id, "status": trial.status, **{k: trial.config.get(k) for k in spec.search}}
+    for trial_id in sorted(statuses):
+        mine = rounds[rounds["trial_id"] == trial_id]
+        config = configs.get(trial_id, {})
+        row = {"trial_id": trial_id, "status": statuses[trial_id], **{k: config.get(k) for k in spec.search}}
         row["rounds"] = len(mine)
         row.update(_metric_summary(mine, spec.metric, spec.mode))
         if "central_accuracy" in mine:  # whatever the metric, when the app has a central evaluation
             row.update(_metric_summary(mine, "central_accuracy", "max"))
-        row["wall_time_s"] = mine["time_total_s"].iloc[-1] if len(mine) else None
+        final = last.loc[trial_id] if trial_id in last.index else {}
+        row["wall_time_s"] = final.get("time_total_s") if len(mine) else None
         row["round_seconds_mean"] = mine["seconds"].mean() if len(mine) else None
-        result = trial.last_result or {}
-        row.update({k: v for k, v in result.items() if k.startswith("clients_")})  # the final all-node evaluation
-        row["checkpoint"] = _last_checkpoint(trial, experiment)
+        row.update({k: v for k, v in dict(final).items() if k.startswith(CLIENTS_PREFIX) and pd.notna(v)})
+        row["checkpoint"] = checkpoints.get(trial_id)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def best_trial(table, spec: SweepSpec) -> dict | None:
-    """The row with the best final metric (Tune's default scope: the last reported round)."""
-    column = f"final_{spec.metric}"
-    scored = table.dropna(subset=[column])
-    if scored.empty:
+def best_trial(grid, table, spec: SweepSpec) -> dict | None:
+    """The row of the trial with the best last reported metric (Tune's ResultGrid.get_best_result, scope "last")."""
+    try:
+        best = grid.get_best_result(spec.metric, spec.mode, scope="last")
+    except (RuntimeError, KeyError):  # no trial has reported the metric yet
         return None
-    index = scored[column].idxmax() if spec.mode == "max" else scored[column].idxmin()
-    return scored.loc[index].to_dict()
+    rows = table[table["trial_id"] == _trial_id(best)]
+    return None if rows.empty else rows.iloc[0].to_dict()
 
 
 def _short(value) -> str:
@@ -195,16 +211,16 @@ def write_report(experiment: str, top: int = 5) -> dict:
 
     matplotlib.use("Agg")
     spec = SweepSpec.from_dict(read_marker(experiment)["spec"])
-    trials, frames = _trial_frames(experiment)
+    grid, statuses = _results(experiment)
     swept = list(spec.search)
-    rounds = rounds_table(trials, frames, swept)
-    table = trials_table(trials, rounds, spec, experiment)
-    best = best_trial(table, spec)
+    rounds = rounds_table(grid, swept)
+    table = trials_table(grid, statuses, rounds, spec, experiment)
+    best = best_trial(grid, table, spec)
     out = experiment if not is_uri(experiment) else tempfile.mkdtemp(prefix="fedsweep-report-")
     table.to_csv(os.path.join(out, "trials.csv"), index=False)
     rounds.to_csv(os.path.join(out, "rounds.csv"), index=False)
     with open(os.path.join(out, "best.json"), "w") as f:
-        json.dump(_best_document(best, trials, spec, experiment), f, indent=1, default=_json_default)
+        json.dump(_best_document(best, spec, experiment), f, indent=1, default=_json_default)
     plots = [f"{spec.metric}_vs_round.png", f"heatmap_{spec.metric}.png"]
     plot_metric(rounds, spec.metric, swept, os.path.join(out, plots[0]))
     note = plot_heatmap(table, spec, os.path.join(out, plots[1]))
@@ -220,14 +236,17 @@ def write_report(experiment: str, top: int = 5) -> dict:
               "`--resume` retries them from their last round")
     print(f"report written to {experiment}: trials.csv, rounds.csv, best.json, {plots[0]}"
           + ("" if note else f", {plots[1]}"))
+    index = f"{experiment.rstrip('/')}/{FOLDER}/{INDEX}"
+    if exists(index):
+        print(f"label distribution of each distinct data set: {FOLDER}/data_<n>.csv|png, listed in {FOLDER}/{INDEX}")
     return {"trials": len(table), "errored": errored, "best": best}
 
 
-def _best_document(best: dict | None, trials, spec: SweepSpec, experiment: str) -> dict:
+def _best_document(best: dict | None, spec: SweepSpec, experiment: str) -> dict:
     """best.json: the best trial's swept values, full config, score and checkpoint."""
     if best is None:
         return {"metric": spec.metric, "mode": spec.mode, "trial_id": None, "note": "no trial has reported yet"}
-    trial = next(t for t in trials if t.trial_id == best["trial_id"])
+    swept = {k: best[k] for k in spec.search}  # a trial's Tune config holds its swept values only
     checkpoint = best.get("checkpoint")
     return {
         "metric": spec.metric,
@@ -236,8 +255,8 @@ def _best_document(best: dict | None, trials, spec: SweepSpec, experiment: str) 
         "value": best[f"final_{spec.metric}"],
         "rounds": best["rounds"],
         "status": best["status"],
-        "swept": {k: trial.config.get(k) for k in spec.search},
-        "config": {**spec.settings, **spec.run_config, **trial.config},
+        "swept": swept,
+        "config": {**spec.settings, **spec.run_config, **swept},
         "checkpoint": checkpoint,
         "checkpoint_file": None if checkpoint is None else checkpoint.rstrip("/") + "/fl_checkpoint.npz",
         "app": spec.app_dir,

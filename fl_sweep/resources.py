@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, clients_per_round
-
-if TYPE_CHECKING:  # only for annotations: spec imports this module
-    from fl_sweep.spec import SweepSpec
 
 
 @dataclass
 class ResourcePlan:
-    """What a trial's settings, run config and bundles are derived from besides its sampled values."""
+    """What a trial's settings, run config and bundles are derived from besides its sampled values (SweepSpec.plan)."""
 
     settings: dict  # the sweep's fixed engine settings (every RunSettings field)
     run_config: dict  # the app's run config with the sweep's fixed overrides
     cluster_cpus: float
     cluster_gpus: float
-
-    @classmethod
-    def of(cls, spec: SweepSpec) -> "ResourcePlan":
-        """The plan of a sweep."""
-        return cls(dict(spec.settings), dict(spec.run_config), spec.cluster_cpus, spec.cluster_gpus)
 
     def trial(self, config: dict) -> tuple[RunSettings, dict]:
         """(settings, run config) of a trial whose sampled values are `config`.

@@ -1,42 +1,29 @@
-"""A sweep's definition: the app, its search space and fixed values, parsed from flags and files, and checked.
+"""A sweep's definition: the app, its search space and fixed values, checked value by value.
 
 Keys are either the engine's settings (`pool_size`, `seed`, resources: the
 RunSettings fields) or run-config keys of the app (`fraction-train`,
-`local-epochs`, `fedadam.eta`...; `_` is accepted for `-`).
+`local-epochs`, `fedadam.eta`...; `_` is accepted for `-`). The command line
+(fl_sweep.cli) and the `--config` file (fl_sweep.sweep_file) build a SweepSpec
+from these parts; fl_sweep.validate checks it as a whole.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
 import itertools
-import json
 import math
 from dataclasses import dataclass
 
-from fl_core.apps import FlowerApp, bind_seed, coerce, config_key, fuse_run_config, load_app_folder
+from fl_core.apps import FlowerApp, coerce, config_key, load_app_folder
 from fl_core.cli import renamed
-from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, setting_type
-from fl_sweep.resources import ResourcePlan, check_fits
+from fl_core.settings import SETTING_NAMES, ConfigError, setting_type
+from fl_sweep.resources import ResourcePlan
 
-PROG = "tune_search"
-MARKER_FILE = "fedsweep_sweep.json"
-MARKER_FORMAT = "fedsweep-tune-sweep"
-MARKER_VERSION = 2
-DEFAULT_NAME = "fedsweep"
-DEFAULT_STORAGE = "./ray_results"
 # Swept when no search flag is given, for the keys the app has (Flower's template names).
 DEFAULT_GRID = {"fraction-train": [0.05, 0.1, 0.2], "local-epochs": [1, 2, 5]}
 SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform")
-SEARCH_ALGS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
-METRIC_PREFIXES = ("central_", "fed_", "train_", "clients_")  # what fl_core reports per round (and at the end)
-ROUNDS_KEY = "num-server-rounds"  # Flower's template name for the number of rounds: ASHA's horizon
 # Validating every combination of a huge grid would take long; above this, each key is checked alone.
 MAX_COMBINATIONS_CHECKED = 4096
-# How often (s) Tune snapshots the experiment state: it decides how much is redone after the driver dies.
-EXPERIMENT_SNAPSHOT_S = "1"
 
 
 # ---------------------------------------------------------------------------
@@ -62,6 +49,7 @@ class SweepSpec:
     cluster_cpus: float = 1.0  # what the default --max-parallel-clients is derived from
     cluster_gpus: float = 0.0
     keep_checkpoints: int = 2
+    checkpoint_every: int = 1  # rounds between a trial's checkpoints (its last round always has one)
     max_failures: int = 2
 
     def to_dict(self) -> dict:
@@ -76,6 +64,10 @@ class SweepSpec:
     def app(self) -> FlowerApp:
         """The swept app."""
         return load_app_folder(self.app_dir)
+
+    def plan(self) -> ResourcePlan:
+        """What its trials' settings, run configs and bundles are derived from."""
+        return ResourcePlan(dict(self.settings), dict(self.run_config), self.cluster_cpus, self.cluster_gpus)
 
 
 # ---------------------------------------------------------------------------
@@ -131,68 +123,6 @@ def search_entry(app: FlowerApp, key: str, kind: str, values: list, where: str) 
     return {"kind": kind, "values": values}
 
 
-def read_config_file(app: FlowerApp, path: str) -> tuple[dict, dict]:
-    """(fixed, search) from a YAML or JSON file with sections `fixed:` and `search:`."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            text = f.read()
-        document = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read --config {path}: {exc}") from None
-    document = document or {}
-    if not isinstance(document, dict) or set(document) - {"fixed", "search"}:
-        raise ConfigError(f"--config {path} must be a mapping with sections 'fixed' and/or 'search'")
-    fixed = {}
-    for key, value in (document.get("fixed") or {}).items():
-        name = normalise_key(app, key, path)
-        fixed[name] = coerce_value(app, name, value)
-    search = {}
-    for key, entry in (document.get("search") or {}).items():
-        name = normalise_key(app, key, path)
-        if isinstance(entry, list):  # shorthand: a plain list is a grid
-            entry = {"grid": entry}
-        if not isinstance(entry, dict) or len(entry) != 1 or not isinstance(next(iter(entry.values())), list):
-            raise ConfigError(f"{path}: search.{key} must look like {{grid: [..]}}, {{choice: [..]}}, "
-                              "{uniform: [lo, hi]} or {loguniform: [lo, hi]}")
-        (kind, values), = entry.items()
-        search[name] = search_entry(app, name, kind, values, f"{path}: search.{key}")
-    return fixed, search
-
-
-# Flags that define the sweep: with --resume they come from the marker file instead.
-SWEEP_FLAGS = ("app", "config", "set", "grid", "choice", "uniform", "loguniform", "num_samples", "search",
-               "search_seed", "metric", "mode", "scheduler", "asha_grace_rounds", "max_concurrent_trials",
-               "server_cpus", "server_gpus", "num_client_cpus", "num_client_gpus", "max_parallel_clients",
-               "keep_checkpoints", "max_failures")
-
-
-def _cli_search(app: FlowerApp, args: argparse.Namespace) -> dict:
-    """Search entries from --grid/--choice/--uniform/--loguniform."""
-    search = {}
-    for kind in SEARCH_KINDS:
-        for text in getattr(args, kind):
-            key, values = parse_assignment(app, text, f"--{kind}")
-            if key in search:
-                raise ConfigError(f"{key} is swept twice (--{kind} {text}): give one search flag per setting")
-            items = values.split(",") if values.strip() else []
-            search[key] = search_entry(app, key, kind, items, f"--{kind} {text}")
-    return search
-
-
-def _cli_fixed(app: FlowerApp, args: argparse.Namespace) -> dict:
-    """Fixed values from the resource flags and --set (--set last, so it wins)."""
-    fixed = {}
-    for key in ("server_cpus", "server_gpus", "num_client_cpus", "num_client_gpus", "max_parallel_clients"):
-        if getattr(args, key) is not None:
-            fixed[key] = getattr(args, key)
-    for text in args.set:
-        key, value = parse_assignment(app, text, "--set")
-        fixed[key] = coerce_value(app, key, value)
-    return fixed
-
-
 def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixed: dict,
                    cli_search: dict) -> tuple[dict, dict]:
     """(fixed, search): command line over file; the default grid (keys the app has) when nothing is swept.
@@ -215,43 +145,8 @@ def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixe
     return fixed, search
 
 
-def default_mode(metric: str) -> str:
-    """min for losses, max for anything else."""
-    return "min" if "loss" in metric else "max"
-
-
-def build_spec(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: float) -> SweepSpec:
-    """The sweep described by the command line (and --config file)."""
-    app = load_app_folder(args.app)
-    file_fixed, file_search = read_config_file(app, args.config) if args.config else ({}, {})
-    fixed, search = merge_settings(app, file_fixed, file_search, _cli_fixed(app, args), _cli_search(app, args))
-    settings = RunSettings.from_dict({k: v for k, v in fixed.items() if k in SETTING_NAMES}).to_dict()
-    run_config = bind_seed(app, fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set"),
-                           settings["seed"])
-    metric = args.metric or "central_accuracy"
-    search_alg = args.search or "grid"
-    return SweepSpec(
-        app_dir=app.directory,
-        settings=settings,
-        run_config=run_config,
-        search=search,
-        metric=metric,
-        mode=args.mode or default_mode(metric),
-        search_alg=search_alg,
-        scheduler=args.scheduler or "fifo",
-        num_samples=args.num_samples if args.num_samples is not None else (1 if search_alg == "grid" else 10),
-        max_concurrent_trials=args.max_concurrent_trials,
-        asha_grace_rounds=args.asha_grace_rounds if args.asha_grace_rounds is not None else 1,
-        search_seed=args.search_seed,
-        cluster_cpus=cluster_cpus,
-        cluster_gpus=cluster_gpus,
-        keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else 2,
-        max_failures=args.max_failures if args.max_failures is not None else 2,
-    )
-
-
 # ---------------------------------------------------------------------------
-# Validation before Ray starts
+# Trials
 
 
 def combinations(spec: SweepSpec) -> list[dict]:
@@ -264,58 +159,3 @@ def combinations(spec: SweepSpec) -> list[dict]:
     return [{k: v} for k, vs in zip(keys, values) for v in vs]
 
 
-def validate_spec(spec: SweepSpec, local_cpus: int | None, local_gpus: int | None) -> None:
-    """Raise ConfigError on anything that would fail later: settings, every grid value, metric, search, resources."""
-    need_positive = {"--num-samples": spec.num_samples, "--keep-checkpoints": spec.keep_checkpoints,
-                     "--asha-grace-rounds": spec.asha_grace_rounds}
-    if spec.max_concurrent_trials is not None:
-        need_positive["--max-concurrent-trials"] = spec.max_concurrent_trials
-    for flag, value in need_positive.items():
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if spec.max_failures < -1:
-        raise ConfigError(f"--max-failures must be >= 0 (or -1 for unlimited), got {spec.max_failures}")
-    if not spec.metric.startswith(METRIC_PREFIXES):
-        raise ConfigError(f"--metric must be a metric fedsweep reports, starting with {', '.join(METRIC_PREFIXES)} "
-                          f"(e.g. central_accuracy, fed_loss), got {spec.metric!r}")
-    _validate_search_alg(spec)
-    app = spec.app()
-    plan = ResourcePlan.of(spec)
-    for combo in combinations(spec):
-        where = f" (with {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else ""
-        settings, run_config = plan.trial(combo)
-        try:
-            settings.validate(local_cpus=local_cpus, local_gpus=local_gpus)
-            app.check(run_config, settings.pool_size)
-            if local_cpus is not None:
-                check_fits(combo, plan)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}{where if _mentions_any(str(exc), combo) else ''}") from None
-
-
-def _mentions_any(message: str, keys) -> bool:
-    """Whether a message names one of `keys` (as a key or --flag): then the swept values are worth showing."""
-    return any(k in message or f"--{k.replace('_', '-')}" in message for k in keys)
-
-
-def optuna_available() -> bool:
-    """Whether optuna can be imported (kept in a function so tests can pretend it is missing)."""
-    return importlib.util.find_spec("optuna") is not None
-
-
-def _validate_search_alg(spec: SweepSpec) -> None:
-    """Refuse search/scheduler combinations Tune cannot run."""
-    if spec.search_alg == "optuna":
-        if not optuna_available():
-            raise ConfigError("--search optuna needs the optuna package, which is not installed: "
-                              "pip install 'fedsweep[optuna]' (or optuna), or use --search grid/random")
-        grids = [k for k, e in spec.search.items() if e["kind"] == "grid"]
-        if grids:
-            raise ConfigError(f"--search optuna cannot take grid values (Optuna has no grid_search), found for "
-                              f"{', '.join(grids)}: sweep them with --choice instead")
-    if spec.scheduler == "asha":
-        if ROUNDS_KEY not in spec.run_config:
-            raise ConfigError(f"--scheduler asha stops trials on rounds and reads their number from the app's "
-                              f"run-config key {ROUNDS_KEY}, which this app does not have")
-        if ROUNDS_KEY in spec.search:
-            raise ConfigError(f"--scheduler asha stops trials on rounds and needs one {ROUNDS_KEY}: fix it with --set")

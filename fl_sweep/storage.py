@@ -7,7 +7,14 @@ import os
 import time
 
 from fl_core.settings import ConfigError
-from fl_sweep.spec import DEFAULT_NAME, DEFAULT_STORAGE, MARKER_FILE, MARKER_FORMAT, MARKER_VERSION, SweepSpec
+from fl_sweep.spec import SweepSpec
+
+DEFAULT_STORAGE = "./ray_results"
+DEFAULT_NAME = "fedsweep"
+# The marker file: a sweep's settings, and proof that a folder holds a sweep of this tool.
+MARKER_FILE = "fedsweep_sweep.json"
+MARKER_FORMAT = "fedsweep-tune-sweep"
+MARKER_VERSION = 2
 
 # ---------------------------------------------------------------------------
 # Storage and the marker file

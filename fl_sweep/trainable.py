@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import tempfile
 
+from fl_core.callbacks import Callback
+from fl_core.metrics import client_evaluation_metrics
 from fl_sweep.resources import ResourcePlan, client_slots, trial_resources
 from fl_sweep.spec import SweepSpec, combinations
 
@@ -30,7 +31,7 @@ def share_data(spec: SweepSpec) -> list:
     from fl_core import shared_data
     from fl_core.runner import bad_data_is_bad_input, import_app
 
-    app, plan = spec.app(), ResourcePlan.of(spec)
+    app, plan = spec.app(), spec.plan()
     import_app(app)
     ranged = {k for k, e in spec.search.items() if e["kind"] in ("uniform", "loguniform")}
     values: list = []
@@ -54,31 +55,13 @@ def share_data(spec: SweepSpec) -> list:
 # The trainable (runs in a Tune trial)
 
 
-def _test_hooks(trial_id: str, round_: int) -> None:
-    """Test-only: inject one failure at round 2, and log every finished round (see tune_search's docstring)."""
-    marker = os.environ.get("FEDSWEEP_TEST_FAIL_ONCE")
-    if marker and round_ == 2:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: only one trial fails
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, trial_id.encode())
-            os.close(fd)
-            raise RuntimeError(f"FEDSWEEP_TEST_FAIL_ONCE: injected failure in round 2 of trial {trial_id}")
-    log = os.environ.get("FEDSWEEP_TEST_ROUND_LOG")
-    if log:
-        with open(log, "a") as f:
-            f.write(f"{trial_id},{round_}\n")
-
-
 def _report(metrics: dict, state) -> None:
-    """One tune.report, with a checkpoint of `state` (written to a fresh temp dir that Tune copies) when there is one."""
+    """One tune.report, with a checkpoint of `state` (written to a fresh temp dir that Tune copies) when given."""
     from ray import tune
 
     from fl_core import save_checkpoint
 
-    if state is None:  # an app that loops itself: nothing to resume from
+    if state is None:
         tune.report(metrics)
         return
     directory = tempfile.mkdtemp(prefix="fedsweep-ckpt-")
@@ -89,46 +72,40 @@ def _report(metrics: dict, state) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def client_evaluation_metrics(client_evaluation: dict) -> dict:
-    """The all-node evaluation's statistics as flat metrics: clients_<metric>_<mean|min|p10|max>."""
-    return {f"clients_{metric}_{stat}": value
-            for metric, stats in client_evaluation.get("stats", {}).items() for stat, value in stats.items()}
+class TuneReporter(Callback):
+    """Reports every round to Tune, with a checkpoint every `checkpoint_every` rounds and at the last round.
+
+    The last round waits for the all-node evaluation, so that its report carries
+    the clients_* statistics too. An app that loops itself has no state to
+    checkpoint: its rounds are reported without one.
+    """
+
+    def __init__(self, checkpoint_every: int = 1) -> None:
+        """Nothing held back yet."""
+        self.checkpoint_every = checkpoint_every
+        self.held = None
+
+    def on_round_end(self, event) -> None:
+        """Report the round (the last one: keep it for on_run_end)."""
+        if event.num_rounds is not None and event.round >= event.num_rounds:
+            self.held = event
+        else:
+            _report(dict(event.metrics), event.state if event.round % self.checkpoint_every == 0 else None)
+
+    def on_run_end(self, event) -> None:
+        """Report the final round with the all-node evaluation's statistics, and its checkpoint."""
+        if self.held is None:
+            if not (event.client_evaluation and event.history):  # resumed after the final round: reported
+                return
+            metrics = dict(event.history[-1])  # an app that loops itself: report its last round again
+        else:
+            metrics = dict(self.held.metrics)
+        metrics.update(client_evaluation_metrics(event.client_evaluation))
+        _report(metrics, event.state)
 
 
-def _make_reporter(trial_id: str):
-    """The fl_core callback that reports each round to Tune (built here so fl_core is imported in the trial)."""
-    from fl_core import Callback
-
-    class TuneReporter(Callback):
-        """Reports every round; the last round waits for the all-node evaluation to report it too."""
-
-        def __init__(self) -> None:
-            """Nothing held back yet."""
-            self.held = None
-
-        def on_round_end(self, event) -> None:
-            """Report the round with its checkpoint (the last one: keep it for on_run_end)."""
-            _test_hooks(trial_id, event.round)
-            if event.num_rounds is not None and event.round >= event.num_rounds:
-                self.held = event
-            else:
-                _report(dict(event.metrics), event.state)
-
-        def on_run_end(self, event) -> None:
-            """Report the final round with the all-node evaluation's statistics."""
-            if self.held is None:
-                if not (event.client_evaluation and event.history):  # resumed after the final round: reported
-                    return
-                metrics, state = dict(event.history[-1]), event.state  # an app that loops itself: report again
-            else:
-                metrics, state = dict(self.held.metrics), event.state
-            metrics.update(client_evaluation_metrics(event.client_evaluation))
-            _report(metrics, state)
-
-    return TuneReporter()
-
-
-def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_dir: str) -> None:
+def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_dir: str,
+                   checkpoint_every: int = 1) -> None:
     """Tune function trainable: one fl_core run, resumed from the trial's last checkpoint if any.
 
     `config` holds the trial's sampled values only; the fixed ones come with `plan`.
@@ -136,6 +113,7 @@ def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_di
     from ray import tune
 
     from fl_core import load_app_folder, load_checkpoint, run_app
+    from fl_core.apps import ROUNDS_KEY
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint otherwise
@@ -147,18 +125,18 @@ def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_di
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory)
-        if resume.round >= run_config.get("num-server-rounds", resume.round + 1):
+        if resume.round >= run_config.get(ROUNDS_KEY, resume.round + 1):
             return
-    reporter = _make_reporter(tune.get_context().get_trial_id())
     run_app(load_app_folder(app_dir), run_config, settings, resume=resume, shared_values=shared_values,
-            callbacks=[reporter])
+            callbacks=[TuneReporter(checkpoint_every)])
 
 
 def make_trainable(spec: SweepSpec, shared_values: list):
     """The trainable as Tune sees it: shared data by object-store reference, resources from the trial's config."""
     from ray import tune
 
-    plan = ResourcePlan.of(spec)
+    plan = spec.plan()
     transfer = [value.for_transfer() for value in shared_values]  # the refs only, not the data again
-    trainable = tune.with_parameters(fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir)
+    trainable = tune.with_parameters(fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir,
+                                     checkpoint_every=spec.checkpoint_every)
     return tune.with_resources(trainable, functools.partial(trial_resources, plan=plan))

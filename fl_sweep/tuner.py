@@ -9,11 +9,19 @@ import re
 import shutil
 import time
 
+from fl_core.apps import ROUNDS_KEY
+from fl_core.metrics import is_model_metric
 from fl_core.settings import ConfigError
-from fl_sweep.resources import ResourcePlan, check_fits
-from fl_sweep.spec import EXPERIMENT_SNAPSHOT_S, ROUNDS_KEY, SweepSpec, combinations
+from fl_sweep.partitions import draw_partitions
+from fl_sweep.resources import check_fits
+from fl_sweep.spec import SweepSpec, combinations
 from fl_sweep.storage import is_uri, write_marker
 from fl_sweep.trainable import make_trainable
+
+SEARCH_ALGS = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+# How often (s) Tune snapshots the experiment state: it decides how much is redone after the driver dies.
+EXPERIMENT_SNAPSHOT_S = "1"
 
 # ---------------------------------------------------------------------------
 # Tune objects
@@ -104,7 +112,7 @@ def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
     if fresh:
         total = ray.cluster_resources()
         spec.cluster_cpus, spec.cluster_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-        plan = ResourcePlan.of(spec)
+        plan = spec.plan()
         for combo in combinations(spec):
             check_fits(combo, plan)
 
@@ -158,6 +166,10 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
                 shutil.rmtree(experiment, ignore_errors=True)  # made by this run, before any trial could finish
             raise ConfigError(missing) from None
         timings["sweep_s"] = time.perf_counter() - t0
+        # After the trials, not beside them: drawing takes seconds of CPU the trials would lose.
+        note = draw_partitions(spec, shared_values, experiment)
+        if note:
+            print(note)
     finally:
         ray.shutdown()
     return timings
@@ -171,7 +183,6 @@ def _missing_metric(error: str, metric: str) -> str | None:
     """
     if "did not include the specified metric" not in error:
         return None
-    reported = sorted(set(re.findall(r"'((?:central|fed|train|clients)_[\w.-]+)'", error)) - {
-        "train_clients", "fed_clients", "train_samples", "train_seconds", "fed_seconds", "central_seconds"})
+    reported = sorted({key for key in re.findall(r"'([\w.-]+)'", error) if is_model_metric(key)} - {metric})
     return (f"the app reports no {metric} per round; it reports {', '.join(reported) or 'no model metrics'}: "
             "sweep one of those with --metric")

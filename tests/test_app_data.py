@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cifar10_app.data import label_histograms, load_cifar10, make_synthetic, partition_summary
+from cifar10_app.data import label_histograms, load_cifar10, make_synthetic, partition_summary, partitioner
 from cifar10_app.data import load_data as shared_load_data
 from fl_core import fuse_run_config, load_app_folder
 
@@ -37,6 +37,20 @@ def test_partitions_are_disjoint_deterministic_and_seeded(partition):
     for x, y in zip(a.client_train + a.client_val, b.client_train + b.client_val):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in zip(a.client_train, other.client_train))
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "pathological"])
+def test_partitioner_hook_gives_each_clients_samples(partition):
+    """The [tool.fedsweep] partitioner hook splits as load_data does: partition i is client i's train + val samples."""
+    cfg = _config(partition=partition, alpha=0.3)
+    data = load_federated_data(cfg)
+    hooked = partitioner(*cfg)
+    assert hooked.num_partitions == data.num_clients == 20
+    for cid in range(data.num_clients):
+        samples = np.sort(np.concatenate([data.client_train[cid], data.client_val[cid]]))
+        part = hooked.load_partition(cid)
+        np.testing.assert_array_equal(np.sort(part["idx"]), samples)
+        assert part["label"] == data.train_labels[part["idx"]].tolist()
 
 
 def test_iid_uses_every_sample_with_balanced_labels():

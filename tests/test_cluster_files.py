@@ -400,7 +400,7 @@ def test_runtime_env_excludes_work_when_packaging(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     checkout = tmp_path / "checkout"
-    keep = ["tune_search.py", "fl_core/__init__.py", "job/submit.py", "apps/cifar10/pyproject.toml",
+    keep = ["tune_search.py", "fl_core/__init__.py", "fl_sweep/tuner.py", "apps/cifar10/pyproject.toml",
             "apps/cifar10/cifar10_app/data.py", "examples/scaffold/scaffoldexample/task.py"]
     drop = [
         "data/cifar-10-batches-py/data_batch_1", ".venv/lib/torch.so", ".git/HEAD",

@@ -56,6 +56,7 @@ BAD_INPUT = [
     (["--app", "/nonexistent/app"], "is not a folder"),
     (["--engine", "tensorflow"], "invalid choice"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
 ]
 
 

@@ -81,6 +81,27 @@ def test_resume_matches_uninterrupted_run_exactly(ray_local, tmp_path, strategy,
     assert resumed.client_evaluation == whole.client_evaluation
 
 
+def test_checkpoint_every_n_rounds_and_at_the_end(ray_local, tmp_path):
+    """CheckpointWriter(every=2) over 3 rounds: no checkpoint after round 1, round 2's after rounds 2 and 3, round 3's
+    (with the all-node evaluation) once the run ends."""
+
+    class Seen(Callback):
+        """The checkpoint's round after every round (runs after the writer)."""
+
+        def __init__(self):
+            self.rounds = []
+
+        def on_round_end(self, event):
+            path = tmp_path / "fl_checkpoint.npz"
+            self.rounds.append(load_checkpoint(str(tmp_path)).round if path.exists() else None)
+
+    seen = Seen()
+    run(num_server_rounds=3, callbacks=[CheckpointWriter(str(tmp_path), every=2), seen])
+    assert seen.rounds == [None, 2, 2]
+    final = load_checkpoint(str(tmp_path))
+    assert final.round == 3 and final.extra["client_evaluation"]["num_clients"] == 4
+
+
 def test_node_sampling_depends_only_on_seed_and_round():
     def picks(seed, server_round):
         sampler = NodeSampler(seed)

@@ -5,7 +5,7 @@ Every test here talks to real Ray processes, as a user would:
 * a head started with `ray start --head` (loopback, its own ports and temp
   dir, token authentication explicitly off), shared by the module;
 * sweeps submitted with the documented `ray job submit ... -- python
-  tune_search.py ...` and with `python job/submit.py`;
+  tune_search.py ...`;
 * a second node joined with `ray start --address`, which must run the clients;
 * that node's raylet killed mid-sweep: without retries the job fails at once
   with the trial listed as errored; with retries and a replacement node, every
@@ -63,6 +63,7 @@ TINY = [
     "--set", "num-server-rounds=2",
 ]
 TWO_TRIALS = ["--grid", "local-epochs=1,2"]
+HOOKED = "tests/hooked_sweep.py"  # tune_search.py with the round log (see round_log_env), as a job entrypoint
 START_TIMEOUT_S = 120  # one `ray start` (about 10 s for a head here)
 JOB_TIMEOUT_S = 240  # one tiny sweep as a job (about 20 s here)
 
@@ -378,9 +379,12 @@ def head():
 # Submitting sweeps
 
 
-def sweep_command(storage: str, name: str, *extra: str) -> list[str]:
-    """The job's entrypoint: `python tune_search.py` (it joins the cluster through the job's $RAY_ADDRESS)."""
-    return ["python", "tune_search.py", "--storage-path", storage, "--name", name, *TINY, *extra]
+def sweep_command(storage: str, name: str, *extra: str, script: str = "tune_search.py") -> list[str]:
+    """The job's entrypoint: `python tune_search.py` (it joins the cluster through the job's $RAY_ADDRESS).
+
+    script="tests/hooked_sweep.py" runs the same sweep with the test hooks (see round_log_env).
+    """
+    return ["python", script, "--storage-path", storage, "--name", name, *TINY, *extra]
 
 
 def ray_job_submit(head: Head, entrypoint: list[str], runtime_env: str = "runtime_env.yaml",
@@ -419,8 +423,9 @@ def _output(result: subprocess.CompletedProcess) -> str:
 
 
 def test_token_authentication(tmp_path):
-    """A head started with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN refuses clients without that token.
+    """A head started with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN: `ray job submit` without that token is refused.
 
+    Ray's own messages name the problem and the remedy; a refused client submits nothing.
     HOME is a fresh folder for the head and the clients, so that no
     ~/.ray/auth_token of the developer is read, and none is written.
     """
@@ -428,24 +433,31 @@ def test_token_authentication(tmp_path):
     token = secrets.token_hex(32)
     node = started(lambda: Head(num_cpus=1, env=ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)),
                    "the token head")
+
+    def submit(submission_id: str, env: dict) -> subprocess.CompletedProcess:
+        return run([RAY, "job", "submit", "--address", node.url, "--submission-id", submission_id, "--",
+                    "python", "-c", "print('token accepted')"], env, timeout=120)
+
     try:
-        command = [sys.executable, "job/submit.py", "--address", node.url, "--",
-                   "python", "-c", "print('token accepted')"]
-        missing = run(command, ray_env(HOME=home), timeout=120)
-        assert missing.returncode == 2 and "Missing authentication token" in missing.stderr, _output(missing)
-        assert "RAY_AUTH_MODE=token" in missing.stderr  # job/submit.py's hint
-        wrong = run(command, ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
-                    timeout=120)
-        assert wrong.returncode == 2 and "Invalid authentication token" in wrong.stderr, _output(wrong)
-        accepted = run(command, ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), timeout=120)
+        missing = submit("token-missing", ray_env(HOME=home))  # RAY_AUTH_MODE=disabled: no token sent
+        assert missing.returncode == 1, _output(missing)
+        assert "Missing authentication token" in missing.stderr and "RAY_AUTH_TOKEN" in missing.stderr
+        nowhere = submit("token-nowhere", ray_env(HOME=home, RAY_AUTH_MODE="token"))  # no token file, no variable
+        assert nowhere.returncode == 1, _output(nowhere)
+        assert "couldn't find an authentication token" in nowhere.stderr
+        wrong = submit("token-wrong", ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)))
+        assert wrong.returncode == 1 and "Invalid authentication token" in wrong.stderr, _output(wrong)
+        accepted = submit("token-ok", ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         assert accepted.returncode == 0 and "token accepted" in accepted.stdout, _output(accepted)
+        assert "Job 'token-ok' succeeded" in accepted.stdout
         assert not os.path.exists(os.path.join(home, ".ray", "auth_token"))
         # The token in a file instead (~/.ray/auth_token by default; here RAY_AUTH_TOKEN_PATH).
         token_file = tmp_path / "auth_token"
         token_file.write_text(token)
         listed = run([RAY, "job", "list", "--address", node.url],
                      ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)), timeout=120)
-        assert listed.returncode == 0 and accepted.stdout.splitlines()[0] in listed.stdout, _output(listed)
+        assert listed.returncode == 0 and "token-ok" in listed.stdout, _output(listed)
+        assert not any(f"token-{name}" in listed.stdout for name in ("missing", "nowhere", "wrong")), listed.stdout
     finally:
         assert node.stop() == set(), "processes of the token head survived SIGKILL"
 
@@ -461,20 +473,6 @@ def test_ray_job_submit_runs_sweep(head, tmp_path):
     assert result.returncode == 0, _output(result)
     assert "succeeded" in result.stdout + result.stderr
     check_results(os.path.join(storage, "cli"), trials=2, rounds=2)
-
-
-def test_submit_script_runs_sweep(head, tmp_path):
-    """`python job/submit.py --address URL -- python tune_search.py ...`: exit 0, the submission id first."""
-    storage = str(tmp_path / "results")
-    command = [sys.executable, "job/submit.py", "--address", head.url, "--",
-               *sweep_command(storage, "script", *TWO_TRIALS)]
-    result = run(command, ray_env())
-    assert result.returncode == 0, _output(result)
-    submission_id = result.stdout.splitlines()[0]
-    assert submission_id.startswith("raysubmit_"), result.stdout[:500]
-    assert f"job {submission_id} SUCCEEDED" in result.stderr
-    assert head.get(f"/api/jobs/{submission_id}")["status"] == "SUCCEEDED"
-    check_results(os.path.join(storage, "script"), trials=2, rounds=2)
 
 
 # ---------------------------------------------------------------------------
@@ -508,7 +506,7 @@ def test_clients_run_on_second_node(head, tmp_path):
 
 
 def _round_log(path: str) -> list[tuple[str, int]]:
-    """(trial id, round) lines written by the FEDSWEEP_TEST_ROUND_LOG hook."""
+    """(trial id, round) lines written by tests/hooked_sweep.py's round log."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -516,7 +514,10 @@ def _round_log(path: str) -> list[tuple[str, int]]:
 
 
 def round_log_env(tmp_path, log_path: str) -> str:
-    """A copy of runtime_env.yaml that also sets FEDSWEEP_TEST_ROUND_LOG for every trial; returns its path."""
+    """A copy of runtime_env.yaml that also gives the job's driver FEDSWEEP_TEST_ROUND_LOG; returns its path.
+
+    With it, run the sweep as `python tests/hooked_sweep.py` (hooked_sweep_command).
+    """
     with open(os.path.join(REPO, "runtime_env.yaml")) as f:
         runtime_env = yaml.safe_load(f)
     runtime_env.setdefault("env_vars", {})["FEDSWEEP_TEST_ROUND_LOG"] = log_path
@@ -546,7 +547,8 @@ def test_node_killed_without_retries_fails_clearly(head, tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     # One trial only: a second one could never be placed after the loss, and would wait (see the next test).
-    entrypoint = sweep_command(storage, "no_retry", "--grid", "local-epochs=1", *long_rounds(6), "--max-failures", "0")
+    entrypoint = sweep_command(storage, "no_retry", "--grid", "local-epochs=1", *long_rounds(6), "--max-failures", "0",
+                               script=HOOKED)
     command = ray_job_submit(head, entrypoint, runtime_env=round_log_env(tmp_path, log_path))
     out = open(tmp_path / "submit.log", "w+")
     submit = None
@@ -580,7 +582,8 @@ def test_node_killed_mid_sweep_then_replaced(head, tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     submission_id = f"fedsweep-node-loss-{uuid.uuid4().hex[:8]}"
-    entrypoint = sweep_command(storage, "node_loss", *TWO_TRIALS, *long_rounds(num_rounds), "--max-failures", "3")
+    entrypoint = sweep_command(storage, "node_loss", *TWO_TRIALS, *long_rounds(num_rounds), "--max-failures", "3",
+                               script=HOOKED)
     command = ray_job_submit(head, entrypoint, runtime_env=round_log_env(tmp_path, log_path),
                              submission_id=submission_id)
     out = open(tmp_path / "submit.log", "w+")

@@ -27,15 +27,18 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
 
-import fl_sweep.spec  # noqa: E402
+import fl_sweep.validate  # noqa: E402
 import tune_search  # noqa: E402
 from fl_core.settings import ConfigError  # noqa: E402
-from fl_sweep.resources import ResourcePlan, trial_bundles, trial_resources  # noqa: E402
-from fl_sweep.spec import SweepSpec, build_spec, combinations, validate_spec  # noqa: E402
+from fl_sweep.cli import build_parser, build_spec  # noqa: E402
+from fl_sweep.resources import trial_bundles, trial_resources  # noqa: E402
+from fl_sweep.spec import SweepSpec, combinations  # noqa: E402
 from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import param_space, tune_config  # noqa: E402
+from fl_sweep.validate import validate_spec  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "tune_search.py")
+HOOKED = os.path.join(REPO, "tests", "hooked_sweep.py")  # the same, with round log and failure hooks
 EXAMPLE_WITHOUT_ROUNDS = os.path.join(REPO, "tests", "apps", "no_rounds")
 TINY = [
     "--set", "dataset=synthetic", "--set", "synthetic-size=600", "--set", "pool_size=4",
@@ -50,7 +53,7 @@ TINY = [
 
 def parse(argv: list[str]):
     """Parsed run arguments."""
-    return tune_search.build_parser().parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def spec_of(argv: list[str], cpus: float = 2, gpus: float = 0) -> SweepSpec:
@@ -92,15 +95,15 @@ def reap(tag: str, session: int, grace_s: float = 30) -> list[int]:
 
 
 class Run:
-    """One tune_search subprocess: own Ray temp dir, own tag, test hooks in its environment."""
+    """One tune_search subprocess: own Ray temp dir, own tag; with hooks, tests/hooked_sweep.py instead."""
 
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
-        """Prepare the command and its environment; nothing starts yet."""
+    def __init__(self, args: list[str], hooks: dict | None = None) -> None:
+        """Prepare the command and its environment (hooks: hooked_sweep's variables); nothing starts yet."""
         self.tag = uuid.uuid4().hex
         # Short path: Ray's socket names must fit in 107 bytes.
         self.ray_tmp = tempfile.mkdtemp(prefix="fsw", dir="/tmp")
-        self.env = {**os.environ, **(env or {}), "FEDSWEEP_TEST_RUN_TAG": self.tag}
-        self.cmd = [sys.executable, SCRIPT, *args, "--ray-temp-dir", self.ray_tmp]
+        self.env = {**os.environ, **(hooks or {}), "FEDSWEEP_TEST_RUN_TAG": self.tag}
+        self.cmd = [sys.executable, HOOKED if hooks else SCRIPT, *args, "--ray-temp-dir", self.ray_tmp]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Run":
@@ -163,7 +166,7 @@ def test_default_grid_and_replacement():
     assert spec.run_config["num-server-rounds"] == 7 and spec.search["strategy"]["values"] == ["fedavg", "fedprox"]
     assert spec.settings["pool_size"] == 8 and "pool_size" not in spec.run_config
     seeded = spec_of(["--grid", "seed=0,1"])
-    assert ResourcePlan.of(seeded).trial({"seed": 1})[1]["seed"] == 1  # the app's seed key is the engine's seed
+    assert seeded.plan().trial({"seed": 1})[1]["seed"] == 1  # the app's seed key is the engine's seed
 
 
 def test_config_file_sections(tmp_path):
@@ -200,13 +203,13 @@ def test_trial_bundles_follow_config():
     """[server] + K client bundles, K = min(clients per round, max parallel); GPU key only when asked."""
     spec = spec_of(["--set", "pool_size=100", "--set", "fraction-evaluate=0.02", "--grid", "fraction_train=0.05,0.2"],
                    cpus=16)
-    plan = ResourcePlan.of(spec)
+    plan = spec.plan()
     assert trial_bundles({"fraction-train": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
     assert len(trial_bundles({"fraction-train": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
     gpu = spec_of(["--num-client-gpus", "0.25", "--server-gpus", "1", "--max-parallel-clients", "3"], cpus=16, gpus=2)
-    bundles = trial_bundles({"fraction-train": 0.1}, ResourcePlan.of(gpu))
+    bundles = trial_bundles({"fraction-train": 0.1}, gpu.plan())
     assert bundles == [{"CPU": 1, "GPU": 1.0}] + [{"CPU": 1.0, "GPU": 0.25}] * 3
-    factory = trial_resources({"fraction-train": 0.1}, ResourcePlan.of(gpu))
+    factory = trial_resources({"fraction-train": 0.1}, gpu.plan())
     assert factory.bundles == bundles
 
 
@@ -223,6 +226,26 @@ def test_data_sharing_decision():
     assert share_data(spec_of(small + ["--grid", "seed=" + ",".join(map(str, range(9)))])) == []
     by_pool = ["--set", "dataset=synthetic", "--set", "synthetic-size=200", "--grid", "pool_size=4,5"]
     assert len(share_data(spec_of(by_pool))) == 2  # num_partitions decides too
+
+
+def test_partition_files_per_distinct_data_set(tmp_path):
+    """The sweep draws one label distribution per distinct data set, named by the swept values that made it."""
+    from fl_sweep.partitions import FOLDER, INDEX, write_partitions
+
+    small = ["--set", "dataset=synthetic", "--set", "synthetic-size=400", "--set", "pool-size=4",
+             "--set", "partition=dirichlet"]
+    spec = spec_of(small + ["--grid", "alpha=0.5,5", "--grid", "lr=0.1,0.2"])
+    assert write_partitions(spec, share_data(spec), str(tmp_path)) is None
+    index = pd.read_csv(tmp_path / FOLDER / INDEX)
+    assert index.to_dict("records") == [{"data_set": 1, "num_partitions": 4, "alpha": 0.5},
+                                        {"data_set": 2, "num_partitions": 4, "alpha": 5.0}]
+    counts = [pd.read_csv(tmp_path / FOLDER / f"data_{n}.csv", index_col=0) for n in (1, 2)]
+    assert all(len(c) == 4 and c.values.sum() == 400 for c in counts)  # every training image, once
+    assert not counts[0].equals(counts[1])  # another alpha, another split
+    assert (tmp_path / FOLDER / "data_2.png").stat().st_size > 1000
+    ranged = spec_of(small + ["--uniform", "alpha=0.5,5"])
+    assert "no partition plots" in write_partitions(ranged, share_data(ranged), str(tmp_path / "ranged"))
+    assert not (tmp_path / "ranged").exists()
 
 
 def test_tune_config_scheduler_and_searcher():
@@ -243,12 +266,35 @@ def test_default_sweep_fits_two_cores():
     """On 2 CPUs every trial of the default grid gets K=1: 2 CPUs, so one trial runs at a time."""
     spec = spec_of(["--set", "dataset=synthetic"], cpus=2)
     validate_spec(spec, 2, 0)
-    plan = ResourcePlan.of(spec)
+    plan = spec.plan()
     for combo in combinations(spec):
         assert trial_bundles(combo, plan) == [{"CPU": 1}, {"CPU": 1.0}]
     too_big = spec_of(["--set", "dataset=synthetic", "--max-parallel-clients", "4"], cpus=2)
     with pytest.raises(ConfigError, match="one trial needs 5 CPUs"):
         validate_spec(too_big, 2, 0)
+
+
+# ---------------------------------------------------------------------------
+# What a trial reports
+
+
+def test_reporter_checkpoints_every_n_rounds_and_the_last(monkeypatch):
+    """--checkpoint-every 3 over 7 rounds: every round reported, checkpoints at rounds 3, 6 and 7 (the last, with
+    the all-node evaluation's statistics)."""
+    from fl_core import RoundEnd, RunEnd
+    from fl_sweep import trainable
+
+    reports = []
+    monkeypatch.setattr(trainable, "_report", lambda metrics, state: reports.append((metrics, state)))
+    reporter = trainable.TuneReporter(checkpoint_every=3)
+    for r in range(1, 8):
+        reporter.on_round_end(RoundEnd(round=r, num_rounds=7, start_round=1, metrics={"round": r}, state=f"state{r}"))
+    evaluation = {"stats": {"accuracy": {"mean": 0.5, "min": 0.1, "p10": 0.2, "max": 0.9}}}
+    reporter.on_run_end(RunEnd(history=[{"round": r} for r in range(1, 8)], client_evaluation=evaluation,
+                               seconds=1.0, state="final"))
+    assert [m["round"] for m, _ in reports] == [1, 2, 3, 4, 5, 6, 7]
+    assert [state for _, state in reports] == [None, None, "state3", None, None, "state6", "final"]
+    assert reports[-1][0]["clients_accuracy_p10"] == 0.2
 
 
 # ---------------------------------------------------------------------------
@@ -276,13 +322,16 @@ def _bad_cases(tmp_path):
         "bad metric": storage + ["--set", "dataset=synthetic", "--metric", "accuracy"],
         "uniform on text": storage + ["--uniform", "strategy=a,b"],
         "fixed and swept": storage + ["--set", "lr=0.1", "--grid", "lr=0.1,0.2"],
+        "checkpoint cadence 0": storage + ["--set", "dataset=synthetic", "--checkpoint-every", "0"],
+        "clients_ metric": storage + ["--set", "dataset=synthetic", "--metric", "clients_accuracy_mean"],
     }
 
 
 @pytest.mark.parametrize("case", [
     "unknown parameter", "unknown parameter in --set", "renamed parameter", "empty grid", "not an app",
     "asha without rounds key", "unwritable storage", "resume of a non-sweep", "resume of nothing", "optuna with grid",
-    "bad grid value", "bad fixed value", "bad metric", "uniform on text", "fixed and swept",
+    "bad grid value", "bad fixed value", "bad metric", "uniform on text", "fixed and swept", "checkpoint cadence 0",
+    "clients_ metric",
 ])
 def test_bad_input_refused(case, tmp_path, capsys):
     """Each bad input: exit 2, one `tune_search: error:` line on stderr, no files, Ray not started."""
@@ -313,7 +362,7 @@ def test_relative_storage_refused_inside_a_ray_job(storage, tmp_path, monkeypatc
 
 def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
     """--search optuna without optuna installed says so."""
-    monkeypatch.setattr(fl_sweep.spec, "optuna_available", lambda: False)
+    monkeypatch.setattr(fl_sweep.validate, "optuna_available", lambda: False)
     argv = ["--storage-path", str(tmp_path), "--search", "optuna", "--set", "dataset=synthetic",
             "--loguniform", "lr=1e-3,1e-1"]
     assert tune_search.main(argv) == 2
@@ -331,7 +380,7 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
     run = Run(TINY + ["--grid", "fraction-train=0.25,0.5", "--grid", "local-epochs=1,2",
-                      "--storage-path", str(root / "results"), "--name", "grid"], env=hooks).start()
+                      "--storage-path", str(root / "results"), "--name", "grid"], hooks=hooks).start()
     t0 = time.time()
     code, output = run.wait(timeout=400)
     leftovers = run.cleanup()
@@ -358,8 +407,9 @@ def test_sweep_writes_results(sweep):
     from fl_core import load_checkpoint
 
     assert load_checkpoint(best["checkpoint_file"]).round == 2
-    for png in ("central_accuracy_vs_round.png", "heatmap_central_accuracy.png"):
+    for png in ("central_accuracy_vs_round.png", "heatmap_central_accuracy.png", "partitions/data_1.png"):
         assert os.path.getsize(os.path.join(exp, png)) > 1000
+    assert len(pd.read_csv(os.path.join(exp, "partitions", "data_sets.csv"))) == 1  # nothing swept changes the data
     assert "best 4 of 4 trials" in sweep["output"]
 
 
@@ -407,6 +457,33 @@ def test_sweep_left_no_ray_processes(sweep):
     assert sweep["leftovers"] == []
 
 
+def test_checkpoint_cadence_redoes_rounds_with_the_same_results(tmp_path):
+    """--checkpoint-every 3 with a failure in round 2: the trial redoes round 1 (no checkpoint yet) and ends exactly
+    like its twin that never failed; checkpoints exist for rounds 3 and 4 only."""
+    hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(tmp_path / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(tmp_path / "log")}
+    run = Run(TINY + ["--set", "num-server-rounds=4", "--checkpoint-every", "3", "--grid", "lr=0.05,0.05",
+                      "--storage-path", str(tmp_path / "results"), "--name", "cadence"], hooks=hooks).start()
+    try:
+        code, output = run.wait(timeout=400)
+    finally:
+        assert run.cleanup() == []
+    assert code == 0, output[-3000:]
+    failed = (tmp_path / "failed_once").read_text()
+    log = read_round_log(hooks["FEDSWEEP_TEST_ROUND_LOG"])
+    twin = next(t for t, _ in log if t != failed)
+    assert rounds_of(log, failed) == [1, 1, 2, 3, 4] and rounds_of(log, twin) == [1, 2, 3, 4], log
+    exp = tmp_path / "results" / "cadence"
+    rounds = pd.read_csv(exp / "rounds.csv")
+    model = [c for c in rounds if c.startswith(("central_", "fed_", "train_")) and not c.endswith("seconds")]
+    by_trial = {t: part[model].reset_index(drop=True) for t, part in rounds.groupby("trial_id")}
+    pd.testing.assert_frame_equal(by_trial[failed], by_trial[twin])
+    from fl_core import load_checkpoint
+
+    for trial in (failed, twin):
+        kept = sorted(load_checkpoint(str(d)).round for d in (exp / f"trial_{trial}").glob("checkpoint_*"))
+        assert kept == [3, 4], (trial, kept)
+
+
 # ---------------------------------------------------------------------------
 # Kill the driver mid-sweep, then --resume
 
@@ -435,7 +512,7 @@ def test_kill_and_resume(tmp_path):
     args = TINY + ["--set", "synthetic-size=3000", "--set", f"num-server-rounds={num_rounds}",
                    "--set", "fraction-train=0.5", "--grid", "lr=0.05,0.06", "--set", "local-epochs=3",
                    "--storage-path", storage, "--name", "killed"]
-    first = Run(args, env={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
+    first = Run(args, hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
     try:
         finished, running = _wait_for_kill_point(first, log_path, num_rounds)
         time.sleep(1.5)  # > the 1 s experiment-state snapshot period
@@ -450,7 +527,7 @@ def test_kill_and_resume(tmp_path):
     assert finished_results.count("\n") == num_rounds
 
     second = Run(["--resume", "--storage-path", storage, "--name", "killed"],
-                 env={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
+                 hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
     try:
         code, output = second.wait(timeout=300)
     finally:

@@ -4,7 +4,9 @@ Images stay uint8 NCHW numpy arrays in one `FederatedData` object. `load_data`
 is `@fl_core.shared`: under fedsweep the driver builds it once and every worker
 reads it from Ray's object store (shared memory); under Flower's own engine each
 process builds it once. Clients are index arrays into the training set, built
-with Flower Datasets' partitioners.
+with Flower Datasets' partitioners; `partitioner` hands fedsweep the same
+partitioner (its `[tool.fedsweep] partitioner` hook) for the partitions'
+label-distribution files.
 """
 
 from __future__ import annotations
@@ -151,9 +153,14 @@ def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alp
     )
 
 
-def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
-                      classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Training-set indices of each of `num_partitions` clients; deterministic from the seed."""
+def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
+                      classes_per_client: int = 2, seed: int = 0):
+    """The scheme's Flower Datasets partitioner with its dataset assigned: a table of `label` and `idx` (row index).
+
+    The one place the split is defined: `partition_indices` reads the clients'
+    indices from it, and fedsweep's `partitioner` hook hands it over for the
+    label-distribution files.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -167,15 +174,23 @@ def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *
         with warnings.catch_warnings():
             # DirichletPartitioner warns on every redraw for min_partition_size; redraws are expected.
             warnings.simplefilter("ignore", UserWarning)
-            # One batch read per partition: `partition["idx"]` is a lazy column read row by row (5 s for CIFAR-10).
-            parts = [np.asarray(partitioner.load_partition(i).with_format("numpy")[:]["idx"], dtype=np.int64)
-                     for i in range(num_partitions)]
+            partitioner.load_partition(0)  # the split is drawn at the first load: here, once, quietly
     except ValueError as exc:
         raise ValueError(
             f"cannot split {len(labels)} samples into {num_partitions} {partition} partitions ({exc}); "
             "use fewer clients, a larger alpha or more classes-per-client"
         ) from None
-    return parts
+    return partitioner
+
+
+def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
+                      classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Training-set indices of each of `num_partitions` clients; deterministic from the seed."""
+    partitioner = build_partitioner(labels, partition, num_partitions, alpha=alpha,
+                                    classes_per_client=classes_per_client, seed=seed)
+    # One batch read per partition: `partition["idx"]` is a lazy column read row by row (5 s for CIFAR-10).
+    return [np.asarray(partitioner.load_partition(i).with_format("numpy")[:]["idx"], dtype=np.int64)
+            for i in range(num_partitions)]
 
 
 def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -210,23 +225,46 @@ def check_data_config(run_config, num_partitions: int) -> None:
     need(num_partitions >= 1, f"--pool-size must be at least 1, got {num_partitions}")
 
 
+def _arrays(run_config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) of the run config's data set, unsplit."""
+    if run_config["dataset"] == "cifar10":
+        return load_cifar10(run_config["data-dir"] or None)
+    return make_synthetic(int(run_config["synthetic-size"]), int(run_config["seed"]))
+
+
+def _scheme(run_config) -> dict:
+    """The run config's partitioning keys as `build_partitioner` takes them.
+
+    alpha and classes-per-client are read only by the schemes that use them, so
+    that @shared records them only then (a sweep over alpha with IID splits shares one data set).
+    """
+    partition = run_config["partition"]
+    return dict(partition=partition, seed=int(run_config["seed"]),
+                alpha=float(run_config["alpha"]) if partition == "dirichlet" else 0.5,
+                classes_per_client=int(run_config["classes-per-client"]) if partition == "pathological" else 2)
+
+
 @shared
 def load_data(run_config, num_partitions: int) -> FederatedData:
     """The run's data set split into `num_partitions` clients, from the run config's data keys."""
-    if run_config["dataset"] == "cifar10":
-        train_x, train_y, test_x, test_y = load_cifar10(run_config["data-dir"] or None)
-    else:
-        train_x, train_y, test_x, test_y = make_synthetic(int(run_config["synthetic-size"]), int(run_config["seed"]))
+    train_x, train_y, test_x, test_y = _arrays(run_config)
     if num_partitions > len(train_y):
         raise ValueError(f"--pool-size {num_partitions} exceeds the {len(train_y)} training samples")
-    partition = run_config["partition"]
-    parts = partition_indices(
-        train_y, partition, num_partitions, seed=int(run_config["seed"]),
-        alpha=float(run_config["alpha"]) if partition == "dirichlet" else 0.5,
-        classes_per_client=int(run_config["classes-per-client"]) if partition == "pathological" else 2,
-    )
-    client_train, client_val = split_validation(parts, float(run_config["val-ratio"]), int(run_config["seed"]))
+    scheme = _scheme(run_config)
+    parts = partition_indices(train_y, num_partitions=num_partitions, **scheme)
+    client_train, client_val = split_validation(parts, float(run_config["val-ratio"]), scheme["seed"])
     return FederatedData(train_x, train_y, test_x, test_y, client_train, client_val)
+
+
+def partitioner(run_config, num_partitions: int):
+    """fedsweep's `[tool.fedsweep] partitioner` hook: the partitioner `load_data` splits the training set with.
+
+    Partition i holds client i's samples, its train and validation splits
+    together, with their labels in column `label`. The labels are read again
+    (the images are dropped): the hook must not keep a second copy of the data set.
+    """
+    train_labels = _arrays(run_config)[1]
+    return build_partitioner(train_labels, num_partitions=num_partitions, **_scheme(run_config))
 
 
 def label_histograms(data: FederatedData) -> pd.DataFrame:

@@ -1,0 +1,34 @@
+"""The names of what a run reports: one list, read by the callbacks, the Tune trainable and the sweep report.
+
+Per round (see fl_core.loop): `round`; the model's metrics, each prefixed by
+where it was measured (MODEL_PREFIXES: the central evaluation, the federated
+evaluation, training) unless the app's key already starts with the prefix;
+counts (COUNT_KEYS) and timings (TIMING_KEYS). At the end, the all-node
+evaluation's statistics flatten to `clients_<metric>_<mean|min|p10|max>`.
+"""
+
+from __future__ import annotations
+
+MODEL_PREFIXES = ("central_", "fed_", "train_")
+CLIENTS_PREFIX = "clients_"
+# Replies without error of the train and evaluate phases, and the train replies' num-examples.
+COUNT_KEYS = ("train_clients", "fed_clients", "train_samples")
+# Metrics that measure the machine, not the model: they differ run to run.
+# samples_per_s: num-examples x the train config's local-epochs (1 if absent) per second of the train phase.
+TIMING_KEYS = ("seconds", "train_seconds", "fed_seconds", "central_seconds", "samples_per_s")
+
+
+def is_model_metric(key: str) -> bool:
+    """Whether a round's key is a metric of the model (not a count or a timing)."""
+    return key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in TIMING_KEYS
+
+
+def model_metrics(metrics: dict) -> dict:
+    """The metrics of a round that describe the model: central_*, then fed_*, then train_*."""
+    return {k: v for prefix in MODEL_PREFIXES for k, v in metrics.items() if k.startswith(prefix) and is_model_metric(k)}
+
+
+def client_evaluation_metrics(client_evaluation: dict) -> dict:
+    """The all-node evaluation's statistics (fl_core.evaluate_all_nodes) as flat metrics."""
+    return {f"{CLIENTS_PREFIX}{metric}_{stat}": value
+            for metric, stats in client_evaluation.get("stats", {}).items() for stat, value in stats.items()}

@@ -1,1 +1,0 @@
-"""Helpers for running fedsweep on a Ray cluster as Ray Jobs (see job/README.md)."""
