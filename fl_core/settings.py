@@ -100,21 +100,28 @@ def local_resources() -> tuple[int, int]:
     return os.cpu_count() or 1, len(os.listdir(driver)) if os.path.isdir(driver) else 0
 
 
+# Flower's template run-config keys of client sampling: phase -> (fraction key, minimum key).
+SAMPLING_KEYS = {"train": ("fraction-train", "min-train-nodes"), "evaluate": ("fraction-evaluate", "min-evaluate-nodes")}
+
+
+def sampled_nodes(run_config: dict, pool_size: int, phase: str) -> int:
+    """Nodes Flower's strategies sample for `phase` ("train"/"evaluate") from the template keys (0: the phase is off).
+
+    As `Strategy.sample_nodes` counts: max(int(pool x fraction), the minimum; Flower's default 2), at most the pool.
+    """
+    fraction_key, minimum_key = SAMPLING_KEYS[phase]
+    fraction = float(run_config.get(fraction_key, 0.0))
+    if fraction == 0:
+        return 0
+    return min(pool_size, max(int(pool_size * fraction), int(run_config.get(minimum_key, 2))))
+
+
 def clients_per_round(run_config: dict, pool_size: int) -> int | None:
     """Most clients one round sends work to, from Flower's template run-config keys; None if the app has none.
 
     Reads `fraction-train`/`min-train-nodes` and `fraction-evaluate`/`min-evaluate-nodes`
-    (the names Flower's templates and strategies use; minimums default to
-    Flower's 2) and counts as Flower's strategies do. Sizes the worker pool.
+    (the names Flower's templates and strategies use). Sizes the worker pool.
     """
     if "fraction-train" not in run_config:
         return None
-
-    def sampled(fraction_key: str, minimum_key: str) -> int:
-        fraction = float(run_config.get(fraction_key, 0.0))
-        if fraction == 0:
-            return 0
-        return max(int(pool_size * fraction), int(run_config.get(minimum_key, 2)))
-
-    return max(1, min(pool_size, max(sampled("fraction-train", "min-train-nodes"),
-                                     sampled("fraction-evaluate", "min-evaluate-nodes"))))
+    return max(1, max(sampled_nodes(run_config, pool_size, "train"), sampled_nodes(run_config, pool_size, "evaluate")))

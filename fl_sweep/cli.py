@@ -28,7 +28,7 @@ from fl_sweep.storage import (
 from fl_sweep.sweep_file import read_config_file
 from fl_sweep.trainable import share_data
 from fl_sweep.tuner import SCHEDULERS, SEARCH_ALGS, execute
-from fl_sweep.validate import validate_spec
+from fl_sweep.validate import same_runs, validate_spec
 
 PROG = "tune_search"
 
@@ -195,6 +195,8 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
     else:
         spec = build_spec(args, 0, 0)  # cluster size filled in once connected
         validate_spec(spec, None, None)
+    for note in same_runs(spec):
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     return spec, experiment
 
 

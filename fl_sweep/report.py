@@ -12,6 +12,7 @@ from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
 from fl_sweep.storage import exists, filesystem, is_uri, read_marker
+from fl_sweep.validate import same_runs
 
 # Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock.
 ROUND_COLUMNS = ("round", *COUNT_KEYS, *TIMING_KEYS, "time_total_s")
@@ -228,6 +229,8 @@ def write_report(experiment: str, top: int = 5) -> dict:
         _publish(out, experiment)
         shutil.rmtree(out, ignore_errors=True)
     print_best(table, spec, top)
+    for same in same_runs(spec):
+        print(f"note: {same} (their rows above should agree)")
     errored = table.loc[table["status"] == "ERROR", "trial_id"].tolist()
     if note:
         print(note)

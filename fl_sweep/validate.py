@@ -6,7 +6,7 @@ import importlib.util
 
 from fl_core.apps import ROUNDS_KEY
 from fl_core.metrics import MODEL_PREFIXES, is_model_metric
-from fl_core.settings import ConfigError
+from fl_core.settings import SAMPLING_KEYS, ConfigError, sampled_nodes
 from fl_sweep.resources import check_fits
 from fl_sweep.spec import SweepSpec, combinations
 
@@ -67,3 +67,30 @@ def _validate_search_alg(spec: SweepSpec) -> None:
                               f"run-config key {ROUNDS_KEY}, which this app does not have")
         if ROUNDS_KEY in spec.search:
             raise ConfigError(f"--scheduler asha stops trials on rounds and needs one {ROUNDS_KEY}: fix it with --set")
+
+
+def same_runs(spec: SweepSpec) -> list[str]:
+    """Warnings for swept client fractions that sample the same number of clients: those grid points make the
+    same runs (Flower's strategies sample max(int(pool x fraction), minimum) nodes, seeded by round).
+
+    Warned about, not collapsed: fedsweep cannot know that an app uses the
+    fraction for nothing else.
+    """
+    plan, notes = spec.plan(), []
+    for phase, (fraction_key, minimum_key) in SAMPLING_KEYS.items():
+        if fraction_key not in spec.search:
+            continue
+        groups: dict[str, tuple[int, int, int, set]] = {}
+        for combo in combinations(spec):
+            settings, run_config = plan.trial(combo)
+            count = sampled_nodes(run_config, settings.pool_size, phase)
+            rest = {k: v for k, v in run_config.items() if k != fraction_key}
+            key = repr((sorted(settings.to_dict().items()), sorted(rest.items()), count))
+            groups.setdefault(key, (count, settings.pool_size, run_config.get(minimum_key, 2), set()))[3].add(
+                run_config[fraction_key])
+        for count, pool, minimum, fractions in groups.values():
+            note = (f"{fraction_key} values {', '.join(f'{f:g}' for f in sorted(fractions))} sample the same {count} "
+                    f"of {pool} clients per round ({minimum_key} {minimum}): their grid points make the same runs")
+            if len(fractions) > 1 and note not in notes:
+                notes.append(note)
+    return notes

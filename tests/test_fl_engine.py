@@ -102,6 +102,14 @@ def test_checkpoint_every_n_rounds_and_at_the_end(ray_local, tmp_path):
     assert final.round == 3 and final.extra["client_evaluation"]["num_clients"] == 4
 
 
+def test_fractions_that_sample_the_same_count_make_the_same_run(ray_local):
+    """What tune_search warns about: 0.05 and 0.1 of 20 clients both sample the 2-client minimum, same numbers."""
+    runs = [run(settings={"pool_size": 20}, synthetic_size=800, fraction_train=f, fraction_evaluate=0.1)
+            for f in (0.05, 0.1)]
+    assert model_metrics(runs[0].history) == model_metrics(runs[1].history)
+    assert same_arrays(runs[0].state.arrays, runs[1].state.arrays)
+
+
 def test_node_sampling_depends_only_on_seed_and_round():
     def picks(seed, server_round):
         sampler = NodeSampler(seed)

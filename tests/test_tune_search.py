@@ -248,6 +248,25 @@ def test_partition_files_per_distinct_data_set(tmp_path):
     assert not (tmp_path / "ranged").exists()
 
 
+def test_grid_points_that_make_the_same_runs_are_named(capsys, tmp_path):
+    """With 20 clients, fraction-train 0.05 and 0.1 both sample the 2-client minimum: a warning before Ray starts
+    (and in the report); 0.2 samples 4 and is not named. A pool of 100 tells them apart: no warning."""
+    from fl_sweep.validate import same_runs
+
+    small = ["--set", "dataset=synthetic", "--set", "pool_size=20"]
+    assert same_runs(spec_of(small + ["--grid", "fraction-train=0.05,0.1,0.2", "--grid", "local-epochs=1,2"])) == [
+        "fraction-train values 0.05, 0.1 sample the same 2 of 20 clients per round (min-train-nodes 2): their grid "
+        "points make the same runs"]
+    assert same_runs(spec_of(["--set", "dataset=synthetic", "--set", "pool_size=100"])) == []  # the default grid
+    evaluate = same_runs(spec_of(small + ["--grid", "fraction-evaluate=0.01,0.05"]))
+    assert evaluate and evaluate[0].startswith("fraction-evaluate values 0.01, 0.05 sample the same 2 of 20")
+    from fl_sweep.cli import prepare
+
+    prepare(parse(small + ["--grid", "fraction-train=0.05,0.1", "--storage-path", str(tmp_path)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tune_search: warning: fraction-train values 0.05, 0.1"), err
+
+
 def test_tune_config_scheduler_and_searcher():
     """ASHA counts rounds up to num_rounds; optuna gets OptunaSearch; metric and mode pass through."""
     from ray.tune.schedulers import ASHAScheduler
