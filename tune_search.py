@@ -13,9 +13,9 @@ Design, in short:
 * Every trial is one `fl_core.run_app` of the app (default: the built-in
   CIFAR-10 app). Keys are the engine's settings (pool_size, seed, resources) or
   the app's run-config keys. When the app hands its rounds to fedsweep
-  (`fl_core.start`), each round reports its metrics with a checkpoint of that
-  round (`fl_checkpoint.npz`), so a crashed trial and a resumed sweep continue
-  after the last reported round; an app that loops itself reports per round
+  (`fl_core.start`), each round reports its metrics, with a checkpoint
+  (`fl_checkpoint.npz`) every round or every `--checkpoint-every N`, so a
+  crashed trial and a resumed sweep continue after the last checkpointed round; an app that loops itself reports per round
   without checkpoints and restarts from round 1.
 * A trial's placement group is [server bundle] + K client bundles, with
   K = min(clients per round, max parallel clients); fl_core puts one client
