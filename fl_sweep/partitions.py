@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 
-from fl_sweep.spec import SweepSpec, combinations
+from fl_sweep.spec import SweepSpec, trials
 
 FOLDER = "partitions"
 INDEX = "data_sets.csv"
@@ -28,9 +28,8 @@ def data_sets(spec: SweepSpec, shared_values: list) -> list[tuple[dict, int, dic
     """
     if not shared_values:
         return []
-    found, plan = {}, spec.plan()
-    for combo in combinations(spec):
-        settings, run_config = plan.trial(combo)
+    found = {}
+    for _, settings, run_config in trials(spec):
         used = tuple(i for i, v in enumerate(shared_values) if v.matches(run_config, settings.pool_size))
         if used and used not in found:
             inputs = {k: v for i in used for k, v in shared_values[i].inputs.items() if k in spec.search}

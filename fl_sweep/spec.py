@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fl_core.apps import FlowerApp, coerce, config_key, load_app_folder
 from fl_core.cli import renamed
-from fl_core.settings import SETTING_NAMES, ConfigError, setting_type
+from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, setting_type
 from fl_sweep.resources import ResourcePlan
 
 # Swept when no search flag is given, for the keys the app has (Flower's template names).
@@ -159,3 +160,8 @@ def combinations(spec: SweepSpec) -> list[dict]:
     return [{k: v} for k, vs in zip(keys, values) for v in vs]
 
 
+def trials(spec: SweepSpec) -> Iterator[tuple[dict, RunSettings, dict]]:
+    """(sampled values, settings, run config) of the trial of each of `combinations(spec)`."""
+    plan = spec.plan()
+    for combo in combinations(spec):
+        yield (combo, *plan.trial(combo))

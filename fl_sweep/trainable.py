@@ -10,7 +10,7 @@ import tempfile
 from fl_core.callbacks import Callback
 from fl_core.metrics import client_evaluation_metrics
 from fl_sweep.resources import ResourcePlan, client_slots, trial_resources
-from fl_sweep.spec import SweepSpec, combinations
+from fl_sweep.spec import SweepSpec, trials
 
 # Data sets the driver builds and shares per @shared function at most; trials build the others themselves.
 MAX_SHARED_DATASETS = 8
@@ -31,13 +31,12 @@ def share_data(spec: SweepSpec) -> list:
     from fl_core import shared_data
     from fl_core.runner import bad_data_is_bad_input, import_app
 
-    app, plan = spec.app(), spec.plan()
+    app = spec.app()
     import_app(app)
     ranged = {k for k, e in spec.search.items() if e["kind"] in ("uniform", "loguniform")}
     values: list = []
     given_up: set[str] = set()
-    for combo in combinations(spec):
-        settings, run_config = plan.trial(combo)
+    for _, settings, run_config in trials(spec):
         for function in shared_data.registered():
             if function.name in given_up or any(v.answers(function.name, run_config, settings.pool_size)
                                                 for v in values):

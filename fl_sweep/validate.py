@@ -8,7 +8,7 @@ from fl_core.apps import ROUNDS_KEY
 from fl_core.metrics import MODEL_PREFIXES, is_model_metric
 from fl_core.settings import SAMPLING_KEYS, ConfigError, sampled_nodes
 from fl_sweep.resources import check_fits
-from fl_sweep.spec import SweepSpec, combinations
+from fl_sweep.spec import SweepSpec, trials
 
 
 def validate_spec(spec: SweepSpec, local_cpus: int | None, local_gpus: int | None) -> None:
@@ -24,14 +24,13 @@ def validate_spec(spec: SweepSpec, local_cpus: int | None, local_gpus: int | Non
     if spec.max_failures < -1:
         raise ConfigError(f"--max-failures must be >= 0 (or -1 for unlimited), got {spec.max_failures}")
     if not is_model_metric(spec.metric):
-        raise ConfigError(f"--metric must be a per-round metric of the model, starting with {', '.join(MODEL_PREFIXES)} "
-                          f"(e.g. central_accuracy, fed_loss), got {spec.metric!r}")
+        raise ConfigError(f"--metric must be a per-round metric of the model, starting with "
+                          f"{', '.join(MODEL_PREFIXES)} (e.g. central_accuracy, fed_loss), got {spec.metric!r}")
     _validate_search_alg(spec)
     app = spec.app()
     plan = spec.plan()
-    for combo in combinations(spec):
+    for combo, settings, run_config in trials(spec):
         where = f" (with {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else ""
-        settings, run_config = plan.trial(combo)
         try:
             settings.validate(local_cpus=local_cpus, local_gpus=local_gpus)
             app.check(run_config, settings.pool_size)
@@ -76,13 +75,12 @@ def same_runs(spec: SweepSpec) -> list[str]:
     Warned about, not collapsed: fedsweep cannot know that an app uses the
     fraction for nothing else.
     """
-    plan, notes = spec.plan(), []
+    notes = []
     for phase, (fraction_key, minimum_key) in SAMPLING_KEYS.items():
         if fraction_key not in spec.search:
             continue
         groups: dict[str, tuple[int, int, int, set]] = {}
-        for combo in combinations(spec):
-            settings, run_config = plan.trial(combo)
+        for _, settings, run_config in trials(spec):
             count = sampled_nodes(run_config, settings.pool_size, phase)
             rest = {k: v for k, v in run_config.items() if k != fraction_key}
             key = repr((sorted(settings.to_dict().items()), sorted(rest.items()), count))

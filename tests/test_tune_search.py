@@ -131,6 +131,15 @@ class Run:
             pass
         self.proc.wait()
 
+    def to_end(self, timeout: float = 300) -> tuple[int, str, list[int]]:
+        """Start, wait for the end, clean up: (exit status, output, processes that had to be killed)."""
+        self.start()
+        try:
+            code, output = self.wait(timeout=timeout)
+        finally:
+            leftovers = self.cleanup()
+        return code, output, leftovers
+
     def cleanup(self) -> list[int]:
         """Reap this run's processes and remove its temp dir; returns processes that had to be killed."""
         leftovers = reap(self.tag, self.proc.pid)  # start_new_session: the driver leads the run's session
@@ -399,10 +408,9 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
     run = Run(TINY + ["--grid", "fraction-train=0.25,0.5", "--grid", "local-epochs=1,2",
-                      "--storage-path", str(root / "results"), "--name", "grid"], hooks=hooks).start()
+                      "--storage-path", str(root / "results"), "--name", "grid"], hooks=hooks)
     t0 = time.time()
-    code, output = run.wait(timeout=400)
-    leftovers = run.cleanup()
+    code, output, leftovers = run.to_end(timeout=400)
     yield {"code": code, "output": output, "experiment": str(root / "results" / "grid"), "hooks": hooks,
            "leftovers": leftovers, "seconds": time.time() - t0, "storage": str(root / "results")}
 
@@ -481,11 +489,9 @@ def test_checkpoint_cadence_redoes_rounds_with_the_same_results(tmp_path):
     like its twin that never failed; checkpoints exist for rounds 3 and 4 only."""
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(tmp_path / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(tmp_path / "log")}
     run = Run(TINY + ["--set", "num-server-rounds=4", "--checkpoint-every", "3", "--grid", "lr=0.05,0.05",
-                      "--storage-path", str(tmp_path / "results"), "--name", "cadence"], hooks=hooks).start()
-    try:
-        code, output = run.wait(timeout=400)
-    finally:
-        assert run.cleanup() == []
+                      "--storage-path", str(tmp_path / "results"), "--name", "cadence"], hooks=hooks)
+    code, output, leftovers = run.to_end(timeout=400)
+    assert leftovers == []
     assert code == 0, output[-3000:]
     failed = (tmp_path / "failed_once").read_text()
     log = read_round_log(hooks["FEDSWEEP_TEST_ROUND_LOG"])
@@ -546,11 +552,8 @@ def test_kill_and_resume(tmp_path):
     assert finished_results.count("\n") == num_rounds
 
     second = Run(["--resume", "--storage-path", storage, "--name", "killed"],
-                 hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
-    try:
-        code, output = second.wait(timeout=300)
-    finally:
-        resumed_leftovers = second.cleanup()
+                 hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path})
+    code, output, resumed_leftovers = second.to_end(timeout=300)
     assert code == 0, output[-3000:]
     assert resumed_leftovers == []
     after = read_round_log(log_path)[len(before):]
@@ -582,18 +585,10 @@ def test_an_unchanged_flower_app_sweeps_on_its_client_metrics(tmp_path):
     quickstart = os.path.join(REPO, "examples", "quickstart-pytorch")
     base = ["--app", quickstart, "--set", "dataset=synthetic", "--set", "synthetic-size=400", "--set", "pool_size=4",
             "--set", "num-server-rounds=2", "--grid", "lr=0.05", "--storage-path", str(tmp_path / "results")]
-    wrong = Run(base + ["--name", "wrong"]).start()  # default metric central_accuracy: such an app has none
-    try:
-        code, output = wrong.wait(timeout=300)
-    finally:
-        wrong.cleanup()
+    code, output, _ = Run(base + ["--name", "wrong"]).to_end()  # default metric central_accuracy: such an app has none
     assert code == 2 and "reports no central_accuracy per round; it reports fed_eval_acc" in output, output[-2000:]
     assert not (tmp_path / "results" / "wrong").exists()
-    right = Run(base + ["--name", "right", "--metric", "fed_eval_acc"]).start()
-    try:
-        code, output = right.wait(timeout=300)
-    finally:
-        leftovers = right.cleanup()
+    code, output, leftovers = Run(base + ["--name", "right", "--metric", "fed_eval_acc"]).to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
     exp = tmp_path / "results" / "right"
