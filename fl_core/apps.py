@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from fl_core.settings import ConfigError
@@ -167,10 +168,18 @@ def load_app_folder(directory: str | None) -> FlowerApp:
     )
 
 
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # a KEY=VALUE of flwr.common.config.parse_config_args
+
+
 def parse_run_config(texts: list[str]) -> dict:
     """Overrides written as `flwr run --run-config` takes them (`"k=v k2=v2"`, or one .toml file), flattened."""
     from flwr.common.config import parse_config_args
 
+    for text in texts:  # Flower's parser skips what is not KEY=VALUE: refuse it instead
+        rest = [] if text.endswith(".toml") else _PAIR.sub(" ", text).split()
+        if rest:
+            raise ConfigError(f"--run-config {text!r}: {rest[0]!r} is not KEY=VALUE; write overrides as "
+                              "'key1=123 key2=0.5 key3=\"text\"'")
     try:
         return parse_config_args(list(texts))
     except Exception as exc:  # click's exception for bad TOML values, OSError for a missing .toml file
@@ -190,8 +199,11 @@ def config_key(app: FlowerApp, key: str, where: str) -> str:
     raise ConfigError(f"{where}: {key!r} is not a run-config key of app {app.name}{hint}")
 
 
-def coerce(key: str, value, default):
-    """`value` (a string from a command line, or a parsed TOML/YAML scalar) as the type of `default`."""
+def coerce(key: str, value, default, what: str = "run-config key"):
+    """`value` (a string from a command line, or a parsed TOML/YAML scalar) as the type of `default`.
+
+    `what` names the kind of key in the error message ("run-config key", "setting").
+    """
     kind = type(default)
     try:
         if isinstance(value, str) and kind is not str:
@@ -215,7 +227,7 @@ def coerce(key: str, value, default):
         return value.strip() if kind is str else value
     except (TypeError, ValueError):
         expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
-        raise ConfigError(f"run-config key {key} expects {expected}, got {value!r}") from None
+        raise ConfigError(f"{what} {key} expects {expected}, got {value!r}") from None
 
 
 def bind_seed(app: FlowerApp, run_config: dict, seed: int) -> dict:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_core.settings import RESUME_FIXED_SETTINGS, THREAD_SETTINGS, ConfigError
+from fl_core.apps import ROUNDS_KEY, fuse_run_config
+from fl_core.settings import RESUME_FIXED_SETTINGS, SETTING_NAMES, THREAD_SETTINGS, ConfigError, setting_type
 from fl_core.strategies import StrategyState
 
 CHECKPOINT_FILE = "fl_checkpoint.npz"
@@ -168,12 +169,30 @@ def save_checkpoint(state: ServerState, directory: str) -> str:
     return target
 
 
+def _a(kind: type) -> str:
+    return ("an " if kind.__name__[0] in "aeiou" else "a ") + kind.__name__
+
+
 def _typed(meta: dict, key: str, kind: type):
     """meta[key], which must be a `kind`."""
+    if key not in meta:
+        raise ValueError(f"field {key!r} is missing")
     value = meta[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"field {key!r} is a {type(value).__name__}, not a {kind.__name__}")
+        raise ValueError(f"field {key!r} is {_a(type(value))}, not {_a(kind)}")
     return value
+
+
+def _check_settings(settings: dict) -> dict:
+    """`settings` (the checkpoint's engine settings) if every key is a setting with a value of its type."""
+    for name, value in settings.items():
+        if name not in SETTING_NAMES:
+            raise ValueError(f"unknown engine setting {name!r}")
+        kind, optional = setting_type(name)
+        kinds = (int, float) if kind is float else kind
+        if not ((value is None and optional) or (isinstance(value, kinds) and not isinstance(value, bool))):
+            raise ValueError(f"engine setting {name!r} is {value!r}, not {_a(kind)}")
+    return settings
 
 
 def load_checkpoint(path: str) -> ServerState:
@@ -182,6 +201,8 @@ def load_checkpoint(path: str) -> ServerState:
     if not os.path.isfile(file):
         raise CheckpointError(f"no checkpoint at {file}: pass the file or the folder that holds {CHECKPOINT_FILE}")
     try:
+        if not zipfile.is_zipfile(file):  # np.load would take it for a pickle (refused) or a single .npy array
+            raise ValueError("not an .npz archive: cut short, or another kind of file")
         npz = np.load(file, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an .npz archive")
@@ -191,8 +212,8 @@ def load_checkpoint(path: str) -> ServerState:
                 raise ValueError("not a fedsweep checkpoint")
             if meta.get("version") != VERSION:
                 raise ValueError(f"format version {meta.get('version')} (this fedsweep reads {VERSION})")
-            arrays = _decode(meta["arrays"], npz)
-            strategy_state = _decode(meta["strategy_state"], npz)
+            arrays = _decode(_typed(meta, "arrays", dict), npz)
+            strategy_state = _decode(_typed(meta, "strategy_state", dict), npz)
             if not isinstance(arrays, ArrayRecord) or not isinstance(strategy_state, StrategyState):
                 raise ValueError("arrays or strategy state of the wrong type")
             node_states = {}
@@ -207,14 +228,27 @@ def load_checkpoint(path: str) -> ServerState:
                 round=_typed(meta, "round", int), arrays=arrays, strategy=_typed(meta, "strategy", str),
                 strategy_state=strategy_state, node_states=node_states, history=history,
                 app=_typed(meta, "app", str), app_dir=_typed(meta, "app_dir", str), run_config=_typed(meta, "run_config", dict),
-                settings=_typed(meta, "settings", dict), extra=_typed(meta, "extra", dict),
+                settings=_check_settings(_typed(meta, "settings", dict)), extra=_typed(meta, "extra", dict),
             )
+            if state.round < 1:
+                raise ValueError(f"round {state.round}")
     except CheckpointError:
         raise
     except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile,
             UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {file} is corrupt or not a fedsweep checkpoint ({exc})") from None
     return state
+
+
+def check_app(state: ServerState, app) -> None:
+    """Refuse to resume `state` with another app, or one that cannot take the checkpoint's run config."""
+    if state.app != app.name:
+        raise CheckpointError(f"the checkpoint is of app {state.app!r}, not {app.name!r}: resume it with --app of that app")
+    try:
+        fuse_run_config(app, state.run_config, "its run config")
+    except ConfigError as exc:
+        raise CheckpointError(f"the checkpoint does not fit app {app.name}: {exc}; resume it with the version of the "
+                              "app that made it") from None
 
 
 def check_resume(state: ServerState, app, run_config: dict, settings) -> list[str]:
@@ -224,8 +258,7 @@ def check_resume(state: ServerState, app, run_config: dict, settings) -> list[st
     num-server-rounds) may differ; changed thread counts are allowed with a note,
     since they change floating-point results from here on.
     """
-    if state.app != app.name:
-        raise CheckpointError(f"the checkpoint is of app {state.app!r}, not {app.name!r}: resume it with --app of that app")
+    check_app(state, app)
     keys = sorted(set(state.run_config) | set(run_config))
     differing = [k for k in keys if state.run_config.get(k) != run_config.get(k) and k not in app.resume_may_change]
     differing += [k for k in RESUME_FIXED_SETTINGS if state.settings.get(k) != getattr(settings, k)]
@@ -233,6 +266,10 @@ def check_resume(state: ServerState, app, run_config: dict, settings) -> list[st
         detail = ", ".join(f"{k}: checkpoint {_value(state, k)!r} vs now {_current(run_config, settings, k)!r}"
                            for k in differing)
         raise CheckpointError(f"the checkpoint was made with other settings ({detail}); resume it with its own settings")
+    rounds = run_config.get(ROUNDS_KEY)
+    if isinstance(rounds, int) and state.round > rounds:
+        raise CheckpointError(f"the checkpoint is of round {state.round}, past {ROUNDS_KEY} {rounds}: resume it with "
+                              f"--{ROUNDS_KEY} {state.round} or more")
     return [f"{k} changed from {state.settings.get(k)} to {getattr(settings, k)}: the results from here on are not "
             "bit-identical to an uninterrupted run (other thread counts sum in another order)"
             for k in THREAD_SETTINGS if k in state.settings and state.settings[k] != getattr(settings, k)]

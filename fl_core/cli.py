@@ -126,11 +126,16 @@ def prepare(argv: list[str]):
 
     Returns (app, run_config, settings, resume state or None, output folder, args).
     """
-    from fl_core.checkpoint import CHECKPOINT_FILE, check_resume, checkpoint_path, load_checkpoint
+    from fl_core.checkpoint import (CHECKPOINT_FILE, CheckpointError, check_app, check_resume, checkpoint_path,
+                                    load_checkpoint)
 
     early = _pre_parse(argv)
     resume = load_checkpoint(early.resume) if early.resume is not None else None
+    if resume is not None and early.app is None and not os.path.isdir(resume.app_dir):
+        raise CheckpointError(f"the checkpoint's app folder {resume.app_dir} is gone: give the app's folder with --app")
     app = load_app_folder(early.app if early.app is not None or resume is None else resume.app_dir)
+    if resume is not None:
+        check_app(resume, app)  # before the flags: the checkpoint's run config is the base they override
     args, unknown = build_parser(app).parse_known_args(argv)
     if unknown:
         notes = [renamed(flag) for flag in unknown if flag.startswith("--") and renamed(flag)]
@@ -168,6 +173,13 @@ def prepare(argv: list[str]):
                               "or pick another --checkpoint-dir")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
+    parent = os.path.abspath(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--checkpoint-dir {out_dir} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--checkpoint-dir {out_dir} is not writable: no permission to write in {parent}")
     if values.setdefault("checkpoint_every", 1) < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1, got {values['checkpoint_every']}")
     return app, run_config, settings, resume, out_dir, values

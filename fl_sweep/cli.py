@@ -180,6 +180,9 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
         if given:
             raise ConfigError(f"--resume continues the sweep as it was started; drop {', '.join(given)}")
         spec = SweepSpec.from_dict(read_marker(experiment)["spec"])
+        if not os.path.isdir(spec.app_dir):
+            raise ConfigError(f"the sweep's app folder {spec.app_dir} is gone: put it back to --resume the sweep, "
+                              "or start it again under another --name")
         from ray import tune
 
         if not tune.Tuner.can_restore(experiment):

@@ -91,7 +91,7 @@ def coerce_value(app: FlowerApp, key: str, value):
         base, optional = setting_type(key)
         if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", ""))):
             return None
-        return coerce(key, value, base())
+        return coerce(key, value, base(), what="setting")
     return coerce(key, value, app.defaults[key])
 
 

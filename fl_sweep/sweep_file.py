@@ -23,11 +23,11 @@ def read_config_file(app: FlowerApp, path: str) -> tuple[dict, dict]:
     if not isinstance(document, dict) or set(document) - {"fixed", "search"}:
         raise ConfigError(f"--config {path} must be a mapping with sections 'fixed' and/or 'search'")
     fixed = {}
-    for key, value in (document.get("fixed") or {}).items():
+    for key, value in _section(document, "fixed", path).items():
         name = normalise_key(app, key, path)
         fixed[name] = coerce_value(app, name, value)
     search = {}
-    for key, entry in (document.get("search") or {}).items():
+    for key, entry in _section(document, "search", path).items():
         name = normalise_key(app, key, path)
         if isinstance(entry, list):  # shorthand: a plain list is a grid
             entry = {"grid": entry}
@@ -37,3 +37,16 @@ def read_config_file(app: FlowerApp, path: str) -> tuple[dict, dict]:
         (kind, values), = entry.items()
         search[name] = search_entry(app, name, kind, values, f"{path}: search.{key}")
     return fixed, search
+
+
+def _section(document: dict, name: str, path: str) -> dict:
+    """Section `name` of the file (empty if absent): a mapping with names as keys."""
+    section = document.get(name) or {}
+    example = "{key: value}" if name == "fixed" else "{key: {grid: [..]}}"
+    if not isinstance(section, dict):
+        raise ConfigError(f"--config {path}: {name} must be a mapping like {example}, got {section!r}")
+    for key in section:
+        if not isinstance(key, str):
+            raise ConfigError(f"--config {path}: {name} key {key!r} is not a name; write the setting or run-config "
+                              "key (quote it if YAML reads it as a number)")
+    return section

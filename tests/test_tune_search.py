@@ -1,4 +1,5 @@
-"""Tests of tune_search: the search space, trial resources, bad input, and real sweeps on local Ray.
+"""Tests of tune_search: the search space, trial resources and real sweeps on local Ray (bad input: the table in
+tests/test_bad_input.py).
 
 Sweeps run `python tune_search.py` in a subprocess with its own Ray temp dir
 in a session of its own, and an environment tag (FEDSWEEP_TEST_RUN_TAG) that
@@ -27,7 +28,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
 
-import fl_sweep.validate  # noqa: E402
 import tune_search  # noqa: E402
 from fl_core.settings import ConfigError  # noqa: E402
 from fl_sweep.cli import build_parser, build_spec  # noqa: E402
@@ -326,79 +326,6 @@ def test_reporter_checkpoints_every_n_rounds_and_the_last(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# Bad input: one line, exit status 2, nothing written, no Ray
-
-
-def _bad_cases(tmp_path):
-    """(name, argv) pairs that must be refused."""
-    (tmp_path / "file.txt").write_text("not a folder")
-    (tmp_path / "empty" / "fedsweep").mkdir(parents=True)
-    storage = ["--storage-path", str(tmp_path / "out")]
-    return {
-        "unknown parameter": storage + ["--grid", "learning_rate=0.01,0.1"],
-        "unknown parameter in --set": storage + ["--set", "rounds=3"],
-        "renamed parameter": storage + ["--set", "num_rounds=3"],
-        "empty grid": storage + ["--grid", "local_epochs="],
-        "not an app": storage + ["--app", str(tmp_path)],
-        "asha without rounds key": storage + ["--app", EXAMPLE_WITHOUT_ROUNDS, "--scheduler", "asha", "--grid", "lr=0.1,0.2"],
-        "unwritable storage": ["--storage-path", str(tmp_path / "file.txt" / "sub"), "--set", "dataset=synthetic"],
-        "resume of a non-sweep": ["--resume", "--storage-path", str(tmp_path / "empty")],
-        "resume of nothing": ["--resume", "--storage-path", str(tmp_path / "nothing")],
-        "optuna with grid": storage + ["--search", "optuna", "--set", "dataset=synthetic"],
-        "bad grid value": storage + ["--set", "dataset=synthetic", "--grid", "fraction-train=0.5,1.5"],
-        "bad fixed value": storage + ["--set", "dataset=synthetic", "--set", "local_epochs=two"],
-        "bad metric": storage + ["--set", "dataset=synthetic", "--metric", "accuracy"],
-        "uniform on text": storage + ["--uniform", "strategy=a,b"],
-        "fixed and swept": storage + ["--set", "lr=0.1", "--grid", "lr=0.1,0.2"],
-        "checkpoint cadence 0": storage + ["--set", "dataset=synthetic", "--checkpoint-every", "0"],
-        "clients_ metric": storage + ["--set", "dataset=synthetic", "--metric", "clients_accuracy_mean"],
-    }
-
-
-@pytest.mark.parametrize("case", [
-    "unknown parameter", "unknown parameter in --set", "renamed parameter", "empty grid", "not an app",
-    "asha without rounds key", "unwritable storage", "resume of a non-sweep", "resume of nothing", "optuna with grid",
-    "bad grid value", "bad fixed value", "bad metric", "uniform on text", "fixed and swept", "checkpoint cadence 0",
-    "clients_ metric",
-])
-def test_bad_input_refused(case, tmp_path, capsys):
-    """Each bad input: exit 2, one `tune_search: error:` line on stderr, no files, Ray not started."""
-    import ray
-
-    argv = _bad_cases(tmp_path)[case]
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    ray_before = ray.is_initialized()  # another test's session-wide Ray may be up already
-    assert tune_search.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("tune_search: error: "), err
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before
-    assert ray.is_initialized() == ray_before
-
-
-@pytest.mark.parametrize("storage", [None, "results"])
-def test_relative_storage_refused_inside_a_ray_job(storage, tmp_path, monkeypatch, capsys):
-    """In a Ray Job's temporary working-dir copy, the default or a relative --storage-path is refused."""
-    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
-    copy.mkdir(parents=True)
-    monkeypatch.chdir(copy)
-    argv = ["--set", "dataset=synthetic"] + (["--storage-path", storage] if storage else [])
-    assert tune_search.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "give an absolute path or a URI" in err[0], err
-    assert list(copy.iterdir()) == []
-
-
-def test_optuna_missing_refused(tmp_path, monkeypatch, capsys):
-    """--search optuna without optuna installed says so."""
-    monkeypatch.setattr(fl_sweep.validate, "optuna_available", lambda: False)
-    argv = ["--storage-path", str(tmp_path), "--search", "optuna", "--set", "dataset=synthetic",
-            "--loguniform", "lr=1e-3,1e-1"]
-    assert tune_search.main(argv) == 2
-    assert "needs the optuna package" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
-# ---------------------------------------------------------------------------
 # A real sweep: 2x2 grid, 2 rounds, one injected failure
 
 
@@ -464,19 +391,6 @@ def test_report_command_rewrites_files(sweep, capsys):
     assert os.path.exists(os.path.join(exp, "best.json"))
     assert os.path.exists(os.path.join(exp, "central_accuracy_vs_round.png"))
     assert "best 4 of 4 trials" in capsys.readouterr().out
-
-
-def test_existing_sweep_not_overwritten(sweep, capsys):
-    """Same --storage-path/--name without --resume: refused, pointing at --resume."""
-    argv = TINY + ["--storage-path", sweep["storage"], "--name", "grid"]
-    assert tune_search.main(argv) == 2
-    assert "--resume" in capsys.readouterr().err
-
-
-def test_report_refuses_non_sweep(tmp_path, capsys):
-    """`report` on a folder without the marker: exit 2, one line."""
-    assert tune_search.main(["report", str(tmp_path)]) == 2
-    assert "holds no sweep made by fedsweep-tune" in capsys.readouterr().err
 
 
 def test_sweep_left_no_ray_processes(sweep):
