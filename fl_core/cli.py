@@ -33,6 +33,13 @@ SETTING_HELP = {
     "bundle's CPUs, alone every local core (client workers idle meanwhile)",
     "server_gpus": "GPUs the server process may use (0: it sees none)",
     "max_parallel_clients": "cap on client workers (default: the clients a round uses, as the cluster allows)",
+    "client_retries": "times a client call that raised, lost its worker or timed out is run again (same inputs, "
+    "same result)",
+    "client_timeout": "seconds one client call may take before its worker is restarted and the call counts as "
+    "failed (default: no limit)",
+    "on_client_failure": "once a call's retries are spent: abort the run, or drop that client for the round "
+    "(Flower's accept-failures; the only choice that can change results)",
+    "min_reply_share": "with --on-client-failure drop: a round fails when fewer of its clients reply",
 }
 # Settings of fedsweep before its engine ran Flower apps, and what replaced them (None: removed).
 RENAMED = {
@@ -235,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
+    from fl_core.checkpoint import CHECKPOINT_FILE
+    from fl_core.grid import ClientAppError
     from fl_core.plots import MetricsPlotter
+    from fl_core.pool import NodeLostError
     from fl_core.runner import prepare_shared, run_app
 
     owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
@@ -267,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
             print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2
+        except (ClientAppError, NodeLostError) as exc:  # the fault policy stopped the run: say where to go on
+            print(f"fl_core: run stopped: {exc}", file=sys.stderr)
+            if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
+                print(f"fl_core: its last checkpoint is in {out_dir}: continue with {PROG} --resume {out_dir}",
+                      file=sys.stderr)
+            return 1
         finally:
             if owns_ray:
                 ray.shutdown()

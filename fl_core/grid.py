@@ -8,17 +8,25 @@ each message, so a node's state follows it to whichever worker runs it, and a
 checkpoint can hold it.
 
 Replies come back in the order the messages were sent, so aggregation does not
-depend on which worker finished first. A ClientApp that raises aborts the run
-with its node, round and traceback (fault policies are future work); timeouts
-are not applied.
+depend on which worker finished first.
+
+Faults: the pool retries a failed call (the ClientApp raised, its worker died,
+it timed out) with the same inputs; every failed attempt is reported on stderr
+(node, round, what happened, on which worker; the traceback the first time). A
+call whose retries are spent aborts the run (ClientAppError), or, with
+`on_client_failure="drop"`, becomes an error reply, as Flower's engine makes
+one: Flower's strategies aggregate the other replies. A phase of a round whose
+share of replies falls below `min_reply_share` fails the run.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -28,7 +36,12 @@ NODE_ID_OFFSET = 1000  # node ids are NODE_ID_OFFSET + partition-id (Flower's se
 
 
 class ClientAppError(RuntimeError):
-    """A ClientApp raised (or its worker died) while handling a message."""
+    """A client call failed on every attempt (or too few replied) and the run's policy stops the run."""
+
+
+# Flower's error code for a dropped call, by what its last attempt did.
+DROPPED_CODES = {"raised": ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "worker died": ErrorCode.CLIENT_APP_CRASHED,
+                 "timed out": ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
 
 
 def message_round(message: Message) -> int | None:
@@ -45,10 +58,14 @@ class RayGrid(Grid):
     """Sends messages to the ClientApps hosted by a `WorkerPool`; holds every node's Context."""
 
     def __init__(self, pool, *, num_nodes: int, run_config: dict, seed: int, run_id: int,
-                 node_states: dict[int, RecordDict] | None = None) -> None:
+                 node_states: dict[int, RecordDict] | None = None, on_client_failure: str = "abort",
+                 min_reply_share: float = 0.5) -> None:
         """Nodes NODE_ID_OFFSET .. +num_nodes-1; `node_states` restores states a checkpoint held."""
         self.pool = pool
         self.seed = seed
+        self.on_client_failure = on_client_failure
+        self.min_reply_share = min_reply_share
+        self.failed_attempts = 0  # calls run again after a fault, over the run (rounds report their share)
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
         states = node_states or {}
@@ -134,23 +151,58 @@ class RayGrid(Grid):
                            message_phase(message.metadata.message_type))
 
     def _execute(self, message_ids: list[str]) -> None:
-        """Run the pushed messages on the pool; store replies, update node states, fail on app errors."""
-        import ray
+        """Run the pushed messages on the pool; store replies and node states, applying the failure policy."""
+        from fl_core.pool import CallFailure
 
         messages = [self._pushed.pop(i) for i in message_ids]
         calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
-        try:
-            results = self.pool.run(calls)
-        except ray.exceptions.RayActorError as exc:
-            raise ClientAppError(f"a client worker died while running a round's messages: {exc}") from None
-        for message, (reply, state) in zip(messages, results):
+
+        def report(index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
+            self.failed_attempts += retrying
+            message = messages[index]
+            if retrying:
+                outcome = f"running it again ({attempt} of {self.pool.retries})"
+            elif self.on_client_failure == "drop":
+                outcome = f"dropped from the round after {attempt} attempt(s) (--on-client-failure drop)"
+            else:
+                outcome = f"the run stops after {attempt} attempt(s) (--on-client-failure abort)"
+            first = detail.strip().splitlines()[-1] if detail.strip() else kind
+            print(f"fl_core: client failed: {describe(message)}: {kind} on {worker}: {first}; {outcome}",
+                  file=sys.stderr)
+            if attempt == 1 and kind == "raised":
+                print(_indent(detail), file=sys.stderr)
+
+        results = self.pool.run(calls, report)
+        ok = 0
+        for message, result in zip(messages, results):
             node_id = message.metadata.dst_node_id
-            if reply.has_error():
-                where = f"round {message_round(message)}" if message_round(message) is not None else "a message"
-                raise ClientAppError(
-                    f"the ClientApp of node {node_id} (partition-id {node_id - NODE_ID_OFFSET}) failed in {where} "
-                    f"({message.metadata.message_type}):\n{reply.error.reason}"
-                )
-            self.contexts[node_id].state = state
+            if isinstance(result, CallFailure):
+                if self.on_client_failure != "drop":
+                    raise ClientAppError(f"the ClientApp of {describe(message)} failed {result.attempts} time(s) ({result.kind}, last "
+                                         f"on {result.worker}):\n{result.detail}")
+                reply = Message(Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"),
+                                reply_to=message)
+            else:
+                reply, self.contexts[node_id].state = result
+                ok += not reply.has_error()
             reply.metadata.__dict__["_message_id"] = f"r{message.metadata.message_id}"
             self._replies[message.metadata.message_id] = reply
+        if ok < self.min_reply_share * len(messages):
+            raise ClientAppError(f"only {ok} of {len(messages)} clients replied to {describe(messages[0], node=False)}, "
+                                 f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops")
+
+
+def describe(message: Message, node: bool = True) -> str:
+    """'node N (partition-id P), round R (train)' for reports; without the node with node=False."""
+    server_round = message_round(message)
+    where = f"round {server_round}" if server_round is not None else "a message"
+    where += f" ({message.metadata.message_type})"
+    if not node:
+        return where
+    node_id = message.metadata.dst_node_id
+    return f"node {node_id} (partition-id {node_id - NODE_ID_OFFSET}), {where}"
+
+
+def _indent(text: str) -> str:
+    """`text` with every line indented, for a traceback under its report line."""
+    return "\n".join("    " + line for line in text.strip().splitlines())

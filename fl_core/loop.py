@@ -122,6 +122,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
     epochs = float(train_config.get("local-epochs", 1))
     for server_round in range(first, num_rounds + 1):
         t0 = time.perf_counter()
+        failed_before = grid.failed_attempts
         run.sampler.start_round(server_round)
         with run.seeded(server_round, seeding.TRAIN):
             messages = strategy.configure_train(server_round, arrays, train_config, grid)
@@ -129,6 +130,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         with run.seeded(server_round, seeding.AGGREGATE_TRAIN):
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         train_clients, samples = reply_counts(replies, weighting_key)
+        train_dropped = len(replies) - train_clients
         t1 = time.perf_counter()
         if new_arrays is not None:
             arrays = result.arrays = new_arrays
@@ -140,6 +142,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         with run.seeded(server_round, seeding.AGGREGATE_EVALUATE):
             fed_metrics = strategy.aggregate_evaluate(server_round, replies)
         fed_clients, _ = reply_counts(replies, weighting_key)
+        fed_dropped = len(replies) - fed_clients
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
         t2 = time.perf_counter()
@@ -154,6 +157,7 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
             "round": server_round,
             **prefixed("train_", train_metrics), **prefixed("fed_", fed_metrics), **prefixed("central_", central),
             "train_clients": train_clients, "fed_clients": fed_clients, "train_samples": samples,
+            "train_dropped": train_dropped, "fed_dropped": fed_dropped, "retries": grid.failed_attempts - failed_before,
             "seconds": t3 - t0, "train_seconds": t1 - t0, "fed_seconds": t2 - t1, "central_seconds": t3 - t2,
             "samples_per_s": samples * epochs / (t1 - t0),
         }
@@ -242,6 +246,7 @@ class RoundObserver:
         self.run = run
         self.current: dict | None = None
         self.first_round: int | None = None
+        self._failed_seen = 0  # the grid's failed attempts already counted
         self._paused = False
         self.active = True  # off once fedsweep runs the rounds itself (fl_core.start)
 
@@ -256,6 +261,8 @@ class RoundObserver:
 
     def __call__(self, messages: list[Message], replies: list[Message], seconds: float) -> None:
         """The grid's listener: fold one send_and_receive into the current round."""
+        retries = self.run.grid.failed_attempts - self._failed_seen  # calls of this send_and_receive run again
+        self._failed_seen += retries
         if not self.active or self._paused or not messages:
             return
         server_round = message_round(messages[0])
@@ -264,8 +271,9 @@ class RoundObserver:
         if self.current is not None and self.current["round"] != server_round:
             self.flush()
         if self.current is None:
-            self.current = {"round": server_round, "t0": time.perf_counter() - seconds}
+            self.current = {"round": server_round, "t0": time.perf_counter() - seconds, "retries": 0}
             self.first_round = server_round if self.first_round is None else self.first_round
+        self.current["retries"] += retries
         kind = "train" if messages[0].metadata.message_type.startswith("train") else "fed"
         if kind == "train":
             config = next(iter(messages[0].content.config_records.values()), {})
@@ -276,18 +284,19 @@ class RoundObserver:
         except (KeyError, StopIteration, TypeError):  # replies without one MetricRecord holding num-examples
             aggregated = None
         self.current[kind] = (prefixed(kind + "_", aggregated), len(valid), seconds,
-                              reply_counts(replies, "num-examples")[1])
+                              reply_counts(replies, "num-examples")[1], len(replies) - len(valid))
 
     def flush(self) -> None:
         """Report the current round, if one is open."""
         if self.current is None:
             return
         current, self.current = self.current, None
-        train, train_clients, train_seconds, samples = current.get("train", ({}, 0, 0.0, 0.0))
-        fed, fed_clients, fed_seconds, _ = current.get("fed", ({}, 0, 0.0, 0.0))
+        train, train_clients, train_seconds, samples, train_dropped = current.get("train", ({}, 0, 0.0, 0.0, 0))
+        fed, fed_clients, fed_seconds, _, fed_dropped = current.get("fed", ({}, 0, 0.0, 0.0, 0))
         seconds = time.perf_counter() - current["t0"]
         metrics = {"round": current["round"], **train, **fed, "train_clients": train_clients, "fed_clients": fed_clients,
-                   "train_samples": samples, "seconds": seconds, "train_seconds": train_seconds,
+                   "train_samples": samples, "train_dropped": train_dropped, "fed_dropped": fed_dropped,
+                   "retries": current["retries"], "seconds": seconds, "train_seconds": train_seconds,
                    "fed_seconds": fed_seconds,
                    "samples_per_s": samples * current.get("epochs", 1.0) / train_seconds if train_seconds else 0.0}
         self.run.history.append(metrics)

@@ -3,7 +3,7 @@
 Per round (see fl_core.loop): `round`; the model's metrics, each prefixed by
 where it was measured (MODEL_PREFIXES: the central evaluation, the federated
 evaluation, training) unless the app's key already starts with the prefix;
-counts (COUNT_KEYS) and timings (TIMING_KEYS). At the end, the all-node
+counts (COUNT_KEYS), timings (TIMING_KEYS) and faults (FAULT_KEYS). At the end, the all-node
 evaluation's statistics flatten to `clients_<metric>_<mean|min|p10|max>`.
 """
 
@@ -11,16 +11,20 @@ from __future__ import annotations
 
 MODEL_PREFIXES = ("central_", "fed_", "train_")
 CLIENTS_PREFIX = "clients_"
-# Replies without error of the train and evaluate phases, and the train replies' num-examples.
-COUNT_KEYS = ("train_clients", "fed_clients", "train_samples")
+# Replies without error of the train and evaluate phases, the train replies' num-examples, and the replies that
+# carry an error (clients dropped under --on-client-failure drop).
+COUNT_KEYS = ("train_clients", "fed_clients", "train_samples", "train_dropped", "fed_dropped")
 # Metrics that measure the machine, not the model: they differ run to run.
 # samples_per_s: num-examples x the train config's local-epochs (1 if absent) per second of the train phase.
 TIMING_KEYS = ("seconds", "train_seconds", "fed_seconds", "central_seconds", "samples_per_s")
+# Client calls run again after a fault (fl_core.pool); the results do not change, this count may.
+FAULT_KEYS = ("retries",)
+MACHINE_KEYS = TIMING_KEYS + FAULT_KEYS  # what differs between two runs of the same settings
 
 
 def is_model_metric(key: str) -> bool:
     """Whether a round's key is a metric of the model (not a count or a timing)."""
-    return key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in TIMING_KEYS
+    return key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in MACHINE_KEYS
 
 
 def model_metrics(metrics: dict) -> dict:

@@ -9,13 +9,23 @@ trial's placement group: bundle 0 is the trainable's own, every further bundle
 holds one worker. Alone, it is the cluster's resources divided by one client's,
 capped by the clients a round sends work to (read from the run config, see
 settings.clients_per_round) and --max-parallel-clients.
+
+Faults: a call whose ClientApp raises, whose worker process dies or that runs
+past --client-timeout is run again (on any worker, with the same message,
+Context and seed, so its result is the same), up to --client-retries times; the
+call's failure is then handed to the grid, which applies the run's policy. A
+dead worker is restarted by Ray (max_restarts) in the same place (a hung one is
+killed first), so the pool keeps its size within the run's own resources. A
+worker whose node is gone is not waited for: the run stops with NodeLostError
+(inside Tune the trial is retried from its last checkpoint).
 """
 
 from __future__ import annotations
 
 import math
-import traceback
+import time
 from collections import deque
+from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -23,17 +33,31 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from fl_core.settings import ConfigError, RunSettings, clients_per_round
 
 READY_TIMEOUT_S = 300
+RESTART_TIMEOUT_S = 120  # a restarted worker on a live node that is not back by then: the run stops
+NODE_POLL_S = 1.0  # how often a restarting worker's node is checked for liveness
+
+
+class NodeLostError(RuntimeError):
+    """A client worker's node left the cluster (or a restarted worker never came back): the run cannot go on."""
+
+
+@dataclass
+class CallFailure:
+    """A call that failed on every attempt: what happened the last time."""
+
+    kind: str  # "raised", "worker died" or "timed out"
+    attempts: int
+    worker: str  # which worker ran the last attempt
+    detail: str  # the ClientApp's traceback, or Ray's account of the worker's end
 
 
 class ClientAppWorker:
     """Hosts the app's ClientApp in a Ray actor and runs the messages it is given."""
 
-    def __init__(self, app, shared_values: list, num_cpus: float, run_id: int) -> None:
-        """Load the ClientApp once; `shared_values` answer the app's @shared functions from the object store."""
+    def __init__(self, app, num_cpus: float, run_id: int) -> None:
+        """Load the ClientApp once (again after a restart)."""
         from flwr.common.constant import SUPERLINK_NODE_ID
         from flwr.supercore.task_identity import TaskIdentity
-
-        from fl_core import shared_data
 
         try:
             import torch
@@ -43,31 +67,34 @@ class ClientAppWorker:
             pass
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 1
         self.client_app = app.load("client")
-        shared_data.install(shared_values)
 
-    def ready(self) -> str:
-        """Answers once the worker is placed and has loaded the app; says which device it may use."""
-        return "cuda" if ray.get_gpu_ids() else "cpu"
+    def ready(self, shared_values: list) -> tuple[str, str, str]:
+        """Answer the app's @shared functions from the object store; (device it may use, "pid P at IP", node id).
+
+        The pool calls it before a worker's first message and again after each
+        restart. (The values' refs are not constructor arguments: Ray warns about
+        any such ref of an actor that may restart, issue 53727, though these
+        stay pinned by the driver for the run.)
+        """
+        import os
+
+        from fl_core import shared_data
+
+        shared_data.install(shared_values)
+        context = ray.get_runtime_context()
+        where = f"pid {os.getpid()} at {ray.util.get_node_ip_address()}"
+        return ("cuda" if ray.get_gpu_ids() else "cpu"), where, context.get_node_id()
 
     def handle(self, message, context, seed: int):
-        """(reply, state) of `context`'s node for `message`; state is None when the app raised.
+        """(reply, state) of `context`'s node for `message`.
 
-        Like Flower's engine, an exception in the ClientApp becomes an error
-        reply (CLIENT_APP_RAISED_EXCEPTION, with the traceback) and the node's
-        Context changes of that call are discarded.
+        An exception of the ClientApp propagates (Ray carries it back with its
+        traceback); the grid decides what it means for the run.
         """
-        from flwr.app import Error, Message
-        from flwr.common.constant import ErrorCode
-
         from fl_core.seeding import seed_globals
 
         seed_globals(seed)
-        try:
-            reply = self.client_app(message, context)
-        except Exception:  # the app's error travels back as Flower's error reply
-            text = traceback.format_exc()
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=text)
-            return Message(error, reply_to=message), None
+        reply = self.client_app(message, context)
         return reply, context.state
 
 
@@ -104,22 +131,28 @@ def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | No
 
 
 class WorkerPool:
-    """A fixed set of ClientAppWorker actors; `run` spreads calls over them, any worker any node."""
+    """A fixed set of ClientAppWorker actors; `run` spreads calls over them, any worker any node, retrying faults."""
 
     def __init__(self, app, settings: RunSettings, run_config: dict, shared_values: list, run_id: int) -> None:
         """Start the workers (without waiting: `run` waits for them the first time)."""
         size, pg = plan_pool(settings, run_config)
         worker_cls = ray.remote(ClientAppWorker)  # workers import the app from its folder, as the driver does
-        transfer = [value.for_transfer() for value in shared_values]
+        self._shared = [value.for_transfer() for value in shared_values]
+        self.retries = settings.client_retries
+        self.timeout = settings.client_timeout
         self.workers = []
         for i in range(size):
+            # max_restarts=-1: Ray restarts a dead worker in its place; our own retries bound the faults per call.
             options = {"num_cpus": settings.num_client_cpus, "num_gpus": settings.num_client_gpus,
-                       "max_restarts": 0}
+                       "max_restarts": -1, "max_task_retries": 0}
             if pg is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
-            self.workers.append(worker_cls.options(**options).remote(app, transfer, settings.num_client_cpus, run_id))
-        self._ready_refs = [w.ready.remote() for w in self.workers]
+            self.workers.append(worker_cls.options(**options).remote(app, settings.num_client_cpus, run_id))
+        self._ready_refs = [w.ready.remote(self._shared) for w in self.workers]
         self.devices: list[str] | None = None
+        self.where: list[str] = []  # "pid P at IP" of each worker's current process
+        self.nodes: list[str] = []  # node id of each worker
+        self._restarting: dict = {}  # ready() ref of a restarting worker -> (worker index, deadline)
 
     @property
     def size(self) -> int:
@@ -136,34 +169,132 @@ class WorkerPool:
                     f"only {len(ready)} of {len(self._ready_refs)} client workers could start within "
                     f"{READY_TIMEOUT_S} s: the cluster lacks the resources it advertised"
                 )
-            self.devices = ray.get(self._ready_refs)  # raises the worker's error if the app failed to load
+            answers = ray.get(self._ready_refs)  # raises the worker's error if the app failed to load
+            self.devices = [device for device, _, _ in answers]
+            self.where = [where for _, where, _ in answers]
+            self.nodes = [node for _, _, node in answers]
         return self.devices
 
-    def run(self, calls: list[tuple]) -> list[tuple]:
+    def describe(self, worker: int) -> str:
+        """'worker W (pid P at IP)' for reports."""
+        return f"worker {worker} ({self.where[worker]})"
+
+    def run(self, calls: list[tuple], report=None) -> list:
         """Results of `worker.handle(*call)` for every call, in the order of `calls`.
 
-        Calls go to workers as they become free; which worker runs which call
-        does not change any result.
+        Calls go to workers as they become free; which worker runs which call,
+        and whether a call was retried, changes no result. A call that fails
+        1 + `self.retries` times yields a CallFailure instead. `report(index,
+        attempt, kind, worker, detail, retrying)` hears of every failed attempt.
         """
         self.wait_ready()
         results: list = [None] * len(calls)
-        waiting = deque(enumerate(calls))
-        idle = list(reversed(self.workers))
-        running: dict = {}  # ObjectRef -> (index, worker)
+        attempts = [0] * len(calls)
+        waiting = deque(range(len(calls)))
+        busy = {w for w, _ in self._restarting.values()}
+        idle = [w for w in reversed(range(self.size)) if w not in busy]
+        running: dict = {}  # ObjectRef -> (call index, worker index, start time)
+
+        def failed(index: int, worker: int, kind: str, detail: str) -> None:
+            attempts[index] += 1
+            retrying = attempts[index] <= self.retries
+            if report is not None:
+                report(index, attempts[index], kind, self.describe(worker), detail, retrying)
+            if retrying:
+                waiting.appendleft(index)
+            else:
+                results[index] = CallFailure(kind, attempts[index], self.describe(worker), detail)
+
         while waiting or running:
             while idle and waiting:
-                index, call = waiting.popleft()
-                worker = idle.pop()
-                running[worker.handle.remote(*call)] = (index, worker)
-            done, _ = ray.wait(list(running), num_returns=1)
+                index, worker = waiting.popleft(), idle.pop()
+                ref = self.workers[worker].handle.remote(*calls[index])
+                running[ref] = (index, worker, time.monotonic())
+            done, _ = ray.wait(list(running) + list(self._restarting), num_returns=1, timeout=self._wait_s(running))
             for ref in done:
-                index, worker = running.pop(ref)
-                results[index] = ray.get(ref)
-                idle.append(worker)
+                if ref in self._restarting:
+                    back = self._back(ref)
+                    if back is not None:
+                        idle.append(back)
+                    continue
+                index, worker, _ = running.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                    idle.append(worker)
+                except ray.exceptions.RayTaskError as exc:  # the ClientApp raised; the worker is fine
+                    idle.append(worker)
+                    failed(index, worker, "raised", str(exc))
+                except ray.exceptions.RayActorError as exc:  # its process died (killed, out of memory, node lost)
+                    self._restart(worker, kill=False)
+                    failed(index, worker, "worker died", str(exc))
+            now = time.monotonic()
+            for ref, (index, worker, started) in list(running.items()):
+                if self.timeout is not None and now - started > self.timeout:
+                    del running[ref]
+                    self._restart(worker, kill=True)
+                    failed(index, worker, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
+            self._check_restarting(now)
         return results
+
+    def _wait_s(self, running: dict) -> float | None:
+        """How long `run` may block for the next result: until the earliest timeout or node check is due."""
+        limits = []
+        if self.timeout is not None and running:
+            first = min(started for _, _, started in running.values())
+            limits.append(max(0.0, first + self.timeout - time.monotonic()))
+        if self._restarting:
+            limits.append(NODE_POLL_S)
+        return min(limits) if limits else None
+
+    def _restart(self, worker: int, kill: bool) -> None:
+        """Have Ray restart `worker` in its place (killing a hung one first); `run` uses it again once it answers."""
+        if kill:
+            ray.kill(self.workers[worker], no_restart=False)
+        self._restarting[self.workers[worker].ready.remote(self._shared)] = (worker, time.monotonic() + RESTART_TIMEOUT_S)
+
+    def _back(self, ref) -> int | None:
+        """A restarting worker answered: its index, noting where it now runs (NodeLostError if its old node is gone).
+
+        None if the answer was that it is still restarting (a probe sent just as
+        the old process was being killed): then it is asked again.
+        """
+        worker, deadline = self._restarting.pop(ref)
+        self._raise_if_node_lost([worker])
+        try:
+            _, self.where[worker], self.nodes[worker] = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if exc.actor_init_failed:  # the restarted process could not load the app: no use asking again
+                raise RuntimeError(f"client {self.describe(worker)} was restarted but cannot load the app: {exc}") from None
+            self._restarting[self.workers[worker].ready.remote(self._shared)] = (worker, deadline)
+            return None
+        return worker
+
+    def _check_restarting(self, now: float) -> None:
+        """NodeLostError when a restarting worker's node is gone, or it did not come back in time."""
+        if not self._restarting:
+            return
+        self._raise_if_node_lost([worker for worker, _ in self._restarting.values()])
+        for worker, deadline in self._restarting.values():
+            if now > deadline:
+                raise NodeLostError(f"client {self.describe(worker)} was restarted but did not come back within "
+                                    f"{RESTART_TIMEOUT_S} s: its node may have lost the resources it had")
+
+    def _raise_if_node_lost(self, workers: list[int]) -> None:
+        """NodeLostError if a node that one of `workers` ran on has left the cluster.
+
+        A lost node stops the run rather than waiting for Ray to place the
+        worker elsewhere: inside Tune the trial is then retried from its last
+        checkpoint, on whatever nodes the cluster has.
+        """
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        for worker in workers:
+            if self.nodes[worker] not in alive:
+                raise NodeLostError(f"the node of client {self.describe(worker)} left the Ray cluster "
+                                    f"(node id {self.nodes[worker]}): the run stops here")
 
     def shutdown(self) -> None:
         """Stop every worker (their resources go back to the cluster or trial)."""
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.workers = []
+        self._restarting = {}

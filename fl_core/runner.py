@@ -155,7 +155,8 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     pool = WorkerPool(app, settings, run_config, values, RUN_ID)  # workers start while the server gets ready
     try:
         grid = RayGrid(pool, num_nodes=settings.pool_size, run_config=run_config, seed=settings.seed, run_id=RUN_ID,
-                       node_states=resume.node_states if resume is not None else None)
+                       node_states=resume.node_states if resume is not None else None,
+                       on_client_failure=settings.on_client_failure, min_reply_share=settings.min_reply_share)
         run = ActiveRun(app, settings, run_config, grid, callbacks, resume)
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1

@@ -29,6 +29,11 @@ class RunSettings:
     server_cpus: int | None = None  # torch threads of the server process; None: what it owns (see runner)
     server_gpus: float = 0.0  # 0: the server process sees no GPU (Ray did not reserve one for it)
     max_parallel_clients: int | None = None  # cap on client workers
+    # Faults (see pool.py and grid.py): none of these changes a result, but for dropping a client.
+    client_retries: int = 2  # attempts after the first of a call that raised, lost its worker or timed out
+    client_timeout: float | None = None  # seconds one ClientApp call may take; None: no limit
+    on_client_failure: str = "abort"  # once a call's retries are spent: "abort" the run, or "drop" it for the round
+    min_reply_share: float = 0.5  # with drop: a phase of a round with fewer replies per message sent fails
 
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-ready)."""
@@ -59,6 +64,12 @@ class RunSettings:
         need(self.server_gpus >= 0 and math.isfinite(self.server_gpus), f"--server-gpus must be >= 0, got {self.server_gpus}")
         need(self.max_parallel_clients is None or self.max_parallel_clients >= 1,
              f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}")
+        need(self.client_retries >= 0, f"--client-retries must be 0 or more, got {self.client_retries}")
+        need(self.client_timeout is None or (self.client_timeout > 0 and math.isfinite(self.client_timeout)),
+             f"--client-timeout must be a positive number of seconds, got {self.client_timeout}")
+        need(self.on_client_failure in FAILURE_POLICIES,
+             f"--on-client-failure must be one of {', '.join(FAILURE_POLICIES)}, got {self.on_client_failure!r}")
+        need(0 < self.min_reply_share <= 1, f"--min-reply-share must be in (0, 1], got {self.min_reply_share}")
         if local_cpus is not None:
             need(self.num_client_cpus <= local_cpus,
                  f"--num-client-cpus {self.num_client_cpus} is more than this machine's {local_cpus} CPUs: "
@@ -73,6 +84,7 @@ class RunSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
+FAILURE_POLICIES = ("abort", "drop")
 # Settings that decide the data and the sampling: a checkpoint resumes only under the same values.
 RESUME_FIXED_SETTINGS = ("pool_size", "seed")
 # Settings whose change on resume changes floating-point results (thread counts change reduction order).

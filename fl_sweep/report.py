@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from fl_core.metrics import CLIENTS_PREFIX, COUNT_KEYS, TIMING_KEYS, is_model_metric
+from fl_core.metrics import CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, is_model_metric
 from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
@@ -15,7 +15,7 @@ from fl_sweep.storage import exists, filesystem, is_uri, read_marker
 from fl_sweep.validate import same_runs
 
 # Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock.
-ROUND_COLUMNS = ("round", *COUNT_KEYS, *TIMING_KEYS, "time_total_s")
+ROUND_COLUMNS = ("round", *COUNT_KEYS, *MACHINE_KEYS, "time_total_s")
 HEATMAP_KEYS = ("fraction-train", "local-epochs")  # Flower's template names
 
 # ---------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def tiny_run(settings: dict | None = None, **run_config):
 
 def model_metrics(history: list[dict]) -> list[dict]:
     """Per-round metrics without the timing keys (which differ run to run)."""
-    from fl_core.metrics import TIMING_KEYS
+    from fl_core.metrics import MACHINE_KEYS
 
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+    return [{k: v for k, v in row.items() if k not in MACHINE_KEYS} for row in history]
 
 
 def same_arrays(a, b) -> bool:

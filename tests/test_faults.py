@@ -1,0 +1,136 @@
+"""Faults change nothing: a client that raises, a worker killed mid-fit, a hung client, a refused checkpoint write.
+
+Each faulty run is compared with the same run without faults (tests/faults.py
+injects them into the built-in app): the per-round model metrics and the final
+weights must be bit-identical, with the retries counted. Only dropping a client
+(--on-client-failure drop) may change results, and the metrics say so.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fl_core import RunSettings, fuse_run_config, load_app_folder, run_app
+from fl_core.grid import ClientAppError
+from tests.conftest import model_metrics, same_arrays
+from tests.faults import faulty_app, plan
+
+ROUNDS = 3
+RUN_CONFIG = dict(dataset="synthetic", synthetic_size=400, fraction_train=0.5, fraction_evaluate=0.5,
+                  min_train_nodes=2, min_evaluate_nodes=2, num_server_rounds=ROUNDS, local_epochs=1, lr=0.05,
+                  eval_batch_size=200)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory):
+    """The built-in app with the fault injector."""
+    return faulty_app(str(tmp_path_factory.mktemp("faulty_app")))
+
+
+def faulty_run(app_dir, fault_dir, faults=(), callbacks=(), resume=None, **settings):
+    """run_app of the faulty app with `faults` (tests.faults.plan entries) on 4 nodes, 2 a round."""
+    app = load_app_folder(app_dir)
+    values = {k.replace("_", "-"): v for k, v in RUN_CONFIG.items()}
+    values.update({"fault-plan": plan(*faults), "fault-dir": str(fault_dir)})
+    engine = RunSettings(**{"pool_size": 4, **settings})
+    return run_app(app, fuse_run_config(app, values), engine, callbacks=list(callbacks), resume=resume)
+
+
+@pytest.fixture(scope="module")
+def fault_free(ray_local, app_dir, tmp_path_factory):
+    """The run every faulty run must equal."""
+    return faulty_run(app_dir, tmp_path_factory.mktemp("no_faults"))
+
+
+def sampled(end, server_round: int) -> int:
+    """A node (partition-id) the run trained in `server_round`: fault it and it is sure to be hit."""
+    from fl_core.seeding import NodeSampler
+
+    sampler = NodeSampler(0)
+    sampler.start_round(server_round)
+    return sampler.sample(list(range(1000, 1004)), 2)[0] - 1000
+
+
+def assert_same(run, reference):
+    """Bit-identical per-round model metrics and final weights."""
+    assert model_metrics(run.history) == model_metrics(reference.history)
+    assert same_arrays(run.state.arrays, reference.state.arrays)
+
+
+@pytest.mark.parametrize("kind, settings", [
+    ("raise", {}),
+    ("die", {}),
+    ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
+])
+def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault_free, tmp_path, capsys):
+    node = sampled(fault_free, 2)
+    end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": node}], **settings)
+    assert_same(end, fault_free)
+    assert [row["retries"] for row in end.history] == [0, 1, 0]
+    assert all(row["train_dropped"] == 0 for row in end.history)
+    err = capsys.readouterr().err
+    what = {"raise": "raised", "die": "worker died", "hang": "timed out"}[kind]
+    assert f"client failed: node {1000 + node} (partition-id {node}), round 2 (train): {what} on worker" in err, err
+    assert "running it again (1 of 2)" in err
+    if kind == "raise":
+        assert "RuntimeError: injected fault: round 2" in err and "in _run" in err  # and its traceback
+
+
+def test_faults_in_evaluation_and_several_at_once(app_dir, fault_free, tmp_path):
+    faults = [{"kind": "die", "round": 1, "node": sampled(fault_free, 1), "delay": 0.0},
+              {"kind": "raise", "round": 3, "node": sampled(fault_free, 3), "times": 2}]
+    faults += [{"kind": "raise", "round": 2, "node": node, "phase": "evaluate"} for node in range(4)]
+    end = faulty_run(app_dir, tmp_path, faults)
+    assert_same(end, fault_free)
+    assert sum(row["retries"] for row in end.history) >= 4
+
+
+def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, tmp_path, capsys):
+    node = sampled(fault_free, 2)
+    with pytest.raises(ClientAppError) as error:
+        faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 5}], client_retries=1)
+    text = str(error.value)
+    assert f"the ClientApp of node {1000 + node} (partition-id {node}), round 2 (train) failed 2 time(s) (raised" in text
+    assert "RuntimeError: injected fault" in text and "in _run" in text
+    assert "the run stops after 2 attempt(s) (--on-client-failure abort)" in capsys.readouterr().err
+
+
+def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_free, tmp_path):
+    node = sampled(fault_free, 2)
+    end = faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 9}],
+                     on_client_failure="drop", client_retries=0)
+    assert [row["train_dropped"] for row in end.history] == [0, 1, 0]
+    assert [row["train_clients"] for row in end.history] == [2, 1, 2]
+    assert model_metrics(end.history)[0] == model_metrics(fault_free.history)[0]  # round 1 untouched
+    assert model_metrics(end.history)[1] != model_metrics(fault_free.history)[1]  # one client fewer
+
+
+def test_too_few_replies_fail_the_round(app_dir, fault_free, tmp_path):
+    faults = [{"kind": "raise", "round": 1, "node": node, "times": 9} for node in range(4)]
+    with pytest.raises(ClientAppError, match=r"only 0 of 2 clients replied to round 1 \(train\).*--min-reply-share"):
+        faulty_run(app_dir, tmp_path, faults, on_client_failure="drop", client_retries=0)
+
+
+def test_a_refused_checkpoint_write_keeps_the_last_one_and_resume_ends_the_same(app_dir, fault_free, tmp_path,
+                                                                              monkeypatch):
+    """Storage that refuses round 2's checkpoint: the run stops, round 1's file is intact, --resume ends as ever."""
+    import fl_core.callbacks
+    from fl_core import load_checkpoint
+    from fl_core.callbacks import CheckpointWriter
+
+    real_save = fl_core.callbacks.save_checkpoint
+
+    def refusing_save(state, directory):
+        if state.round == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(state, directory)
+
+    monkeypatch.setattr(fl_core.callbacks, "save_checkpoint", refusing_save)
+    with pytest.raises(OSError, match="No space left"):
+        faulty_run(app_dir, tmp_path / "f", callbacks=[CheckpointWriter(str(tmp_path / "run"))])
+    saved = load_checkpoint(str(tmp_path / "run"))
+    assert saved.round == 1
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["fl_checkpoint.npz"]  # no partial file left
+    monkeypatch.setattr(fl_core.callbacks, "save_checkpoint", real_save)
+    end = faulty_run(app_dir, tmp_path / "f", resume=saved)
+    assert_same(end, fault_free)
