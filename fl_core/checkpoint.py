@@ -125,12 +125,23 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
 
 
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"  # write_atomically's temp files
+
+
+def remove_stale_temp_files(directory: str) -> None:
+    """Delete write_atomically's temp files a killed process left in `directory` (call it before writing there)."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                os.unlink(os.path.join(directory, name))
+
+
 def write_atomically(path: str, write) -> None:
     """Call `write(binary_file)` on a temp file beside `path`, sync it and rename it over `path`.
 
     Readers see the old file or the new one, never a partial one; on failure the temp file is removed.
     """
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -242,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
-    from fl_core.checkpoint import CHECKPOINT_FILE
+    from fl_core.checkpoint import CHECKPOINT_FILE, remove_stale_temp_files
     from fl_core.grid import ClientAppError
     from fl_core.plots import MetricsPlotter
     from fl_core.pool import NodeLostError
     from fl_core.runner import prepare_shared, run_app
 
+    if resume is not None:  # a killed run may have left a temp file of a write it never finished
+        remove_stale_temp_files(out_dir)
     owns_ray = not ray.is_initialized()  # a caller (e.g. a test) may have connected already
     # The app's data loads while Ray starts (each takes seconds); data that cannot be read is still bad input.
     loader = ThreadPoolExecutor(max_workers=1)
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": settings.to_dict()}
         try:
             run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
-                    callbacks=[ProgressPrinter(), CheckpointWriter(out_dir, args["checkpoint_every"]),
+                    # The checkpoint first: with one every round, a round printed is a round saved.
+                    callbacks=[CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
                                MetricsWriter(out_dir, describe),
                                MetricsPlotter(out_dir, app.name)])
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client

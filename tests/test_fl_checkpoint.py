@@ -160,3 +160,16 @@ def test_plain_npy_is_refused(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(CheckpointError):
         load_checkpoint(str(tmp_path))
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
+    """What write_atomically leaves when its process is killed mid-write goes before a resumed run writes again."""
+    from fl_core.checkpoint import remove_stale_temp_files
+
+    path = save_checkpoint(_state(), str(tmp_path))
+    (tmp_path / ".tmp-abc123.part").write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.part").write_text("not ours")
+    remove_stale_temp_files(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fl_checkpoint.npz", "notes.part"]
+    assert load_checkpoint(path).round == _state().round
+    remove_stale_temp_files(str(tmp_path / "missing"))  # no folder yet: nothing to do

@@ -10,6 +10,8 @@ Every test here talks to real Ray processes, as a user would:
 * that node's raylet killed mid-sweep: without retries the job fails at once
   with the trial listed as errored; with retries and a replacement node, every
   trial finishes from its checkpoints (never a hang);
+* a node holding one of the client workers of `python -m fl_core --address`
+  (a run alone on the cluster) killed: the run goes on with the others;
 * a head with token authentication: clients without the token are refused.
 
 Only processes started here are ever signalled (never `ray stop`, which stops
@@ -20,7 +22,7 @@ in sessions of their own) descends from one of them. That set is found in
 /proc and nothing else: process titles like `ray::IDLE` overwrite the
 command line and environment that /proc shows, so neither can be relied on.
 
-Takes about 2.5 minutes on 2 cores. Deselect with `-m "not cluster"`.
+Takes about 3.5 minutes on 2 cores. Deselect with `-m "not cluster"`.
 """
 
 from __future__ import annotations
@@ -619,3 +621,49 @@ def test_node_killed_mid_sweep_then_replaced(head, tmp_path):
             submit.kill()
             submit.wait()
         out.close()
+
+
+def test_node_lost_under_a_run_alone_the_run_goes_on(head, tmp_path):
+    """`python -m fl_core --address HEAD` with a client worker on a node whose raylet is SIGKILLed: it goes on.
+
+    The lost worker's calls run again on the others (same inputs, same
+    results); once Ray declares the node dead (some 16 s after the kill here),
+    the pool retires that worker and says so; the run ends normally with every
+    round. (Inside a Tune trial a lost node stops the trial instead, for Tune's
+    retry: the tests above.)
+    """
+    num_rounds = 30  # about 1 s each: the run outlasts Ray's verdict on the node
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "fl_core", "--address", f"127.0.0.1:{head.gcs_port}", "--dataset", "synthetic",
+               "--synthetic-size", "3000", "--pool-size", "4", "--fraction-train", "0.75", "--fraction-evaluate", "0.75",
+               "--min-train-nodes", "1", "--min-evaluate-nodes", "1", "--local-epochs", "4",
+               "--num-server-rounds", str(num_rounds), "--max-parallel-clients", "3", "--checkpoint-dir", str(folder)]
+    err = open(tmp_path / "stderr.log", "w+")
+    run_proc = None
+    try:
+        with extra_node(head, "f", num_cpus=1) as lost:
+            run_proc = subprocess.Popen(command, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=err,
+                                        text=True)
+            for line in run_proc.stdout:  # its round lines; the kill once round 1 is done (and checkpointed)
+                if line.startswith("round   1/"):
+                    break
+            reply = head.get("/api/v0/actors", detail="1", limit="10000", filter_keys=["class_name", "state"],
+                             filter_predicates=["=", "="], filter_values=["ClientAppWorker", "ALIVE"])
+            workers = reply["data"]["result"]["result"]
+            assert lost.node_id in {w["node_id"] for w in workers}, workers  # a worker to lose
+            os.kill(lost.raylet_pid(), signal.SIGKILL)
+            rest = run_proc.stdout.read()
+            code = run_proc.wait(timeout=300)
+        err.seek(0)
+        output = err.read()
+        assert code == 0, output[-4000:]
+        assert "was lost with its node" in output and "the run goes on with 2 worker(s)" in output, output[-4000:]
+        assert f"round  {num_rounds}/{num_rounds}" in rest and "done: " in rest, rest[-2000:]
+        from fl_core import load_checkpoint
+
+        assert load_checkpoint(str(folder)).round == num_rounds
+    finally:
+        if run_proc is not None and run_proc.poll() is None:
+            run_proc.kill()
+            run_proc.wait()
+        err.close()
