@@ -157,6 +157,8 @@ class RayGrid(Grid):
         messages = [self._pushed.pop(i) for i in message_ids]
         calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
 
+        raised = set()  # calls whose traceback was shown
+
         def report(index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
             self.failed_attempts += retrying
             message = messages[index]
@@ -169,7 +171,8 @@ class RayGrid(Grid):
             first = detail.strip().splitlines()[-1] if detail.strip() else kind
             print(f"fl_core: client failed: {describe(message)}: {kind} on {worker}: {first}; {outcome}",
                   file=sys.stderr)
-            if attempt == 1 and kind == "raised":
+            if kind == "raised" and index not in raised:  # the traceback once per call: retries repeat it
+                raised.add(index)
                 print(_indent(detail), file=sys.stderr)
 
         results = self.pool.run(calls, report)
@@ -178,8 +181,8 @@ class RayGrid(Grid):
             node_id = message.metadata.dst_node_id
             if isinstance(result, CallFailure):
                 if self.on_client_failure != "drop":
-                    raise ClientAppError(f"the ClientApp of {describe(message)} failed {result.attempts} time(s) ({result.kind}, last "
-                                         f"on {result.worker}):\n{result.detail}")
+                    raise ClientAppError(f"the ClientApp of {describe(message)} failed {result.attempts} time(s) "
+                                         f"({result.kind}, last on {result.worker}):\n{result.detail}")
                 reply = Message(Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"),
                                 reply_to=message)
             else:
