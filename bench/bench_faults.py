@@ -451,6 +451,18 @@ def cli_reference(args: list[str], env: dict, folder: str, log_path: str) -> tup
     return (state.arrays, state.history), wall
 
 
+def final_outcome(folder: str, code: int | None, rounds: int, reference: tuple) -> dict:
+    """Whether the CLI run in `folder` (exit status `code`) completed its `rounds`, and how it compares."""
+    from fl_core import load_checkpoint
+
+    try:
+        final = load_checkpoint(folder)
+        return {"completed": code == 0 and final.round == rounds, **compare(final.arrays, final.history, reference)}
+    except Exception as exc:  # noqa: BLE001
+        return {"completed": False, "identical": False, "identical_weights": False, "identical_metrics": False,
+                "error": error_text(exc)}
+
+
 def killed_and_resumed(kind: str, index: int, rng: random.Random, args: list[str], resume_args: list[str], env: dict,
                        work: str, reference: tuple, kill, rounds: int, last_kill_round: int) -> dict:
     """A CLI run killed by `kill(run)` 0-KILL_DELAY_S after a random round line (1..`last_kill_round`), then
@@ -495,13 +507,7 @@ def killed_and_resumed(kind: str, index: int, rng: random.Random, args: list[str
     record["wall_s"] = wall1 + wall2
     record["processes_left"] += left
     record["resume_exit_status"] = code
-    try:
-        final = load_checkpoint(folder)
-        record.update(completed=code == 0 and final.round == rounds,
-                      **compare(final.arrays, final.history, reference))
-    except Exception as exc:  # noqa: BLE001
-        record.update(completed=False, identical=False, identical_weights=False, identical_metrics=False,
-                      error=error_text(exc))
+    record.update(final_outcome(folder, code, rounds, reference))
     if code != 0:
         record["resume_stderr_tail"] = err
     record["temp_files_at_end"] = stray_files(folder)
@@ -648,7 +654,6 @@ def node_run(cluster: TwoNodes, index: int, rng: random.Random, flags: list[str]
              reference: tuple) -> dict:
     """The second node's raylet SIGKILLed after a random round: the run goes on with the head's worker and must end
     exactly as the reference, without stopping; a fresh node then joins for the next run."""
-    from fl_core import load_checkpoint
 
     seen = cluster.workers()
     lost = cluster.node
@@ -680,13 +685,7 @@ def node_run(cluster: TwoNodes, index: int, rng: random.Random, flags: list[str]
     retired = [line.strip() for line in stderr.splitlines() if WORKER_RETIRED.search(line)]
     record["worker_retired_line"] = retired[-1] if retired else None
     record["rounds_lost"] = 0 if code == 0 else run.rounds  # a run that goes on redoes nothing
-    try:
-        final = load_checkpoint(folder)
-        record.update(completed=code == 0 and final.round == NODE_ROUNDS,
-                      **compare(final.arrays, final.history, reference))
-    except Exception as exc:  # noqa: BLE001
-        record.update(completed=False, identical=False, identical_weights=False, identical_metrics=False,
-                      error=error_text(exc))
+    record.update(final_outcome(folder, code, NODE_ROUNDS, reference))
     record["check_failed"] = not (record.get("worker_on_each_node") and injected and retired)
     cluster.replace_node()
     return record

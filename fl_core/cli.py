@@ -20,7 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
-from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources, setting_type
+from fl_core.settings import (SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources,
+                              setting_type)
 
 PROG = "python -m fl_core"
 SETTING_HELP = {
@@ -180,13 +181,7 @@ def prepare(argv: list[str]):
                               "or pick another --checkpoint-dir")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
-    parent = os.path.abspath(out_dir)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"--checkpoint-dir {out_dir} cannot be created: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--checkpoint-dir {out_dir} is not writable: no permission to write in {parent}")
+    check_can_create(out_dir, "--checkpoint-dir")
     if values.setdefault("checkpoint_every", 1) < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1, got {values['checkpoint_every']}")
     return app, run_config, settings, resume, out_dir, values

@@ -112,6 +112,17 @@ def local_resources() -> tuple[int, int]:
     return os.cpu_count() or 1, len(os.listdir(driver)) if os.path.isdir(driver) else 0
 
 
+def check_can_create(folder: str, flag: str) -> None:
+    """ConfigError unless `folder` exists or can be made: its nearest existing parent is a writable folder."""
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {folder} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder} is not writable: no permission to write in {parent}")
+
+
 # Flower's template run-config keys of client sampling: phase -> (fraction key, minimum key).
 SAMPLING_KEYS = {"train": ("fraction-train", "min-train-nodes"), "evaluate": ("fraction-evaluate", "min-evaluate-nodes")}
 

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from fl_core.settings import ConfigError
+from fl_core.settings import ConfigError, check_can_create
 from fl_sweep.spec import SweepSpec
 
 DEFAULT_STORAGE = "./ray_results"
@@ -78,15 +78,8 @@ def exists(path: str) -> bool:
 
 def check_writable(experiment: str) -> None:
     """ConfigError unless the experiment folder can be created (local paths; remote ones are checked by Ray)."""
-    if is_uri(experiment):
-        return
-    probe = experiment
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ConfigError(f"--storage-path cannot be created: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage-path is not writable: no permission to write in {probe}")
+    if not is_uri(experiment):
+        check_can_create(experiment, "--storage-path")
 
 
 def read_marker(experiment: str) -> dict:
