@@ -83,7 +83,7 @@ class ProgressPrinter(Callback):
         if event.num_rounds is not None:
             left = self._round_seconds / (event.round - event.start_round + 1) * (event.num_rounds - event.round)
             eta = f"  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
-        faults = [f"{m[k]} {k.replace('_', ' ')}" for k in ("retries", "train_dropped", "fed_dropped") if m.get(k)]
+        faults = [f"{k.replace('_', ' ')} {m[k]}" for k in ("retries", "train_dropped", "fed_dropped") if m.get(k)]
         faults_note = f"  ({', '.join(faults)})" if faults else ""
         self.print(f"round {event.round:>3}{total}  {values}  {m['seconds']:.2f} s  "
                    f"{m.get('samples_per_s', 0):,.0f} samples/s{eta}{faults_note}")

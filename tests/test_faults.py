@@ -134,3 +134,16 @@ def test_a_refused_checkpoint_write_keeps_the_last_one_and_resume_ends_the_same(
     monkeypatch.setattr(fl_core.callbacks, "save_checkpoint", real_save)
     end = faulty_run(app_dir, tmp_path / "f", resume=saved)
     assert_same(end, fault_free)
+
+
+def test_the_progress_line_names_a_rounds_faults():
+    """The progress line of a round with faults says how many calls ran again and how many clients were dropped."""
+    from fl_core.callbacks import ProgressPrinter, RoundEnd
+
+    lines = []
+    printer = ProgressPrinter(print_fn=lines.append)
+    metrics = {"round": 2, "central_accuracy": 0.5, "seconds": 1.0, "samples_per_s": 100.0, "retries": 2,
+               "train_dropped": 1, "fed_dropped": 0}
+    printer.on_round_end(RoundEnd(2, 3, 1, metrics, None))
+    printer.on_round_end(RoundEnd(3, 3, 1, {**metrics, "round": 3, "retries": 0, "train_dropped": 0}, None))
+    assert lines[0].endswith("(retries 2, train dropped 1)") and "retries" not in lines[1], lines
