@@ -129,50 +129,29 @@ RAY_TMPDIRS: list[str] = []  # temp dirs of the local Rays of CLI runs, removed 
 # Comparing runs
 
 
-def model_rows(history: list[dict]) -> list[dict]:
-    """Per-round metrics without timings and retry counts (tests.conftest.model_metrics)."""
-    from tests.conftest import model_metrics
-
-    return model_metrics(history)
-
-
 def compare(arrays, history, reference) -> dict:
-    """Whether (arrays, history) equal the reference ServerState/RunEnd-like (arrays, history) bit for bit."""
-    from tests.conftest import same_arrays
+    """Whether (arrays, history) equal the reference ServerState/RunEnd-like (arrays, history) bit for bit.
+
+    The history is compared without timings and retry counts (tests.conftest.model_metrics).
+    """
+    from tests.conftest import model_metrics, same_arrays
 
     weights = same_arrays(arrays, reference[0])
-    metrics = model_rows(history) == model_rows(reference[1])
+    metrics = model_metrics(history) == model_metrics(reference[1])
     return {"identical_weights": weights, "identical_metrics": metrics, "identical": weights and metrics}
 
 
 def stray_files(folder: str) -> list[str]:
-    """Files of a run folder left by an interrupted atomic write (.tmp-*.part)."""
-    return sorted(name for name in os.listdir(folder) if name.startswith(".tmp-")) if os.path.isdir(folder) else []
+    """Files of a run folder left by an interrupted atomic write (fl_core.checkpoint.write_atomically)."""
+    from fl_core.checkpoint import TEMP_PREFIX, TEMP_SUFFIX
+
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder) if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
 
 
 # ---------------------------------------------------------------------------
 # Fault points
-
-
-def sampled_points(seed: int, rounds: int) -> list[tuple[int, str, int]]:
-    """(round, phase, partition-id) of every client call the run makes: the nodes its strategy samples.
-
-    Flower's strategies draw the train sample, then the evaluate sample, in each
-    round; fedsweep keys those draws by (seed, round, draw): NodeSampler redoes them.
-    """
-    from fl_core.grid import NODE_ID_OFFSET
-    from fl_core.seeding import NodeSampler
-    from fl_core.settings import sampled_nodes
-
-    node_ids = [NODE_ID_OFFSET + p for p in range(NODES)]
-    points = []
-    for server_round in range(1, rounds + 1):
-        sampler = NodeSampler(seed)
-        sampler.start_round(server_round)
-        for phase in ("train", "evaluate"):
-            for node in sampler.sample(node_ids, sampled_nodes(RUN_CONFIG, NODES, phase)):
-                points.append((server_round, phase, node - NODE_ID_OFFSET))
-    return points
 
 
 def fault_plan(rng: random.Random, kind: str, count: int, points: list) -> list[dict]:
@@ -553,7 +532,9 @@ def in_process_kinds(kinds: list[str], args, app_dir: str, work: str, results: d
             raise RuntimeError(f"the fault-free run failed: {error_text(end)}\n{tail(log)}")  # noqa: TRY004
         reference = (end.state.arrays, end.history)
         results["references"]["in_process"] = {"wall_s": wall, "rounds": len(end.history)}
-        points = sampled_points(0, ROUNDS)
+        from tests.faults import sampled_points
+
+        points = sampled_points(0, RUN_CONFIG, NODES, ROUNDS)
         for kind in kinds:
             records = []
             for index in range(args.runs_per_kind):

@@ -235,11 +235,12 @@ class WorkerPool:
                     self._restart(worker, kill=False)
                     failed(index, worker, "worker died", str(exc))
             now = time.monotonic()
-            for ref, (index, worker, started) in list(running.items()):
-                if self.timeout is not None and now - started > self.timeout:
-                    del running[ref]
-                    self._restart(worker, kill=True)
-                    failed(index, worker, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
+            if self.timeout is not None:
+                for ref, (index, worker, started) in list(running.items()):
+                    if now - started > self.timeout:
+                        del running[ref]
+                        self._restart(worker, kill=True)
+                        failed(index, worker, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
             self._check_restarting(now)
         return results
 
@@ -257,7 +258,11 @@ class WorkerPool:
         """Have Ray restart `worker` in its place (killing a hung one first); `run` uses it again once it answers."""
         if kill:
             ray.kill(self.workers[worker], no_restart=False)
-        self._restarting[self.workers[worker].ready.remote(self._shared)] = (worker, time.monotonic() + RESTART_TIMEOUT_S)
+        self._probe(worker, time.monotonic() + RESTART_TIMEOUT_S)
+
+    def _probe(self, worker: int, deadline: float) -> None:
+        """Ask `worker` whether it is back (its ready() answers once Ray has restarted it), until `deadline`."""
+        self._restarting[self.workers[worker].ready.remote(self._shared)] = (worker, deadline)
 
     def _back(self, ref) -> int | None:
         """A restarting worker answered: its index, noting where it now runs.
@@ -274,7 +279,7 @@ class WorkerPool:
         except ray.exceptions.RayActorError as exc:
             if exc.actor_init_failed:  # the restarted process could not load the app: no use asking again
                 raise RuntimeError(f"client {self.describe(worker)} was restarted but cannot load the app: {exc}") from None
-            self._restarting[self.workers[worker].ready.remote(self._shared)] = (worker, deadline)
+            self._probe(worker, deadline)
             return None
         return worker
 

@@ -15,14 +15,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
-def tiny_run(settings: dict | None = None, **run_config):
-    """(built-in app, run config, RunSettings) small enough for a test: synthetic data, 4 nodes, 2 a round.
+def tiny_run(settings: dict | None = None, app_dir: str | None = None, **run_config):
+    """(app, run config, RunSettings) small enough for a test: synthetic data, 4 nodes, 2 a round.
 
-    Run-config keys are given with `_` for `-` (local_epochs=2); engine settings in `settings`.
+    The app is the built-in one, or the one in `app_dir` (the built-in app with another ClientApp, such as
+    tests/faults.py writes). Run-config keys are given with `_` for `-` (local_epochs=2); engine settings in `settings`.
     """
     from fl_core import RunSettings, fuse_run_config, load_app_folder
 
-    app = load_app_folder(None)
+    app = load_app_folder(app_dir)
     values = dict(dataset="synthetic", synthetic_size=400, fraction_train=0.5, fraction_evaluate=0.5,
                   min_train_nodes=2, min_evaluate_nodes=2, num_server_rounds=2, local_epochs=1, lr=0.05,
                   eval_batch_size=200)

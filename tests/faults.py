@@ -103,6 +103,28 @@ def faulty_app(folder: str) -> str:
     return folder
 
 
+def sampled_points(seed: int, run_config: dict, num_nodes: int, rounds: int) -> list[tuple[int, str, int]]:
+    """(round, phase, partition-id) of every client call a run makes: the nodes its strategy samples.
+
+    Flower's strategies draw the train sample, then the evaluate sample, in each
+    round; fedsweep keys those draws by (seed, round, draw): NodeSampler redoes
+    them, so a fault planned at one of these points is sure to be hit.
+    """
+    from fl_core.grid import NODE_ID_OFFSET
+    from fl_core.seeding import NodeSampler
+    from fl_core.settings import sampled_nodes
+
+    node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
+    points = []
+    for server_round in range(1, rounds + 1):
+        sampler = NodeSampler(seed)
+        sampler.start_round(server_round)
+        for phase in ("train", "evaluate"):
+            for node in sampler.sample(node_ids, sampled_nodes(run_config, num_nodes, phase)):
+                points.append((server_round, phase, node - NODE_ID_OFFSET))
+    return points
+
+
 def plan(*faults: dict) -> str:
     """The `fault-plan` run-config value of `faults`."""
     return json.dumps(list(faults))

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from fl_core import RunSettings, fuse_run_config, load_app_folder, run_app
+from fl_core import run_app
 from fl_core.grid import ClientAppError
-from tests.conftest import model_metrics, same_arrays
-from tests.faults import faulty_app, plan
+from tests.conftest import model_metrics, same_arrays, tiny_run
+from tests.faults import faulty_app, plan, sampled_points
 
 ROUNDS = 3
-RUN_CONFIG = dict(dataset="synthetic", synthetic_size=400, fraction_train=0.5, fraction_evaluate=0.5,
-                  min_train_nodes=2, min_evaluate_nodes=2, num_server_rounds=ROUNDS, local_epochs=1, lr=0.05,
-                  eval_batch_size=200)
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +25,10 @@ def app_dir(tmp_path_factory):
 
 
 def faulty_run(app_dir, fault_dir, faults=(), callbacks=(), resume=None, **settings):
-    """run_app of the faulty app with `faults` (tests.faults.plan entries) on 4 nodes, 2 a round."""
-    app = load_app_folder(app_dir)
-    values = {k.replace("_", "-"): v for k, v in RUN_CONFIG.items()}
-    values.update({"fault-plan": plan(*faults), "fault-dir": str(fault_dir)})
-    engine = RunSettings(**{"pool_size": 4, **settings})
-    return run_app(app, fuse_run_config(app, values), engine, callbacks=list(callbacks), resume=resume)
+    """conftest's tiny run (4 nodes, 2 a round) of the faulty app for ROUNDS rounds, with `faults` (plan entries)."""
+    app, run_config, engine = tiny_run(settings, app_dir, num_server_rounds=ROUNDS, fault_plan=plan(*faults),
+                                       fault_dir=str(fault_dir))
+    return run_app(app, run_config, engine, callbacks=list(callbacks), resume=resume)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +37,11 @@ def fault_free(ray_local, app_dir, tmp_path_factory):
     return faulty_run(app_dir, tmp_path_factory.mktemp("no_faults"))
 
 
-def sampled(end, server_round: int) -> int:
-    """A node (partition-id) the run trained in `server_round`: fault it and it is sure to be hit."""
-    from fl_core.seeding import NodeSampler
-
-    sampler = NodeSampler(0)
-    sampler.start_round(server_round)
-    return sampler.sample(list(range(1000, 1004)), 2)[0] - 1000
+def sampled(server_round: int) -> int:
+    """A node (partition-id) the run trains in `server_round`: fault it and it is sure to be hit."""
+    app, run_config, engine = tiny_run()
+    return next(node for r, phase, node in sampled_points(engine.seed, run_config, engine.pool_size, ROUNDS)
+                if (r, phase) == (server_round, "train"))
 
 
 def assert_same(run, reference):
@@ -63,7 +56,7 @@ def assert_same(run, reference):
     ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
 ])
 def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault_free, tmp_path, capsys):
-    node = sampled(fault_free, 2)
+    node = sampled(2)
     end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": node}], **settings)
     assert_same(end, fault_free)
     assert [row["retries"] for row in end.history] == [0, 1, 0]
@@ -77,8 +70,8 @@ def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault
 
 
 def test_faults_in_evaluation_and_several_at_once(app_dir, fault_free, tmp_path):
-    faults = [{"kind": "die", "round": 1, "node": sampled(fault_free, 1), "delay": 0.0},
-              {"kind": "raise", "round": 3, "node": sampled(fault_free, 3), "times": 2}]
+    faults = [{"kind": "die", "round": 1, "node": sampled(1), "delay": 0.0},
+              {"kind": "raise", "round": 3, "node": sampled(3), "times": 2}]
     faults += [{"kind": "raise", "round": 2, "node": node, "phase": "evaluate"} for node in range(4)]
     end = faulty_run(app_dir, tmp_path, faults)
     assert_same(end, fault_free)
@@ -86,7 +79,7 @@ def test_faults_in_evaluation_and_several_at_once(app_dir, fault_free, tmp_path)
 
 
 def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, tmp_path, capsys):
-    node = sampled(fault_free, 2)
+    node = sampled(2)
     with pytest.raises(ClientAppError) as error:
         faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 5}], client_retries=1)
     text = str(error.value)
@@ -96,7 +89,7 @@ def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, 
 
 
 def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_free, tmp_path):
-    node = sampled(fault_free, 2)
+    node = sampled(2)
     end = faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 9}],
                      on_client_failure="drop", client_retries=0)
     assert [row["train_dropped"] for row in end.history] == [0, 1, 0]
