@@ -10,9 +10,10 @@ every round, federated validation of 10 clients) once on each engine per
 repeat, alternating, each in a fresh process with its own local Ray of 2 CPUs;
 it reports the median round time (rounds 2..N) of every run.
 
-The earlier engine is the one before the Message API (commit 3e80a5a and before:
-`fl_core.SimConfig` + `fl_core.run_simulation`); the current one runs the
-built-in app through `fl_core.run_app`.
+The current engine runs the built-in app through `fl_core.run_app`; so does an
+earlier commit that has it (`fl_core/runner.py`). Commits before the Message API
+(3e80a5a and before) run the same job through `fl_core.SimConfig` +
+`fl_core.run_simulation`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     results = {"current": [], "earlier": []}
     try:
         for repeat in range(args.repeats):
-            for side, code, where in (("earlier", EARLIER, tree), ("current", CURRENT, REPO)):
+            earlier_code = CURRENT if os.path.exists(os.path.join(tree, "fl_core", "runner.py")) else EARLIER
+            for side, code, where in (("earlier", earlier_code, tree), ("current", CURRENT, REPO)):
                 seconds = run_side(code, where, args.data_dir, args.rounds)
                 results[side].append(statistics.median(seconds[1:]))
                 print(f"repeat {repeat + 1}: {side:<8} {results[side][-1]:.3f} s/round (median of rounds 2..{args.rounds})",
