@@ -6,6 +6,7 @@ In an app (these work under Flower's own engine too)::
     fl_core.start(strategy, grid, initial_arrays=..., num_rounds=..., evaluate_fn=...)   # instead of strategy.start(...)
     fl_core.evaluate_all_nodes(grid, arrays, config)                                     # every node scores the model
     fl_core.wait_for_nodes(grid)                     # the number of nodes (Flower's engine registers them late)
+    fl_core.ShardedEvaluation(evaluate_shard, num_shards, combine)  # an evaluate_fn whose shards run on the workers
 
     @fl_core.shared                                  # loaded once per run, read from Ray's object store
     def load_data(run_config, num_partitions): ...
@@ -21,13 +22,14 @@ folders and run configs), shared_data (the @shared decorator: data in the object
 (randomness per round, node and phase), pool (Ray workers hosting the
 ClientApp), grid (the Flower Grid over the pool, nodes' Contexts), strategies
 (Flower strategies by name, their state), loop (the round loop, start,
-evaluate_all_nodes), checkpoint (safe .npz checkpoints), metrics (the names of
+evaluate_all_nodes), central (central evaluation: when, and where: server or workers), checkpoint (safe .npz checkpoints), metrics (the names of
 what a round reports), callbacks (progress, checkpoints, metrics files), plots (metrics.png; partitions.csv/.png from an
 app's `[tool.fedsweep] partitioner` hook), runner (one run), cli (the command line).
 """
 
 from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_folder, parse_run_config
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
+from fl_core.central import ShardedEvaluation
 from fl_core.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fl_core.loop import evaluate_all_nodes, start, wait_for_nodes
 from fl_core.runner import run_app
@@ -43,6 +45,7 @@ __all__ = [
     "RunEnd",
     "RunSettings",
     "ServerState",
+    "ShardedEvaluation",
     "evaluate_all_nodes",
     "fuse_run_config",
     "load_app_folder",

@@ -41,6 +41,11 @@ SETTING_HELP = {
     "on_client_failure": "once a call's retries are spent: abort the run, or drop that client for the round "
     "(Flower's accept-failures; the only choice that can change results)",
     "min_reply_share": "with --on-client-failure drop: a round fails when fewer of its clients reply",
+    "central_eval_on": "where an app's sharded central evaluation (fl_core.ShardedEvaluation) runs: its shards on "
+    "the client workers side by side, or all in the server process; the same numbers either way when both use "
+    "the same thread count and device. A plain evaluate_fn always runs in the server",
+    "central_eval_every": "rounds between central evaluations (rounds N, 2N, ... and the last); the others carry "
+    "the latest one, with central_round saying which round it scored",
 }
 # Settings of fedsweep before its engine ran Flower apps, and what replaced them (None: removed).
 RENAMED = {

@@ -83,6 +83,7 @@ class RayGrid(Grid):
         self._pushed: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
         self._sent = 0
+        self._sizes: dict[tuple[int, str], float] = {}  # (node, message type) -> num-examples of its last reply
 
     # -- Grid API ---------------------------------------------------------------------------
 
@@ -157,25 +158,15 @@ class RayGrid(Grid):
         messages = [self._pushed.pop(i) for i in message_ids]
         calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
 
-        raised = set()  # calls whose traceback was shown
-
-        def report(index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
-            self.failed_attempts += retrying
-            message = messages[index]
-            if retrying:
-                outcome = f"running it again ({attempt} of {self.pool.retries})"
-            elif self.on_client_failure == "drop":
-                outcome = f"dropped from the round after {attempt} attempt(s) (--on-client-failure drop)"
-            else:
-                outcome = f"the run stops after {attempt} attempt(s) (--on-client-failure abort)"
-            first = detail.strip().splitlines()[-1] if detail.strip() else kind
-            print(f"fl_core: client failed: {describe(message)}: {kind} on {worker}: {first}; {outcome}",
-                  file=sys.stderr)
-            if kind == "raised" and index not in raised:  # the traceback once per call: retries repeat it
-                raised.add(index)
-                print(_indent(detail), file=sys.stderr)
-
-        results = self.pool.run(calls, report)
+        final = ("dropped from the round after {attempts} attempt(s) (--on-client-failure drop)"
+                 if self.on_client_failure == "drop" else
+                 "the run stops after {attempts} attempt(s) (--on-client-failure abort)")
+        report = FailureReporter("client", [describe(m) for m in messages], self.pool.retries, final)
+        order = dispatch_order([self._sizes.get(_work_key(m)) for m in messages])
+        try:
+            results = self.pool.run(calls, report, order=order)
+        finally:
+            self.failed_attempts += report.retried
         ok = 0
         for message, result in zip(messages, results):
             node_id = message.metadata.dst_node_id
@@ -188,11 +179,66 @@ class RayGrid(Grid):
             else:
                 reply, self.contexts[node_id].state = result
                 ok += not reply.has_error()
+                size = num_examples(reply)
+                if size is not None:
+                    self._sizes[_work_key(message)] = size
             reply.metadata.__dict__["_message_id"] = f"r{message.metadata.message_id}"
             self._replies[message.metadata.message_id] = reply
         if ok < self.min_reply_share * len(messages):
             raise ClientAppError(f"only {ok} of {len(messages)} clients replied to {describe(messages[0], node=False)}, "
                                  f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops")
+
+
+def dispatch_order(sizes: list) -> list[int]:
+    """The order in which a phase's calls go to the workers: largest first (longest processing time first).
+
+    With partitions of different sizes the phase then ends about when the
+    average worker is done, rather than when the one that drew the largest
+    client last is. `sizes` are the calls' expected work (None: unknown, sent
+    first, as it may be large); ties keep the message order. Deterministic, and
+    the replies keep the message order, so no result depends on it.
+    """
+    return sorted(range(len(sizes)), key=lambda i: (sizes[i] is not None, -(sizes[i] or 0), i))
+
+
+def num_examples(reply: Message) -> float | None:
+    """The `num-examples` of a reply's first MetricRecord (Flower's weighting key), if it has one."""
+    if reply.has_error():
+        return None
+    for record in reply.content.metric_records.values():
+        value = record.get("num-examples")
+        return float(value) if isinstance(value, (int, float)) else None
+    return None
+
+
+def _work_key(message: Message) -> tuple[int, str]:
+    """What a call's size is remembered by: its node and message type (a node trains and validates on different
+    splits)."""
+    return message.metadata.dst_node_id, message.metadata.message_type
+
+
+class FailureReporter:
+    """Hears of every failed attempt of a pool's calls: one stderr line each, the traceback once per call.
+
+    `names[i]` says what call i is; `final` what happens when its retries are
+    spent (with {attempts}). `retried` counts the attempts that are run again.
+    """
+
+    def __init__(self, what: str, names: list[str], retries: int, final: str) -> None:
+        self.what, self.names, self.retries, self.final = what, names, retries, final
+        self.retried = 0
+        self._shown: set[int] = set()  # calls whose traceback was printed
+
+    def __call__(self, index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
+        """Report one failed attempt of call `index` (the pool's report signature)."""
+        self.retried += retrying
+        outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
+        first = detail.strip().splitlines()[-1] if detail.strip() else kind
+        print(f"fl_core: {self.what} failed: {self.names[index]}: {kind} on {worker}: {first}; {outcome}",
+              file=sys.stderr)
+        if kind == "raised" and index not in self._shown:  # retries would repeat it
+            self._shown.add(index)
+            print(_indent(detail), file=sys.stderr)
 
 
 def describe(message: Message, node: bool = True) -> str:

@@ -4,7 +4,7 @@
 Under fedsweep it runs the rounds itself, resumable from any round:
 
     configure_train -> grid -> aggregate_train -> configure_evaluate -> grid
-    -> aggregate_evaluate -> central evaluation
+    -> aggregate_evaluate -> central evaluation (every round, or every N-th: fl_core.central)
 
 (the order of Flower's own `Strategy.start`), with the global generators
 reseeded from (seed, round, phase) before every strategy call and central
@@ -32,10 +32,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fl_core import seeding
+from fl_core import central, seeding
 from fl_core.apps import ROUNDS_KEY
 from fl_core.checkpoint import CheckpointError, ServerState
 from fl_core.grid import message_round
+from fl_core.metrics import CENTRAL_ROUND
 from fl_core.strategies import innermost, restore_strategy_state, strategy_state
 
 
@@ -92,6 +93,18 @@ def check_same_model(saved: ArrayRecord, initial: ArrayRecord) -> None:
                               "differ): resume it with the code that made it")
 
 
+def latest_central(history: list[dict], initial: MetricRecord | None) -> dict:
+    """The central metrics (with central_round) of the latest round evaluated: the history's last, else round 0's.
+
+    (A checkpoint of a fedsweep before central_eval_every has no central_round: its rounds were all evaluated.)
+    """
+    row = history[-1] if history else {}
+    values = {k: v for k, v in row.items() if k.startswith("central_") and k not in (CENTRAL_ROUND, "central_seconds")}
+    if values:
+        return {**values, CENTRAL_ROUND: row.get(CENTRAL_ROUND, row["round"])}
+    return {} if initial is None else {**prefixed("central_", initial), CENTRAL_ROUND: 0}
+
+
 def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, timeout: float,
                train_config: ConfigRecord, evaluate_config: ConfigRecord, evaluate_fn) -> Result:
     """The resumable loop over `strategy`'s rounds on `run`'s grid (see the module doc)."""
@@ -112,10 +125,10 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
     else:
         arrays, first = initial_arrays, 1
         if evaluate_fn is not None:
-            with run.seeded(0, seeding.CENTRAL):
-                initial = evaluate_fn(0, arrays)
+            initial = central.evaluate(run, evaluate_fn, 0, arrays)
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
+    latest = latest_central(run.history, result.evaluate_metrics_serverapp.get(0))  # what skipped rounds carry
     result.arrays = arrays
     grid.pool.wait_ready()  # worker start-up (overlapped with the ServerApp's own) is not part of round 1
     weighting_key = getattr(innermost(strategy), "weighted_by_key", "num-examples")
@@ -146,16 +159,15 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
         t2 = time.perf_counter()
-        central = None
-        if evaluate_fn is not None:
-            with run.seeded(server_round, seeding.CENTRAL):
-                central = evaluate_fn(server_round, arrays)
-            if central is not None:
-                result.evaluate_metrics_serverapp[server_round] = central
+        if evaluate_fn is not None and central.is_due(server_round, num_rounds, run.settings.central_eval_every):
+            scored = central.evaluate(run, evaluate_fn, server_round, arrays)
+            if scored is not None:
+                result.evaluate_metrics_serverapp[server_round] = scored
+                latest = {**prefixed("central_", scored), CENTRAL_ROUND: server_round}
         t3 = time.perf_counter()
         metrics = {
             "round": server_round,
-            **prefixed("train_", train_metrics), **prefixed("fed_", fed_metrics), **prefixed("central_", central),
+            **prefixed("train_", train_metrics), **prefixed("fed_", fed_metrics), **latest,
             "train_clients": train_clients, "fed_clients": fed_clients, "train_samples": samples,
             "train_dropped": train_dropped, "fed_dropped": fed_dropped, "retries": grid.failed_attempts - failed_before,
             "seconds": t3 - t0, "train_seconds": t1 - t0, "fed_seconds": t2 - t1, "central_seconds": t3 - t2,

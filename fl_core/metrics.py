@@ -3,7 +3,8 @@
 Per round (see fl_core.loop): `round`; the model's metrics, each prefixed by
 where it was measured (MODEL_PREFIXES: the central evaluation, the federated
 evaluation, training) unless the app's key already starts with the prefix;
-counts (COUNT_KEYS), timings (TIMING_KEYS) and faults (FAULT_KEYS). At the end, the all-node
+counts (COUNT_KEYS), timings (TIMING_KEYS), faults (FAULT_KEYS) and which round the central metrics are of
+(PROVENANCE_KEYS). At the end, the all-node
 evaluation's statistics flatten to `clients_<metric>_<mean|min|p10|max>`.
 """
 
@@ -20,11 +21,22 @@ TIMING_KEYS = ("seconds", "train_seconds", "fed_seconds", "central_seconds", "sa
 # Client calls run again after a fault (fl_core.pool); the results do not change, this count may.
 FAULT_KEYS = ("retries",)
 MACHINE_KEYS = TIMING_KEYS + FAULT_KEYS  # what differs between two runs of the same settings
+# The round whose model the central_* metrics scored: with --central-eval-every N the rounds between evaluations
+# carry the latest ones (fl_core.central).
+CENTRAL_ROUND = "central_round"
+PROVENANCE_KEYS = (CENTRAL_ROUND,)
 
 
 def is_model_metric(key: str) -> bool:
     """Whether a round's key is a metric of the model (not a count or a timing)."""
-    return key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in MACHINE_KEYS
+    return (key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in MACHINE_KEYS
+            and key not in PROVENANCE_KEYS)
+
+
+def scored_round_column(table, key: str):
+    """The round whose model each row's `key` describes, for a table of rounds (pandas): `central_round` for the
+    central metrics when the table has it (rounds between central evaluations carry the latest), else `round`."""
+    return table[CENTRAL_ROUND] if key.startswith("central_") and CENTRAL_ROUND in table else table["round"]
 
 
 def model_metrics(metrics: dict) -> dict:

@@ -20,7 +20,7 @@ import os
 
 from fl_core.callbacks import Callback, RunEnd
 from fl_core.checkpoint import write_atomically
-from fl_core.metrics import model_metrics
+from fl_core.metrics import model_metrics, scored_round_column
 
 METRICS_PLOT = "metrics.png"
 PARTITIONS_STEM = "partitions"
@@ -59,7 +59,8 @@ def metrics_figure(history: list[dict], title: str = ""):
     figure = Figure(figsize=(5.0 * len(panels), 4.0), layout="constrained")
     for ax, (panel, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         for key in keys:
-            known = table[key].notna()  # e.g. fed_* only in rounds with a federated evaluation
+            # e.g. fed_* only in rounds with a federated evaluation; central_* carried between central evaluations
+            known = table[key].notna() & (scored_round_column(table, key) == table["round"])
             ax.plot(table.loc[known, "round"], table.loc[known, key], marker="o", markersize=3, label=key)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers

@@ -102,6 +102,12 @@ class ClientAppWorker:
         reply = self.client_app(message, context)
         return reply, context.state
 
+    def evaluate_shards(self, evaluate_shard, server_round: int, arrays, shards: list[int], seeds: list[int]) -> list:
+        """Results of a central evaluation's `shards` (fl_core.central), each seeded with its seed."""
+        from fl_core.central import run_shards
+
+        return run_shards(evaluate_shard, server_round, arrays, shards, seeds)
+
 
 def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | None]:
     """(number of workers, placement group or None) for the resources this run owns."""
@@ -186,18 +192,23 @@ class WorkerPool:
         """'worker W (pid P at IP)' for reports."""
         return f"worker {worker} ({self.where[worker]})"
 
-    def run(self, calls: list[tuple], report=None) -> list:
-        """Results of `worker.handle(*call)` for every call, in the order of `calls`.
+    def live_size(self) -> int:
+        """Workers not retired (some may be restarting)."""
+        return self.size - len(self.retired)
 
-        Calls go to workers as they become free; which worker runs which call,
-        and whether a call was retried, changes no result. A call that fails
-        1 + `self.retries` times yields a CallFailure instead. `report(index,
-        attempt, kind, worker, detail, retrying)` hears of every failed attempt.
+    def run(self, calls: list[tuple], report=None, *, method: str = "handle", order: list[int] | None = None) -> list:
+        """Results of `worker.<method>(*call)` for every call, in the order of `calls`.
+
+        Calls go to workers as they become free, in `order` (default: as
+        given); which worker runs which call, and whether a call was retried,
+        changes no result. A call that fails 1 + `self.retries` times yields a
+        CallFailure instead. `report(index, attempt, kind, worker, detail,
+        retrying)` hears of every failed attempt.
         """
         self.wait_ready()
         results: list = [None] * len(calls)
         attempts = [0] * len(calls)
-        waiting = deque(range(len(calls)))
+        waiting = deque(range(len(calls)) if order is None else order)
         busy = {w for w, _ in self._restarting.values()} | self.retired
         idle = [w for w in reversed(range(self.size)) if w not in busy]
         running: dict = {}  # ObjectRef -> (call index, worker index, start time)
@@ -215,7 +226,7 @@ class WorkerPool:
         while waiting or running:
             while idle and waiting:
                 index, worker = waiting.popleft(), idle.pop()
-                ref = self.workers[worker].handle.remote(*calls[index])
+                ref = getattr(self.workers[worker], method).remote(*calls[index])
                 running[ref] = (index, worker, time.monotonic())
             done, _ = ray.wait(list(running) + list(self._restarting), num_returns=1, timeout=self._wait_s(running))
             for ref in done:

@@ -34,6 +34,9 @@ class RunSettings:
     client_timeout: float | None = None  # seconds one ClientApp call may take; None: no limit
     on_client_failure: str = "abort"  # once a call's retries are spent: "abort" the run, or "drop" it for the round
     min_reply_share: float = 0.5  # with drop: a phase of a round with fewer replies per message sent fails
+    # Central evaluation (the evaluate_fn an app gives fl_core.start; see fl_core.central).
+    central_eval_on: str = "workers"  # a ShardedEvaluation's shards on the client workers side by side, or "server"
+    central_eval_every: int = 1  # rounds between central evaluations; the last round always has one
 
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-ready)."""
@@ -70,6 +73,9 @@ class RunSettings:
         need(self.on_client_failure in FAILURE_POLICIES,
              f"--on-client-failure must be one of {', '.join(FAILURE_POLICIES)}, got {self.on_client_failure!r}")
         need(0 < self.min_reply_share <= 1, f"--min-reply-share must be in (0, 1], got {self.min_reply_share}")
+        need(self.central_eval_on in CENTRAL_EVAL_PLACES,
+             f"--central-eval-on must be one of {', '.join(CENTRAL_EVAL_PLACES)}, got {self.central_eval_on!r}")
+        need(self.central_eval_every >= 1, f"--central-eval-every must be at least 1, got {self.central_eval_every}")
         if local_cpus is not None:
             need(self.num_client_cpus <= local_cpus,
                  f"--num-client-cpus {self.num_client_cpus} is more than this machine's {local_cpus} CPUs: "
@@ -85,10 +91,11 @@ class RunSettings:
 
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
 FAILURE_POLICIES = ("abort", "drop")
+CENTRAL_EVAL_PLACES = ("workers", "server")
 # Settings that decide the data and the sampling: a checkpoint resumes only under the same values.
 RESUME_FIXED_SETTINGS = ("pool_size", "seed")
 # Settings whose change on resume changes floating-point results (thread counts change reduction order).
-THREAD_SETTINGS = ("num_client_cpus", "server_cpus")
+THREAD_SETTINGS = ("num_client_cpus", "server_cpus", "central_eval_on")
 
 
 def setting_type(name: str) -> tuple[type, bool]:

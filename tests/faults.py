@@ -1,11 +1,12 @@
-"""Fault injection for tests and bench/bench_faults.py: the built-in app with a ClientApp that fails on cue.
+"""Fault injection for tests and bench/bench_faults.py: the built-in app with client calls that fail on cue.
 
 `faulty_app(folder)` writes an app folder that is the built-in CIFAR-10 app
-(same server app, same run config, same results) whose ClientApp first reads
-two extra run-config keys:
+(same run config, same results) whose ClientApp, and whose central
+evaluation's shard function, first read two extra run-config keys:
 
 * `fault-plan`: JSON, a list of faults `{"kind", "round", "node", "phase",
-  "times", "delay"}` (node = partition-id, phase = "train" or "evaluate").
+  "times", "delay"}` (node = partition-id, phase = "train" or "evaluate"; or
+  phase "central" and node = the central evaluation's shard).
   `kind` is what the call does, `times` how many of its attempts (default 1):
   - "raise": run the client's work, then raise (the worker's process state has
     moved on, as after a real failure mid-call);
@@ -40,16 +41,14 @@ from flwr.clientapp import ClientApp
 app = ClientApp()
 
 
-def _faults_due(message, context, phase):
-    """The fault this attempt of the call must show, or None; counts attempts in fault-dir."""
-    plan = json.loads(context.run_config.get("fault-plan", "[]"))
-    server_round = int(message.content.config_records["config"]["server-round"])
-    node = int(context.node_config["partition-id"])
+def _fault_due(run_config, server_round, node, phase):
+    """The fault this attempt must show, or None; counts attempts in fault-dir."""
+    plan = json.loads(run_config.get("fault-plan", "[]"))
     for i, fault in enumerate(plan):
         if (fault["round"], fault["node"], fault.get("phase", "train")) != (server_round, node, phase):
             continue
         for attempt in range(int(fault.get("times", 1))):
-            marker = os.path.join(context.run_config["fault-dir"], f"fault{i}-attempt{attempt}")
+            marker = os.path.join(run_config["fault-dir"], f"fault{i}-attempt{attempt}")
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
@@ -58,19 +57,26 @@ def _faults_due(message, context, phase):
     return None
 
 
-def _run(message, context, phase):
-    fault = _faults_due(message, context, phase)
+def faulty(work, run_config, server_round, node, phase):
+    """work(), failing as the plan says for (round, node, phase)."""
+    fault = _fault_due(run_config, server_round, node, phase)
     kind = fault["kind"] if fault else None
     if kind == "hang":
         time.sleep(3600)
     if kind == "die":
         threading.Timer(float(fault.get("delay", 0.05)), os.kill, (os.getpid(), signal.SIGKILL)).start()
-    reply = inner(message, context)
+    result = work()
     if kind == "die":
         time.sleep(3600)  # the work ended before the timer: die anyway, mid-call
     if kind == "raise":
         raise RuntimeError(f"injected fault: round {fault['round']}, node {fault['node']}, {phase}")
-    return reply
+    return result
+
+
+def _run(message, context, phase):
+    server_round = int(message.content.config_records["config"]["server-round"])
+    return faulty(lambda: inner(message, context), context.run_config, server_round,
+                  int(context.node_config["partition-id"]), phase)
 
 
 @app.train()
@@ -81,6 +87,33 @@ def train(message, context):
 @app.evaluate()
 def evaluate(message, context):
     return _run(message, context, "evaluate")
+'''
+SERVER_MODULE = "faulty_server"
+SERVER_CODE = '''"""The built-in ServerApp whose central evaluation shards fail on cue (tests/faults.py writes this file)."""
+
+import cifar10_app.server_app as builtin
+from flwr.serverapp import ServerApp
+
+from faulty_client import faulty
+
+app = ServerApp()
+_builtin_shard = builtin.evaluate_test_shard
+
+
+def evaluate_test_shard(server_round, arrays, shard, **options):
+    """The built-in shard evaluation, failing as the plan says for (round, node = shard, phase "central")."""
+    return faulty(lambda: _builtin_shard(server_round, arrays, shard, **options), options["run_config"],
+                  server_round, shard, "central")
+
+
+@app.main()
+def main(grid, context):
+    """The built-in ServerApp, its central evaluation handing the workers this module's shard function."""
+    builtin.evaluate_test_shard = evaluate_test_shard  # for this run only: other apps of the process keep theirs
+    try:
+        builtin.main(grid, context)
+    finally:
+        builtin.evaluate_test_shard = _builtin_shard
 '''
 
 
@@ -93,13 +126,15 @@ def faulty_app(folder: str) -> str:
         text = f.read()
     text = text.replace('name = "fedsweep-cifar10"', 'name = "fedsweep-cifar10-faults"', 1)
     text = re.sub(r'clientapp = "[^"]+"', f'clientapp = "{CLIENT_MODULE}:app"', text, count=1)
+    text = re.sub(r'serverapp = "[^"]+"', f'serverapp = "{SERVER_MODULE}:app"', text, count=1)
     text = text.replace("[tool.flwr.app.config]\n",
                         '[tool.flwr.app.config]\nfault-plan = "[]"\nfault-dir = ""\n', 1)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "pyproject.toml"), "w") as f:
         f.write(text)
-    with open(os.path.join(folder, CLIENT_MODULE + ".py"), "w") as f:
-        f.write(CLIENT_CODE)
+    for module, code in ((CLIENT_MODULE, CLIENT_CODE), (SERVER_MODULE, SERVER_CODE)):
+        with open(os.path.join(folder, module + ".py"), "w") as f:
+            f.write(code)
     return folder
 
 

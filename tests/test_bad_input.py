@@ -250,6 +250,9 @@ CASES = [
     Case("fl-pool-size-not-int", FL, fl("--pool-size", "four"), "argument --pool-size: invalid int value: 'four'"),
     Case("fl-server-cpus-0", FL, fl("--server-cpus", "0"), "--server-cpus must be at least 1"),
     Case("fl-max-parallel-clients-0", FL, fl("--max-parallel-clients", "0"), "--max-parallel-clients must be at least 1"),
+    Case("fl-central-eval-every-0", FL, fl("--central-eval-every", "0"), "--central-eval-every must be at least 1"),
+    Case("fl-central-eval-on-unknown", FL, fl("--central-eval-on", "gpu"),
+         "--central-eval-on must be one of workers, server, got 'gpu'"),
     Case("fl-strategy-unknown", FL, fl("--strategy", "fedmagic"), "strategy must be one of"),
     Case("fl-dp-unknown", FL, fl("--dp", "sometimes"), "dp must be one of"),
     Case("fl-dp-clipping-0", FL, fl("--dp", "server-fixed", "--dp-fixed.clipping-norm", "0"), "refused its parameters"),
@@ -375,6 +378,8 @@ CASES = [
     # --- tune_search: flags
     Case("ts-unknown-parameter", TS, sweep("--grid", "learning_rate=0.01,0.1"), "'learning_rate' is not a run-config key"),
     Case("ts-unknown-parameter-in-set", TS, sweep("--set", "rounds=3"), "'rounds' is not a run-config key"),
+    Case("ts-central-eval-every-0", TS, sweep("--set", "dataset=synthetic", "--set", "central_eval_every=0"),
+         "--central-eval-every must be at least 1"),
     Case("ts-renamed-parameter", TS, sweep("--set", "num_rounds=3"), "num-rounds is now num-server-rounds"),
     Case("ts-empty-grid", TS, sweep("--grid", "local_epochs="), "the grid for local-epochs is empty"),
     Case("ts-grid-no-equals", TS, sweep("--grid", "lr"), "--grid expects KEY=VALUE, got 'lr'"),

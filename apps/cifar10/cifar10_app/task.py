@@ -147,18 +147,24 @@ def train(
     return total.item() / max(batches, 1)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model on (x, y)."""
-    model.eval()
     n = x.shape[0]
     if n == 0:
         return 0.0, 0.0
+    loss_sum, correct = evaluation_sums(model, x, y, batch_size)
+    return loss_sum / n, correct / n
+
+
+@torch.inference_mode()
+def evaluation_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """Summed cross-entropy (in float64, batch after batch) and number of correct predictions of the model on (x, y)."""
+    model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for start in range(0, n, batch_size):  # sums stay on the device: one sync at the end, not per batch
+    for start in range(0, x.shape[0], batch_size):  # sums stay on the device: one sync at the end, not per batch
         logits = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
         loss_sum += F.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(1) == target).sum()
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item(), int(correct.item())

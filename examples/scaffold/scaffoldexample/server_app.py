@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(initial_model(rc["seed"]).state_dict()),
         num_rounds=rc["num-server-rounds"],
         train_config=ConfigRecord({"lr": rc["lr"], "local-epochs": rc["local-epochs"]}),
-        evaluate_fn=central_evaluation(data, EVAL_BATCH_SIZE),
+        evaluate_fn=central_evaluation(rc, num_nodes, len(data.test_labels), EVAL_BATCH_SIZE),
     )
     if rc["val-ratio"] > 0:  # the final model's accuracy on every node's validation split
         fl_core.evaluate_all_nodes(grid, result.arrays, server_round=rc["num-server-rounds"])

@@ -1,0 +1,112 @@
+"""Central evaluation: the global model scored on held-out data after a round, in the server or on the workers.
+
+An app gives fedsweep its central evaluation as Flower's strategies take it, an
+`evaluate_fn(server_round, arrays) -> MetricRecord` passed to `fl_core.start`.
+fedsweep calls it after round 0 (the initial model), after every
+`central_eval_every`-th round and after the last; the rounds in between carry
+the latest result, with `central_round` naming the round whose model it
+scored, so that every round reports the same metrics (Tune's schedulers and
+searchers refuse a report without the sweep's metric).
+
+A plain evaluate_fn runs in the server process: serial work while every client
+worker waits. An app whose evaluation splits into independent shards says so
+with `ShardedEvaluation`; fedsweep then runs the shards on the run's client
+workers side by side (contiguous groups of shards, one call per worker) and
+combines their results in shard order. The app fixes the shards, not the number
+of workers, so the metrics are the same whatever the number of workers, and the
+same as the shards run one after another in the server
+(`--central-eval-on server`) with the same thread count and device. Anywhere
+else (Flower's own engine) a ShardedEvaluation is an ordinary evaluate_fn that
+runs every shard in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord
+
+from fl_core import seeding
+
+
+class ShardedEvaluation:
+    """A central evaluation in fixed shards, which fedsweep spreads over the client workers."""
+
+    def __init__(self, evaluate_shard: Callable[[int, ArrayRecord, int], dict], num_shards: int,
+                 combine: Callable[[list[dict]], MetricRecord]) -> None:
+        """`evaluate_shard(server_round, arrays, shard)` scores shard 0 .. num_shards-1 of the model `arrays` and
+        returns plain numbers (sums, counts).
+
+        It runs in the client workers, so it must pickle by reference: a
+        module-level function of the app, or a functools.partial of one with
+        small arguments (data comes from the app's @shared functions there).
+        `combine(results)` gets the results in shard order and returns the
+        metrics; summing them in that order keeps them independent of the workers.
+        """
+        if num_shards < 1:
+            raise ValueError(f"a ShardedEvaluation needs at least one shard, got {num_shards}")
+        self.evaluate_shard, self.num_shards, self.combine = evaluate_shard, num_shards, combine
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Every shard in turn, in this process, combined: the evaluate_fn Flower's engine calls."""
+        return self.combine([self.evaluate_shard(server_round, arrays, shard) for shard in range(self.num_shards)])
+
+
+def is_due(server_round: int, num_rounds: int, every: int) -> bool:
+    """Whether central evaluation runs after `server_round`: every `every`-th round, and the last."""
+    return server_round % every == 0 or server_round == num_rounds
+
+
+def run_shards(evaluate_shard, server_round: int, arrays: ArrayRecord, shards: list[int], seeds: list[int]) -> list:
+    """`evaluate_shard` on each of `shards`, the global generators seeded with its seed first (worker or server)."""
+    results = []
+    for shard, seed in zip(shards, seeds):
+        seeding.seed_globals(seed)
+        results.append(evaluate_shard(server_round, arrays, shard))
+    return results
+
+
+def contiguous_groups(num_shards: int, groups: int) -> list[list[int]]:
+    """Shards 0 .. num_shards-1 in `groups` contiguous runs whose sizes differ by at most one."""
+    return [part.tolist() for part in np.array_split(np.arange(num_shards), min(groups, num_shards))]
+
+
+def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    """The app's central evaluation of `arrays` after `server_round` (0: the initial model), where the run says."""
+    if not isinstance(evaluate_fn, ShardedEvaluation):
+        with run.seeded(server_round, seeding.CENTRAL):
+            return evaluate_fn(server_round, arrays)
+    seeds = [seeding.derive_seed(run.settings.seed, server_round, seeding.CENTRAL, shard)
+             for shard in range(evaluate_fn.num_shards)]
+    if run.settings.central_eval_on == "server":
+        results = run_shards(evaluate_fn.evaluate_shard, server_round, arrays, list(range(evaluate_fn.num_shards)),
+                             seeds)
+    else:
+        results = _on_workers(run.grid, evaluate_fn, arrays, seeds, server_round)
+    return evaluate_fn.combine(results)
+
+
+def _on_workers(grid, sharded: ShardedEvaluation, arrays: ArrayRecord, seeds: list[int], server_round: int) -> list:
+    """The shards' results, in shard order, computed by the pool's live workers side by side."""
+    import ray
+
+    from fl_core.grid import ClientAppError, FailureReporter
+    from fl_core.pool import CallFailure
+
+    pool = grid.pool
+    groups = contiguous_groups(sharded.num_shards, pool.live_size())
+    shared_arrays = ray.put(arrays)  # once, not once per call
+    calls = [(sharded.evaluate_shard, server_round, shared_arrays, group, [seeds[s] for s in group]) for group in groups]
+    names = [(f"shard {group[0]}" if len(group) == 1 else f"shards {group[0]}-{group[-1]}")
+             + f" of {sharded.num_shards}, round {server_round}" for group in groups]
+    report = FailureReporter("central evaluation", names, pool.retries, "the run stops after {attempts} attempt(s)")
+    try:
+        results = pool.run(calls, report, method="evaluate_shards")
+    finally:
+        grid.failed_attempts += report.retried
+    for name, result in zip(names, results):
+        if isinstance(result, CallFailure):
+            raise ClientAppError(f"central evaluation of {name} failed {result.attempts} time(s) ({result.kind}, "
+                                 f"last on {result.worker}):\n{result.detail}")
+    return [value for group in results for value in group]
