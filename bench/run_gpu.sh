@@ -18,9 +18,25 @@
 # The whole script keeps to BUDGET_S seconds (default 480, i.e. 8 minutes):
 # bench_gpu.py starts no new configuration after its --time-budget and is
 # stopped outright by `timeout` before the budget ends.
+#
+# RUN=scaling bash bench/run_gpu.sh   runs bench_scaling.py instead (and neither bench_gpu.py nor
+# bench_kernels.py): the round-time model of K CPU workers, checked against engine runs at
+# K = 1,2,4,8,14 (SCALING_MEASURE) on the machine's CPU cores, the GPU hidden
+# (CUDA_VISIBLE_DEVICES empty), in the configurations SCALING_CONFIGS (default: Dirichlet and IID,
+# each with central evaluation in the server and message order, and on the workers with LPT; the
+# copy there has no git history, so no run of the committed engine). Data: CIFAR-10 when SCALING_DATA_DIR names a folder holding
+# cifar-10-batches-py, or when shared/datasets/make_cifar10.py or ../shared/datasets/make_cifar10.py is
+# there to write it (about 10 s; ../shared does not travel to the device machine, and its 55 MB
+# source with the wheels is over what a call may carry); else, as bench_gpu.py, a CIFAR-shaped
+# synthetic set of CIFAR-10's sizes (50,000 training and 10,000 test images: same shapes, so the
+# same costs; its Dirichlet split differs a little from CIFAR-10's). No new engine run starts later than
+# 60 s before the budget's end. Out: scaling.json (rewritten after every engine run), scaling.png,
+# scaling.log, nvidia-smi.txt. Arguments are passed on to bench_scaling.py (after the script's own:
+# `RUN=scaling bash bench/run_gpu.sh --quick --measure 1` is the CPU smoke check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench-gpu-out}
+RUN=${RUN:-gpu}
 BUDGET_S=${BUDGET_S:-480}
 KERNELS_S=${KERNELS_S:-60}
 WHEELS=${WHEELS:-.whl}
@@ -42,6 +58,37 @@ fi
 export PYTHONUNBUFFERED=1
 
 nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt"
+
+if [ "$RUN" = scaling ]; then
+    export CUDA_VISIBLE_DEVICES=  # CPU workers only: the scaling model is about CPU cores
+    data_dir=${SCALING_DATA_DIR:-}
+    if [ -z "$data_dir" ]; then
+        for maker in shared/datasets/make_cifar10.py ../shared/datasets/make_cifar10.py; do
+            if [ -f "$maker" ] && python3 "$maker" /tmp/scaling-cifar >/dev/null; then
+                data_dir=/tmp/scaling-cifar
+                break
+            fi
+        done
+    fi
+    if [ -n "$data_dir" ]; then
+        data_args=(--data-dir "$data_dir")
+    else
+        data_args=(--dataset synthetic --synthetic-size 50000)
+    fi
+    elapsed=$(( $(date +%s) - START ))
+    left=$(( BUDGET_S - elapsed - 10 ))  # seconds bench_scaling.py may run at most
+    runs_budget=$(( left - 60 ))          # no new engine run after this (one takes well under 60 s)
+    [ "$runs_budget" -lt 60 ] && runs_budget=60
+    echo "run_gpu.sh: RUN=scaling, ${elapsed} s spent on setup; bench_scaling.py gets ${left} s; data: ${data_args[*]}"
+    timeout --kill-after=10 "$left" python3 bench/bench_scaling.py "${data_args[@]}" \
+        --measure "${SCALING_MEASURE:-1,2,4,8,14}" \
+        --measure-configs "${SCALING_CONFIGS:-dirichlet:server:message,dirichlet:workers:lpt,iid:server:message,iid:workers:lpt}" \
+        --time-budget "$runs_budget" \
+        --out "$OUT/scaling.json" --plot "$OUT/scaling.png" "$@" 2>&1 | tee "$OUT/scaling.log"
+    status=${PIPESTATUS[0]}
+    echo "run_gpu.sh: bench_scaling.py exit status ${status}; total $(( $(date +%s) - START )) s; results in $OUT"
+    exit "$status"
+fi
 
 elapsed=$(( $(date +%s) - START ))
 left=$(( BUDGET_S - elapsed - 15 - KERNELS_S ))  # seconds bench_gpu.py may run at most

@@ -24,15 +24,26 @@ def evaluate_test_shard(server_round: int, arrays: ArrayRecord, shard: int, *, r
 
     Runs wherever fedsweep puts the shard: a client worker (on its device) or the server.
     """
-    data = load_data(run_config, num_nodes)  # @shared: the object store's copy under fedsweep
     device = pick_device()
+    images, labels = test_shard(tuple(sorted(run_config.items())), num_nodes, shard, size, str(device))
     model = working_model(str(device))
     model.load_state_dict(arrays.to_torch_state_dict())
-    images = data.test_images[shard * size : (shard + 1) * size]
-    # tensor(), not from_numpy(): the labels may be a read-only view of Ray's object store.
-    labels = torch.tensor(data.test_labels[shard * size : (shard + 1) * size], device=device)
-    loss_sum, correct = evaluation_sums(model, to_tensor(images, device), labels, size)
+    loss_sum, correct = evaluation_sums(model, images, labels, size)
     return {"loss_sum": loss_sum, "correct": correct, "count": len(labels)}
+
+
+@functools.lru_cache(maxsize=32)
+def test_shard(run_config_items: tuple, num_nodes: int, shard: int, size: int, device: str):
+    """(images as a normalised tensor, labels) of one test shard on `device`, made once per process and shard.
+
+    Keyed by the run config's items (what load_data reads), so a process that
+    serves another run never gets this run's tensors. 32 shards of 500 CIFAR
+    images hold 200 MB at most.
+    """
+    data = load_data(dict(run_config_items), num_nodes)  # @shared: the object store's copy under fedsweep
+    start, end = shard * size, (shard + 1) * size
+    # tensor(), not from_numpy(): the labels may be a read-only view of Ray's object store.
+    return to_tensor(data.test_images[start:end], device), torch.tensor(data.test_labels[start:end], device=device)
 
 
 def combine_test_shards(results: list[dict]) -> MetricRecord:
