@@ -72,6 +72,22 @@ def contiguous_groups(num_shards: int, groups: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(num_shards), min(groups, num_shards))]
 
 
+def place(settings, workers: int, server_threads: int) -> str:
+    """Where a ShardedEvaluation's shards run: "workers" or "server", resolving --central-eval-on auto.
+
+    auto takes the workers when they hold more CPUs than the server process has
+    threads (a Tune trial's 1-CPU server bundle, a driver on a cluster), or GPUs
+    while the server has none; otherwise the server, which then has as much
+    compute without a call per worker (one machine: measured as fast or faster
+    on 2 cores, bench/README.md).
+    """
+    if settings.central_eval_on != "auto":
+        return settings.central_eval_on
+    if settings.num_client_gpus > 0 and settings.server_gpus == 0:
+        return "workers"
+    return "workers" if workers * settings.num_client_cpus > server_threads else "server"
+
+
 def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
     """The app's central evaluation of `arrays` after `server_round` (0: the initial model), where the run says."""
     if not isinstance(evaluate_fn, ShardedEvaluation):
@@ -79,7 +95,7 @@ def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> Metric
             return evaluate_fn(server_round, arrays)
     seeds = [seeding.derive_seed(run.settings.seed, server_round, seeding.CENTRAL, shard)
              for shard in range(evaluate_fn.num_shards)]
-    if run.settings.central_eval_on == "server":
+    if run.central_on == "server":
         results = run_shards(evaluate_fn.evaluate_shard, server_round, arrays, list(range(evaluate_fn.num_shards)),
                              seeds)
     else:

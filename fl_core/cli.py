@@ -42,8 +42,9 @@ SETTING_HELP = {
     "(Flower's accept-failures; the only choice that can change results)",
     "min_reply_share": "with --on-client-failure drop: a round fails when fewer of its clients reply",
     "central_eval_on": "where an app's sharded central evaluation (fl_core.ShardedEvaluation) runs: its shards on "
-    "the client workers side by side, or all in the server process; the same numbers either way when both use "
-    "the same thread count and device. A plain evaluate_fn always runs in the server",
+    "the client workers side by side, or all in the server process; auto: the workers when they hold more CPUs "
+    "than the server has threads, or GPUs the server lacks. The same numbers either way with the same thread "
+    "count and device. A plain evaluate_fn always runs in the server",
     "central_eval_every": "rounds between central evaluations (rounds N, 2N, ... and the last); the others carry "
     "the latest one, with central_round saying which round it scored",
 }

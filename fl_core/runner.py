@@ -13,7 +13,7 @@ import os
 import time
 from contextlib import contextmanager
 
-from fl_core import seeding, shared_data
+from fl_core import central, seeding, shared_data
 from fl_core.apps import FlowerApp, bind_seed
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.checkpoint import ServerState
@@ -46,6 +46,8 @@ class ActiveRun:
         self.rounds_started = False
         self.client_evaluation: dict = {}
         self.last_state: ServerState | None = None
+        # Where a sharded central evaluation runs (--central-eval-on, auto resolved for this pool and server).
+        self.central_on = central.place(settings, grid.pool.size, server_threads(settings))
 
     @contextmanager
     def seeded(self, server_round: int, phase: int):

@@ -35,7 +35,7 @@ class RunSettings:
     on_client_failure: str = "abort"  # once a call's retries are spent: "abort" the run, or "drop" it for the round
     min_reply_share: float = 0.5  # with drop: a phase of a round with fewer replies per message sent fails
     # Central evaluation (the evaluate_fn an app gives fl_core.start; see fl_core.central).
-    central_eval_on: str = "workers"  # a ShardedEvaluation's shards on the client workers side by side, or "server"
+    central_eval_on: str = "auto"  # a ShardedEvaluation's shards on the "workers" side by side, or in the "server"
     central_eval_every: int = 1  # rounds between central evaluations; the last round always has one
 
     def to_dict(self) -> dict:
@@ -91,7 +91,7 @@ class RunSettings:
 
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
 FAILURE_POLICIES = ("abort", "drop")
-CENTRAL_EVAL_PLACES = ("workers", "server")
+CENTRAL_EVAL_PLACES = ("auto", "workers", "server")
 # Settings that decide the data and the sampling: a checkpoint resumes only under the same values.
 RESUME_FIXED_SETTINGS = ("pool_size", "seed")
 # Settings whose change on resume changes floating-point results (thread counts change reduction order).

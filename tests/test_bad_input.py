@@ -252,7 +252,7 @@ CASES = [
     Case("fl-max-parallel-clients-0", FL, fl("--max-parallel-clients", "0"), "--max-parallel-clients must be at least 1"),
     Case("fl-central-eval-every-0", FL, fl("--central-eval-every", "0"), "--central-eval-every must be at least 1"),
     Case("fl-central-eval-on-unknown", FL, fl("--central-eval-on", "gpu"),
-         "--central-eval-on must be one of workers, server, got 'gpu'"),
+         "--central-eval-on must be one of auto, workers, server, got 'gpu'"),
     Case("fl-strategy-unknown", FL, fl("--strategy", "fedmagic"), "strategy must be one of"),
     Case("fl-dp-unknown", FL, fl("--dp", "sometimes"), "dp must be one of"),
     Case("fl-dp-clipping-0", FL, fl("--dp", "server-fixed", "--dp-fixed.clipping-norm", "0"), "refused its parameters"),

@@ -52,8 +52,8 @@ def test_sharded_central_evaluation_is_the_same_for_any_workers_and_as_one_pass(
     """Shards on 1 or 2 workers, or all in the server (1 thread, as each worker has): the same bits, and the same
     as one pass over the test set in one process."""
     options = dict(fraction_train=1.0, fraction_evaluate=1.0)
-    one = run(settings={"max_parallel_clients": 1}, **options)
-    two = run(settings={"max_parallel_clients": 2}, **options)
+    one = run(settings={"max_parallel_clients": 1, "central_eval_on": "workers"}, **options)
+    two = run(settings={"max_parallel_clients": 2, "central_eval_on": "workers"}, **options)
     server = run(settings={"max_parallel_clients": 2, "central_eval_on": "server", "server_cpus": 1}, **options)
     assert model_metrics(one.history) == model_metrics(two.history) == model_metrics(server.history)
     assert same_arrays(one.state.arrays, two.state.arrays)
@@ -106,6 +106,20 @@ def test_the_progress_line_shows_central_metrics_only_when_measured():
     printer.on_round_end(RoundEnd(2, 4, 1, {"round": 2, **base, "central_round": 2}, None))
     assert "acc" not in lines[0] and "train-loss 2.0000" in lines[0]
     assert "acc 0.2500" in lines[1]
+
+
+def test_auto_puts_the_shards_where_there_is_more_compute():
+    from fl_core.central import place
+
+    def where(workers, server_threads, **settings):
+        return place(RunSettings(**settings), workers, server_threads)
+
+    assert where(2, 2) == "server"  # one machine: the server has every core the workers have
+    assert where(4, 1) == "workers"  # a Tune trial's 1-CPU server bundle, 4 client bundles
+    assert where(16, 8) == "workers"  # a driver of 8 cores on a cluster
+    assert where(1, 2, num_client_gpus=0.5) == "workers"  # the workers have a GPU, the server none
+    assert where(1, 2, num_client_gpus=0.5, server_gpus=1) == "server"
+    assert where(4, 1, central_eval_on="server") == "server" and where(1, 8, central_eval_on="workers") == "workers"
 
 
 def test_is_due_every_n_and_the_last():
@@ -187,7 +201,7 @@ def test_the_grid_hands_out_the_largest_known_clients_first():
 def test_settings_reject_an_unknown_place_and_a_zero_interval():
     from fl_core import ConfigError
 
-    with pytest.raises(ConfigError, match="--central-eval-on must be one of workers, server"):
+    with pytest.raises(ConfigError, match="--central-eval-on must be one of auto, workers, server"):
         RunSettings(central_eval_on="gpu").validate()
     with pytest.raises(ConfigError, match="--central-eval-every must be at least 1"):
         RunSettings(central_eval_every=0).validate()

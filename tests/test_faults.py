@@ -91,7 +91,8 @@ def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, 
 @pytest.mark.parametrize("kind", ["raise", "die"])
 def test_a_failed_central_evaluation_shard_is_retried_and_changes_nothing(kind, app_dir, fault_free, tmp_path,
                                                                          capsys):
-    end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": 0, "phase": "central"}])
+    end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": 0, "phase": "central"}],
+                     central_eval_on="workers")
     assert_same(end, fault_free)
     assert [row["retries"] for row in end.history] == [0, 1, 0]
     what = {"raise": "raised", "die": "worker died"}[kind]
@@ -103,7 +104,7 @@ def test_a_central_evaluation_shard_whose_retries_are_spent_stops_the_run(app_di
     """Whatever --on-client-failure says: a central evaluation without a shard would be another metric."""
     with pytest.raises(ClientAppError, match=r"central evaluation of shard 0 of 1, round 2 failed 2 time\(s\) \(raised"):
         faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": 0, "phase": "central", "times": 5}],
-                   client_retries=1, on_client_failure="drop")
+                   client_retries=1, on_client_failure="drop", central_eval_on="workers")
 
 
 def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_free, tmp_path):
