@@ -335,7 +335,11 @@ def partition_sizes(args, partition: str, pool_size: int) -> tuple[list[int], li
 
 
 def sampled_rounds(seed: int, pool_size: int, rounds: int, c_train: int, c_eval: int) -> list[tuple[list, list]]:
-    """Per round, the partition ids the engine trains and validates, in message order (its NodeSampler's draws)."""
+    """Per round, the partition ids the engine trains and validates, in message order (its NodeSampler's draws).
+
+    (bench_fl_core.sampled_partitions does the same; importing that script would need psutil, which the device
+    machine's wheels may lack.)
+    """
     from fl_core.grid import NODE_ID_OFFSET
     from fl_core.seeding import NodeSampler
 

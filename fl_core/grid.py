@@ -7,8 +7,11 @@ grid keeps every node's `Context` (node config with `partition-id` and
 each message, so a node's state follows it to whichever worker runs it, and a
 checkpoint can hold it.
 
-Replies come back in the order the messages were sent, so aggregation does not
-depend on which worker finished first.
+A phase's calls go to the workers largest first (`dispatch_order`, by each
+node's num-examples in its last reply of that message type), so that the phase
+does not wait on a large client handed out last. Replies come back in the order
+the messages were sent, so aggregation does not depend on which worker ran or
+finished first.
 
 Faults: the pool retries a failed call (the ClientApp raised, its worker died,
 it timed out) with the same inputs; every failed attempt is reported on stderr
