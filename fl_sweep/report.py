@@ -7,15 +7,17 @@ import os
 import shutil
 import tempfile
 
-from fl_core.metrics import CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, is_model_metric, scored_round_column
+from fl_core.metrics import (CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, PROVENANCE_KEYS, is_model_metric,
+                             scored_round_column)
 from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
 from fl_sweep.storage import exists, filesystem, is_uri, read_marker
 from fl_sweep.validate import same_runs
 
-# Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock.
-ROUND_COLUMNS = ("round", *COUNT_KEYS, *MACHINE_KEYS, "time_total_s")
+# Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock, and
+# the round the central metrics scored (central_round).
+ROUND_COLUMNS = ("round", *COUNT_KEYS, *MACHINE_KEYS, "time_total_s", *PROVENANCE_KEYS)
 HEATMAP_KEYS = ("fraction-train", "local-epochs")  # Flower's template names
 
 # ---------------------------------------------------------------------------

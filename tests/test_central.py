@@ -205,3 +205,29 @@ def test_settings_reject_an_unknown_place_and_a_zero_interval():
         RunSettings(central_eval_on="gpu").validate()
     with pytest.raises(ConfigError, match="--central-eval-every must be at least 1"):
         RunSettings(central_eval_every=0).validate()
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # Axes.plot is replaced: nothing to put in a legend
+def test_the_sweeps_rounds_table_keeps_central_round_and_its_plot_only_measured_rounds(tmp_path, monkeypatch):
+    """rounds.csv must say which rounds carry a central value, and the metric's plot must leave those out."""
+    import pandas as pd
+
+    from fl_sweep import report
+
+    class Result:
+        """What rounds_table reads of a Tune result."""
+
+        metrics_dataframe = pd.DataFrame({"round": [1, 2, 3], "central_accuracy": [0.1, 0.1, 0.3],
+                                          "central_round": [0, 2, 3], "seconds": [1.0, 1.0, 1.0]})
+        config = {}
+        path = str(tmp_path / "trial_0")
+
+    monkeypatch.setattr(report, "_trial_id", lambda result: "t0")
+    table = report.rounds_table([Result()], [])
+    assert table["central_round"].tolist() == [0, 2, 3]
+    plotted = []
+    monkeypatch.setattr("matplotlib.axes.Axes.plot", lambda self, x, y, **kw: plotted.append(list(x)))
+    report.plot_metric(table, "central_accuracy", [], str(tmp_path / "plot.png"))
+    assert plotted == [[2, 3]]  # round 1 carries round 0's value
+    summary = report._metric_summary(table, "central_accuracy", "max")
+    assert summary["best_central_accuracy_round"] == 3
