@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fl_core.checkpoint import ServerState, save_checkpoint, write_atomically
-from fl_core.metrics import CENTRAL_ROUND, model_metrics
+from fl_core.metrics import model_metrics, scored_round
 
 
 @dataclass
@@ -77,9 +77,9 @@ class ProgressPrinter(Callback):
         m = event.metrics
         # From round times only: start-up (Ray workers, data) would inflate the first estimates.
         self._round_seconds += m["seconds"]
-        carried = m.get(CENTRAL_ROUND, m["round"]) != m["round"]  # no central evaluation this round
+        # Values carried from an earlier round (--central-eval-every) were not measured now: not shown.
         values = "  ".join(f"{_short(k)} {v:.4f}" for k, v in model_metrics(m).items()
-                           if not (carried and k.startswith("central_")))
+                           if scored_round(m, k) == m["round"])
         total = "" if event.num_rounds is None else f"/{event.num_rounds}"
         eta = ""
         if event.num_rounds is not None:
@@ -96,7 +96,7 @@ class ProgressPrinter(Callback):
         if event.history and "central_accuracy" in event.history[-1]:
             best = max(event.history, key=lambda m: m["central_accuracy"])
             line += (f"; final test accuracy {event.history[-1]['central_accuracy']:.4f} "
-                     f"(best {best['central_accuracy']:.4f} at round {best.get(CENTRAL_ROUND, best['round'])})")
+                     f"(best {best['central_accuracy']:.4f} at round {scored_round(best, 'central_accuracy')})")
         self.print(line)
         ce = event.client_evaluation
         for metric, stats in ce.get("stats", {}).items():

@@ -33,10 +33,11 @@ def is_model_metric(key: str) -> bool:
             and key not in PROVENANCE_KEYS)
 
 
-def scored_round_column(table, key: str):
-    """The round whose model each row's `key` describes, for a table of rounds (pandas): `central_round` for the
-    central metrics when the table has it (rounds between central evaluations carry the latest), else `round`."""
-    return table[CENTRAL_ROUND] if key.startswith("central_") and CENTRAL_ROUND in table else table["round"]
+def scored_round(rounds, key: str):
+    """The round whose model `key` describes, for one round's metrics (a dict) or a table of rounds (pandas, a
+    column): `central_round` for the central metrics when it is there (rounds between central evaluations carry
+    the latest), else `round`."""
+    return rounds[CENTRAL_ROUND] if key.startswith("central_") and CENTRAL_ROUND in rounds else rounds["round"]
 
 
 def model_metrics(metrics: dict) -> dict:

@@ -20,7 +20,7 @@ import os
 
 from fl_core.callbacks import Callback, RunEnd
 from fl_core.checkpoint import write_atomically
-from fl_core.metrics import model_metrics, scored_round_column
+from fl_core.metrics import model_metrics, scored_round
 
 METRICS_PLOT = "metrics.png"
 PARTITIONS_STEM = "partitions"
@@ -60,7 +60,7 @@ def metrics_figure(history: list[dict], title: str = ""):
     for ax, (panel, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         for key in keys:
             # e.g. fed_* only in rounds with a federated evaluation; central_* carried between central evaluations
-            known = table[key].notna() & (scored_round_column(table, key) == table["round"])
+            known = table[key].notna() & (scored_round(table, key) == table["round"])
             ax.plot(table.loc[known, "round"], table.loc[known, key], marker="o", markersize=3, label=key)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 
 from fl_core.metrics import (CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, PROVENANCE_KEYS, is_model_metric,
-                             scored_round_column)
+                             scored_round)
 from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
@@ -85,7 +85,7 @@ def _metric_summary(mine, metric: str, mode: str) -> dict:
         return {f"final_{metric}": None, f"best_{metric}": None, f"best_{metric}_round": None}
     best = values.idxmax() if mode == "max" else values.idxmin()
     return {f"final_{metric}": mine[metric].iloc[-1], f"best_{metric}": values[best],
-            f"best_{metric}_round": int(scored_round_column(mine, metric)[best])}
+            f"best_{metric}_round": int(scored_round(mine, metric)[best])}
 
 
 def trials_table(grid, statuses: dict, rounds, spec: SweepSpec, experiment: str):
@@ -147,7 +147,7 @@ def plot_metric(rounds, metric: str, swept: list[str], path: str) -> None:
         if metric not in part:
             continue
         label = ", ".join(f"{k}={_short(part[k].iloc[0])}" for k in swept) or trial_id
-        measured = part[scored_round_column(part, metric) == part["round"]]  # not the rounds that carry a value
+        measured = part[scored_round(part, metric) == part["round"]]  # not the rounds that carry a value
         ax.plot(measured["round"], measured[metric], marker="o", markersize=3, label=label)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
