@@ -128,9 +128,12 @@ ENGINE_RUN = r"""
 import json, logging, os, sys
 args = json.loads(sys.argv[1])
 import ray
-import fl_core, fl_core.grid, fl_core.settings
+import fl_core, fl_core.grid, fl_core.pool, fl_core.settings
 if args["dispatch"] == "message" and hasattr(fl_core.grid, "dispatch_order"):
     fl_core.grid.dispatch_order = lambda sizes: list(range(len(sizes)))  # the engine before LPT
+if args["dispatch"] == "message" and hasattr(fl_core.pool, "plan_groups"):  # groups in message order, sizes unused
+    _groups = fl_core.pool.plan_groups
+    fl_core.pool.plan_groups = lambda count, sizes, *a, **k: _groups(count, None, *a, **k)
 from fl_core import Callback, RunSettings, fuse_run_config, load_app_folder, run_app
 logging.getLogger("flwr").setLevel(logging.WARNING)
 rows = []
@@ -147,7 +150,7 @@ settings = RunSettings(pool_size=args["pool_size"], seed=args["seed"], max_paral
                        **extra)
 run_app(app, rc, settings, callbacks=[Rounds()])
 engine = {"central_eval_on": "central_eval_on" in fl_core.settings.SETTING_NAMES,
-          "dispatch_order": hasattr(fl_core.grid, "dispatch_order")}
+          "dispatch_order": hasattr(fl_core.grid, "dispatch_order") or hasattr(fl_core.pool, "plan_groups")}
 print("ROUNDS " + json.dumps({"rounds": rows, "load": os.getloadavg(), "engine_has": engine}))
 """
 
@@ -275,23 +278,19 @@ def sampled_count(pool_size: int, fraction: float, minimum: int = 2) -> int:
 
 
 def shard_groups(num_shards: int, workers: int) -> list[list[int]]:
-    """The engine's contiguous groups of shards (fl_core.central.contiguous_groups when it exists)."""
-    try:
-        from fl_core.central import contiguous_groups
-    except ImportError:
-        return [g.tolist() for g in np.array_split(np.arange(num_shards), min(workers, num_shards))]
-    return contiguous_groups(num_shards, workers)
+    """The engine's contiguous groups of shards (fl_core.pool.plan_groups without sizes)."""
+    return [g.tolist() for g in np.array_split(np.arange(num_shards), min(workers, num_shards))]
 
 
 def engine_has_changes() -> tuple[bool, str]:
     """(whether this checkout has both engine changes, what is missing)."""
-    from fl_core import grid, settings
+    from fl_core import grid, pool, settings
 
     missing = []
     if "central_eval_on" not in settings.SETTING_NAMES:
         missing.append("RunSettings.central_eval_on")
-    if not hasattr(grid, "dispatch_order"):
-        missing.append("fl_core.grid.dispatch_order")
+    if not hasattr(grid, "dispatch_order") and not hasattr(pool, "plan_groups"):
+        missing.append("fl_core.grid.dispatch_order or fl_core.pool.plan_groups")
     return not missing, ", ".join(missing)
 
 

@@ -59,17 +59,8 @@ def is_due(server_round: int, num_rounds: int, every: int) -> bool:
 
 
 def run_shards(evaluate_shard, server_round: int, arrays: ArrayRecord, shards: list[int], seeds: list[int]) -> list:
-    """`evaluate_shard` on each of `shards`, the global generators seeded with its seed first (worker or server)."""
-    results = []
-    for shard, seed in zip(shards, seeds):
-        seeding.seed_globals(seed)
-        results.append(evaluate_shard(server_round, arrays, shard))
-    return results
-
-
-def contiguous_groups(num_shards: int, groups: int) -> list[list[int]]:
-    """Shards 0 .. num_shards-1 in `groups` contiguous runs whose sizes differ by at most one."""
-    return [part.tolist() for part in np.array_split(np.arange(num_shards), min(groups, num_shards))]
+    """`evaluate_shard` on each of `shards` in this process, the global generators seeded with its seed first."""
+    return [seeding.seeded_call(seed, evaluate_shard, server_round, arrays, shard) for shard, seed in zip(shards, seeds)]
 
 
 def place(settings, workers: int, server_threads: int) -> str:
@@ -104,25 +95,23 @@ def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> Metric
 
 
 def _on_workers(grid, sharded: ShardedEvaluation, arrays: ArrayRecord, seeds: list[int], server_round: int) -> list:
-    """The shards' results, in shard order, computed by the pool's live workers side by side."""
+    """The shards' results, in shard order, computed by the pool's live workers side by side (contiguous groups)."""
     import ray
 
     from fl_core.grid import ClientAppError, FailureReporter
     from fl_core.pool import CallFailure
 
     pool = grid.pool
-    groups = contiguous_groups(sharded.num_shards, pool.live_size())
-    shared_arrays = ray.put(arrays)  # once, not once per call
-    calls = [(sharded.evaluate_shard, server_round, shared_arrays, group, [seeds[s] for s in group]) for group in groups]
-    names = [(f"shard {group[0]}" if len(group) == 1 else f"shards {group[0]}-{group[-1]}")
-             + f" of {sharded.num_shards}, round {server_round}" for group in groups]
-    report = FailureReporter("central evaluation", names, pool.retries, "the run stops after {attempts} attempt(s)")
+    name = f"{{}} of {sharded.num_shards}, round {server_round}".format
+    report = FailureReporter("central evaluation", lambda shard: name(f"shard {shard}"), pool.retries,
+                             "the run stops after {attempts} attempt(s)")
+    common = (sharded.evaluate_shard, server_round, ray.put(arrays))  # the model crosses once, not once per call
     try:
-        results = pool.run(calls, report, method="evaluate_shards")
+        results = pool.run(list(enumerate(seeds)), report, method="evaluate_shards", common=common)
     finally:
         grid.failed_attempts += report.retried
-    for name, result in zip(names, results):
+    for shard, result in enumerate(results):
         if isinstance(result, CallFailure):
-            raise ClientAppError(f"central evaluation of {name} failed {result.attempts} time(s) ({result.kind}, "
-                                 f"last on {result.worker}):\n{result.detail}")
-    return [value for group in results for value in group]
+            raise ClientAppError(f"central evaluation of {name(f'shard {shard}')} failed {result.attempts} time(s) "
+                                 f"({result.kind}, last on {result.worker}):\n{result.detail}")
+    return results

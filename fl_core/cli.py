@@ -34,6 +34,8 @@ SETTING_HELP = {
     "bundle's CPUs, alone every local core (client workers idle meanwhile)",
     "server_gpus": "GPUs the server process may use (0: it sees none)",
     "max_parallel_clients": "cap on client workers (default: the clients a round uses, as the cluster allows)",
+    "nodes_per_call": "most messages of a phase one worker call carries (default: the phase's messages split "
+    "over the workers, one call each); results are the same for any value",
     "client_retries": "times a client call that raised, lost its worker or timed out is run again (same inputs, "
     "same result)",
     "client_timeout": "seconds one client call may take before its worker is restarted and the call counts as "

@@ -7,11 +7,11 @@ grid keeps every node's `Context` (node config with `partition-id` and
 each message, so a node's state follows it to whichever worker runs it, and a
 checkpoint can hold it.
 
-A phase's calls go to the workers largest first (`dispatch_order`, by each
-node's num-examples in its last reply of that message type), so that the phase
-does not wait on a large client handed out last. Replies come back in the order
-the messages were sent, so aggregation does not depend on which worker ran or
-finished first.
+A phase's messages go to the workers in groups, one Ray call per group (see
+pool.py), balanced by each node's num-examples in its last reply of that
+message type, so that the phase does not wait on a worker that drew the large
+clients. Replies come back in the order the messages were sent, so
+aggregation does not depend on which worker ran or finished first.
 
 Faults: the pool retries a failed call (the ClientApp raised, its worker died,
 it timed out) with the same inputs; every failed attempt is reported on stderr
@@ -159,15 +159,14 @@ class RayGrid(Grid):
         from fl_core.pool import CallFailure
 
         messages = [self._pushed.pop(i) for i in message_ids]
-        calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
+        items = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
 
         final = ("dropped from the round after {attempts} attempt(s) (--on-client-failure drop)"
                  if self.on_client_failure == "drop" else
                  "the run stops after {attempts} attempt(s) (--on-client-failure abort)")
-        report = FailureReporter("client", [describe(m) for m in messages], self.pool.retries, final)
-        order = dispatch_order([self._sizes.get(_work_key(m)) for m in messages])
+        report = FailureReporter("client", lambda i: describe(messages[i]), self.pool.retries, final)
         try:
-            results = self.pool.run(calls, report, order=order)
+            results = self.pool.run(items, report, sizes=[self._sizes.get(_work_key(m)) for m in messages])
         finally:
             self.failed_attempts += report.retried
         ok = 0
@@ -192,18 +191,6 @@ class RayGrid(Grid):
                                  f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops")
 
 
-def dispatch_order(sizes: list) -> list[int]:
-    """The order in which a phase's calls go to the workers: largest first (longest processing time first).
-
-    With partitions of different sizes the phase then ends about when the
-    average worker is done, rather than when the one that drew the largest
-    client last is. `sizes` are the calls' expected work (None: unknown, sent
-    first, as it may be large); ties keep the message order. Deterministic, and
-    the replies keep the message order, so no result depends on it.
-    """
-    return sorted(range(len(sizes)), key=lambda i: (sizes[i] is not None, -(sizes[i] or 0), i))
-
-
 def num_examples(reply: Message) -> float | None:
     """The `num-examples` of a reply's first MetricRecord (Flower's weighting key), if it has one."""
     if reply.has_error():
@@ -223,12 +210,12 @@ def _work_key(message: Message) -> tuple[int, str]:
 class FailureReporter:
     """Hears of every failed attempt of a pool's calls: one stderr line each, the traceback once per call.
 
-    `names[i]` says what call i is; `final` what happens when its retries are
+    `name(i)` says what call i is; `final` what happens when its retries are
     spent (with {attempts}). `retried` counts the attempts that are run again.
     """
 
-    def __init__(self, what: str, names: list[str], retries: int, final: str) -> None:
-        self.what, self.names, self.retries, self.final = what, names, retries, final
+    def __init__(self, what: str, name: Callable[[int], str], retries: int, final: str) -> None:
+        self.what, self.name, self.retries, self.final = what, name, retries, final
         self.retried = 0
         self._shown: set[int] = set()  # calls whose traceback was printed
 
@@ -237,7 +224,7 @@ class FailureReporter:
         self.retried += retrying
         outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
         first = detail.strip().splitlines()[-1] if detail.strip() else kind
-        print(f"fl_core: {self.what} failed: {self.names[index]}: {kind} on {worker}: {first}; {outcome}",
+        print(f"fl_core: {self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}",
               file=sys.stderr)
         if kind == "raised" and index not in self._shown:  # retries would repeat it
             self._shown.add(index)

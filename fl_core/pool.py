@@ -1,8 +1,12 @@
 """Client work on Ray: long-lived worker actors, each hosting the app's `ClientApp`.
 
-A worker runs any node's messages: it is sent (message, that node's Context,
-seed) and returns the reply and the node's updated Context state. Nodes are not
-tied to workers, so a node's state lives with the driver (see grid.py).
+A worker runs any node's messages. It is sent a group of them, one Ray call
+per group, each as (message, that node's Context, seed), runs them one after
+another and streams back each reply with the node's updated Context state as
+soon as it has it (a Ray streaming generator). What the messages of a group
+share crosses once per call instead of once per message; the group is also the
+unit a worker could one day train at once (many clients on one GPU). Nodes are
+not tied to workers, so a node's state lives with the driver (see grid.py).
 
 The pool is sized to what the run owns. Inside a Ray Tune trial that is the
 trial's placement group: bundle 0 is the trainable's own, every further bundle
@@ -10,15 +14,17 @@ holds one worker. Alone, it is the cluster's resources divided by one client's,
 capped by the clients a round sends work to (read from the run config, see
 settings.clients_per_round) and --max-parallel-clients.
 
-Faults: a call whose ClientApp raises, whose worker process dies or that runs
-past --client-timeout is run again (on any worker, with the same message,
-Context and seed, so its result is the same), up to --client-retries times; the
-call's failure is then handed to the grid, which applies the run's policy. A
-dead worker is restarted by Ray (max_restarts) in the same place (a hung one is
-killed first), so the pool keeps its size within the run's own resources. A
-worker whose node left the cluster (Ray declares a node dead some seconds after
-it stops answering) or that is not back within RESTART_TIMEOUT_S is retired:
-the run goes on with the other workers, its results unchanged. The run stops
+Faults: a node's call whose ClientApp raises, whose worker process dies or that
+runs past --client-timeout is run again alone (on any worker, with the same
+message, Context and seed, so its result is the same), up to --client-retries
+times; the call's failure is then handed to the grid, which applies the run's
+policy. When a worker dies or is killed mid-group, the group's nodes it had not
+answered go to other calls, uncounted. A dead worker is restarted by Ray
+(max_restarts) in the same place (a hung one is killed first), so the pool
+keeps its size within the run's own resources. A worker whose node left the
+cluster (Ray declares a node dead some seconds after it stops answering) or
+that is not back within RESTART_TIMEOUT_S is retired: the run goes on with the
+other workers, its results unchanged. The run stops
 with NodeLostError when no worker is left, and inside a Tune trial as soon as a
 node is lost (Tune then retries the trial from its last checkpoint: a trial
 that went on after its placement group lost a bundle was measured 20-45x slower).
@@ -27,14 +33,17 @@ that went on after its placement group lost a bundle was measured 20-45x slower)
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from fl_core.seeding import seeded_call
 from fl_core.settings import ConfigError, RunSettings, clients_per_round
 
 READY_TIMEOUT_S = 300
@@ -56,8 +65,23 @@ class CallFailure:
     detail: str  # the ClientApp's traceback, or Ray's account of the worker's end
 
 
+@dataclass
+class Raised:
+    """What a worker yields for an item whose work raised: the traceback (the worker itself is fine)."""
+
+    detail: str
+
+
+def outcome(work, *args):
+    """`work(*args)`, or Raised with its traceback: one item's failure must not end its group's call."""
+    try:
+        return work(*args)
+    except Exception:  # noqa: BLE001  (anything the app raises is reported, and the call run again)
+        return Raised(traceback.format_exc())
+
+
 class ClientAppWorker:
-    """Hosts the app's ClientApp in a Ray actor and runs the messages it is given."""
+    """Hosts the app's ClientApp in a Ray actor and runs the groups of work it is given, one item after another."""
 
     def __init__(self, app, num_cpus: float, run_id: int) -> None:
         """Load the ClientApp once (again after a restart)."""
@@ -90,23 +114,22 @@ class ClientAppWorker:
         where = f"pid {os.getpid()} at {ray.util.get_node_ip_address()}"
         return ("cuda" if ray.get_gpu_ids() else "cpu"), where, context.get_node_id()
 
-    def handle(self, message, context, seed: int):
-        """(reply, state) of `context`'s node for `message`.
+    def handle(self, items: list):
+        """Yield (reply, state) of each (message, Context, seed) in turn, or Raised if its ClientApp raised.
 
-        An exception of the ClientApp propagates (Ray carries it back with its
-        traceback); the grid decides what it means for the run.
+        The messages of a group share their content (a strategy sends every node
+        the same RecordDict, and it crosses to the worker once); each call gets
+        its own copy, as if it had been sent alone, so a ClientApp that changes
+        what it was sent changes nothing for the next node.
         """
-        from fl_core.seeding import seed_globals
+        for item in items:
+            message, context, seed = pickle.loads(pickle.dumps(item, protocol=5))
+            yield outcome(lambda: (seeded_call(seed, self.client_app, message, context), context.state))
 
-        seed_globals(seed)
-        reply = self.client_app(message, context)
-        return reply, context.state
-
-    def evaluate_shards(self, evaluate_shard, server_round: int, arrays, shards: list[int], seeds: list[int]) -> list:
-        """Results of a central evaluation's `shards` (fl_core.central), each seeded with its seed."""
-        from fl_core.central import run_shards
-
-        return run_shards(evaluate_shard, server_round, arrays, shards, seeds)
+    def evaluate_shards(self, evaluate_shard, server_round: int, arrays, items: list):
+        """Yield the result of each (shard, seed) of a central evaluation (fl_core.central), or Raised."""
+        for shard, seed in items:
+            yield outcome(seeded_call, seed, evaluate_shard, server_round, arrays, shard)
 
 
 def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | None]:
@@ -141,6 +164,39 @@ def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | No
     return min(wanted, slots), None
 
 
+def plan_groups(count: int, sizes: list | None, workers: int, most: int | None = None,
+                indices: list[int] | None = None) -> list[list[int]]:
+    """Items 0 .. count-1 (or `indices`) in groups for the workers: one call each, largest expected work first.
+
+    There are `workers` groups, or more when `most` (--nodes-per-call) caps a
+    group's items. Without sizes (or none known) the groups are contiguous runs
+    of near-equal length. With `sizes`, the items' expected work (None:
+    unknown, taken as the known mean), each item in turn, largest first, joins
+    the group with the least work so far (longest processing time first), so
+    that the phase ends about when the average worker is done. Items keep
+    their order within a group. Deterministic; no result depends on it.
+    """
+    indices = list(range(count)) if indices is None else list(indices)
+    if not indices:
+        return []
+    groups = min(len(indices), max(workers, -(-len(indices) // most) if most else 0))
+    known = [s for s in (sizes or []) if s is not None]
+    if not known:
+        length, longer = divmod(len(indices), groups)  # the first `longer` groups hold one more
+        starts = [g * length + min(g, longer) for g in range(groups + 1)]
+        return [indices[starts[g]:starts[g + 1]] for g in range(groups)]
+    mean = sum(known) / len(known)
+    work = [mean if sizes[i] is None else sizes[i] for i in indices]
+    capacity = most or len(indices)
+    loads, members = [0.0] * groups, [[] for _ in range(groups)]
+    for k in sorted(range(len(indices)), key=lambda k: (-work[k], k)):
+        g = min((g for g in range(groups) if len(members[g]) < capacity), key=lambda g: (loads[g], g))
+        loads[g] += work[k]
+        members[g].append(k)
+    order = sorted(range(groups), key=lambda g: (-loads[g], g))
+    return [[indices[k] for k in sorted(members[g])] for g in order]
+
+
 class WorkerPool:
     """A fixed set of ClientAppWorker actors; `run` spreads calls over them, any worker any node, retrying faults."""
 
@@ -151,6 +207,7 @@ class WorkerPool:
         self._shared = [value.for_transfer() for value in shared_values]
         self.retries = settings.client_retries
         self.timeout = settings.client_timeout
+        self.nodes_per_call = settings.nodes_per_call
         self.workers = []
         for i in range(size):
             # max_restarts=-1: Ray restarts a dead worker in its place; our own retries bound the faults per call.
@@ -196,22 +253,28 @@ class WorkerPool:
         """Workers not retired (some may be restarting)."""
         return self.size - len(self.retired)
 
-    def run(self, calls: list[tuple], report=None, *, method: str = "handle", order: list[int] | None = None) -> list:
-        """Results of `worker.<method>(*call)` for every call, in the order of `calls`.
+    def run(self, items: list, report=None, *, method: str = "handle", common: tuple = (),
+            sizes: list | None = None) -> list:
+        """Results of `worker.<method>(*common, group)` for every item, in the order of `items`.
 
-        Calls go to workers as they become free, in `order` (default: as
-        given); which worker runs which call, and whether a call was retried,
-        changes no result. A call that fails 1 + `self.retries` times yields a
-        CallFailure instead. `report(index, attempt, kind, worker, detail,
-        retrying)` hears of every failed attempt.
+        The items go to the workers in groups (`plan_groups`: one group per live
+        worker, or more of at most --nodes-per-call items), one Ray call per
+        group; the worker yields each item's result as it finishes it. Which
+        worker runs which item, in which group, and whether it was retried
+        changes no result. An item that raised is run again alone; when a
+        worker dies or an item outlasts --client-timeout, that item counts as
+        failed and the group's unfinished items go to other calls. An item that
+        fails 1 + `self.retries` times yields a CallFailure instead.
+        `report(index, attempt, kind, worker, detail, retrying)` hears of every
+        failed attempt.
         """
         self.wait_ready()
-        results: list = [None] * len(calls)
-        attempts = [0] * len(calls)
-        waiting = deque(range(len(calls)) if order is None else order)
+        results: list = [None] * len(items)
+        attempts = [0] * len(items)
+        waiting = deque(plan_groups(len(items), sizes, self.live_size(), self.nodes_per_call))
         busy = {w for w, _ in self._restarting.values()} | self.retired
         idle = [w for w in reversed(range(self.size)) if w not in busy]
-        running: dict = {}  # ObjectRef -> (call index, worker index, start time)
+        running: dict = {}  # ObjectRefGenerator -> [worker, item indices, position of the next result, last progress]
 
         def failed(index: int, worker: int, kind: str, detail: str) -> None:
             attempts[index] += 1
@@ -219,39 +282,59 @@ class WorkerPool:
             if report is not None:
                 report(index, attempts[index], kind, self.describe(worker), detail, retrying)
             if retrying:
-                waiting.appendleft(index)
+                waiting.appendleft([index])  # alone, with the same inputs
             else:
                 results[index] = CallFailure(kind, attempts[index], self.describe(worker), detail)
 
+        def stopped(stream, kind: str, detail: str) -> None:
+            """The group's worker is gone mid-group: its current item failed, the rest goes to other calls."""
+            worker, group, position, _ = running.pop(stream)
+            rest = group[position + 1:]
+            if rest:
+                waiting.extendleft(reversed(plan_groups(len(rest), None, max(1, self.live_size()), self.nodes_per_call,
+                                                        indices=rest)))
+            failed(group[position], worker, kind, detail)
+
         while waiting or running:
             while idle and waiting:
-                index, worker = waiting.popleft(), idle.pop()
-                ref = getattr(self.workers[worker], method).remote(*calls[index])
-                running[ref] = (index, worker, time.monotonic())
+                group, worker = waiting.popleft(), idle.pop()
+                call = getattr(self.workers[worker], method).options(num_returns="streaming")
+                stream = call.remote(*common, [items[i] for i in group])
+                running[stream] = [worker, group, 0, time.monotonic()]
             done, _ = ray.wait(list(running) + list(self._restarting), num_returns=1, timeout=self._wait_s(running))
-            for ref in done:
-                if ref in self._restarting:
-                    back = self._back(ref)
+            for ready in done:
+                if ready in self._restarting:
+                    back = self._back(ready)
                     if back is not None:
                         idle.append(back)
                     continue
-                index, worker, _ = running.pop(ref)
+                state = running[ready]
+                worker, group, position, _ = state
                 try:
-                    results[index] = ray.get(ref)
+                    result = ray.get(next(ready))
+                except StopIteration:  # the group is done
+                    del running[ready]
                     idle.append(worker)
-                except ray.exceptions.RayTaskError as exc:  # the ClientApp raised; the worker is fine
-                    idle.append(worker)
-                    failed(index, worker, "raised", str(exc))
+                    continue
                 except ray.exceptions.RayActorError as exc:  # its process died (killed, out of memory, node lost)
                     self._restart(worker, kill=False)
-                    failed(index, worker, "worker died", str(exc))
+                    stopped(ready, "worker died", str(exc))
+                    continue
+                except ray.exceptions.RayTaskError as exc:  # the group's call itself failed (its arguments, say)
+                    idle.append(worker)
+                    stopped(ready, "raised", str(exc))
+                    continue
+                state[2:] = [position + 1, time.monotonic()]
+                if isinstance(result, Raised):
+                    failed(group[position], worker, "raised", result.detail)
+                else:
+                    results[group[position]] = result
             now = time.monotonic()
             if self.timeout is not None:
-                for ref, (index, worker, started) in list(running.items()):
-                    if now - started > self.timeout:
-                        del running[ref]
+                for stream, (worker, _, _, progress) in list(running.items()):
+                    if now - progress > self.timeout:
                         self._restart(worker, kill=True)
-                        failed(index, worker, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
+                        stopped(stream, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
             self._check_restarting(now)
         return results
 
@@ -259,7 +342,7 @@ class WorkerPool:
         """How long `run` may block for the next result: until the earliest timeout or node check is due."""
         limits = []
         if self.timeout is not None and running:
-            first = min(started for _, _, started in running.values())
+            first = min(progress for _, _, _, progress in running.values())
             limits.append(max(0.0, first + self.timeout - time.monotonic()))
         if self._restarting:
             limits.append(NODE_POLL_S)

@@ -43,6 +43,12 @@ def seed_globals(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def seeded_call(seed: int, work, *args):
+    """`work(*args)` with the global generators seeded with `seed` first: a call's draws depend on the call alone."""
+    seed_globals(seed)
+    return work(*args)
+
+
 class NodeSampler:
     """Stands in for the `random` module inside Flower's strategy_utils, whose `sample_nodes` draws nodes.
 

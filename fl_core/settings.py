@@ -29,6 +29,7 @@ class RunSettings:
     server_cpus: int | None = None  # torch threads of the server process; None: what it owns (see runner)
     server_gpus: float = 0.0  # 0: the server process sees no GPU (Ray did not reserve one for it)
     max_parallel_clients: int | None = None  # cap on client workers
+    nodes_per_call: int | None = None  # most messages one worker call carries; None: a phase's split over the workers
     # Faults (see pool.py and grid.py): none of these changes a result, but for dropping a client.
     client_retries: int = 2  # attempts after the first of a call that raised, lost its worker or timed out
     client_timeout: float | None = None  # seconds one ClientApp call may take; None: no limit
@@ -67,6 +68,8 @@ class RunSettings:
         need(self.server_gpus >= 0 and math.isfinite(self.server_gpus), f"--server-gpus must be >= 0, got {self.server_gpus}")
         need(self.max_parallel_clients is None or self.max_parallel_clients >= 1,
              f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}")
+        need(self.nodes_per_call is None or self.nodes_per_call >= 1,
+             f"--nodes-per-call must be at least 1, got {self.nodes_per_call}")
         need(self.client_retries >= 0, f"--client-retries must be 0 or more, got {self.client_retries}")
         need(self.client_timeout is None or (self.client_timeout > 0 and math.isfinite(self.client_timeout)),
              f"--client-timeout must be a positive number of seconds, got {self.client_timeout}")

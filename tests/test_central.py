@@ -1,16 +1,15 @@
 """Central evaluation on the client workers (same numbers for any number of workers, and as one pass in one
-process), evaluation every N rounds, and the largest clients handed out first."""
+process), and evaluation every N rounds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import MetricRecord
 
 from fl_core import Callback, RunSettings, ShardedEvaluation, run_app
 from fl_core.callbacks import ProgressPrinter
-from fl_core.central import contiguous_groups, is_due
-from fl_core.grid import NODE_ID_OFFSET, RayGrid, dispatch_order
+from fl_core.central import is_due
 from tests.conftest import model_metrics, same_arrays, tiny_run
 
 # 400 synthetic training images make an 80-image test set: batches of 16 are 5 shards.
@@ -127,13 +126,6 @@ def test_is_due_every_n_and_the_last():
     assert [r for r in range(1, 4) if is_due(r, 3, 1)] == [1, 2, 3]
 
 
-def test_shards_split_into_contiguous_groups_of_near_equal_size():
-    assert contiguous_groups(5, 2) == [[0, 1, 2], [3, 4]]
-    assert contiguous_groups(20, 8) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], [14, 15], [16, 17],
-                                        [18, 19]]
-    assert contiguous_groups(2, 8) == [[0], [1]]
-
-
 def _score(server_round, arrays, shard):
     return {"sum": float(shard) + 0.1, "count": 1}
 
@@ -151,51 +143,6 @@ def test_a_sharded_evaluation_is_an_ordinary_evaluate_fn_elsewhere():
     assert evaluation(3, None)["mean"] == pytest.approx((0.1 + 1.1 + 2.1 + 3.1) / 4)
     with pytest.raises(ValueError, match="at least one shard"):
         ShardedEvaluation(_score, 0, _combine)
-
-
-# ---------------------------------------------------------------------------
-# Largest clients first
-
-
-def test_dispatch_order_is_largest_first_unknown_first_ties_in_message_order():
-    assert dispatch_order([None, 5, 10, None, 10]) == [0, 3, 2, 4, 1]
-    assert dispatch_order([3, 3, 3]) == [0, 1, 2]
-    assert dispatch_order([]) == []
-
-
-class OrderPool:
-    """A pool that runs calls in this process and records the order it was asked to hand them out in."""
-
-    retries = 0
-
-    def __init__(self, sizes: dict[int, int]):
-        self.sizes = sizes  # node id -> the num-examples its reply reports
-        self.orders = []
-
-    def wait_ready(self):
-        return ["cpu"]
-
-    def run(self, calls, report=None, *, method="handle", order=None):
-        self.orders.append([calls[i][0].metadata.dst_node_id for i in order])
-        return [(Message(RecordDict({"metrics": MetricRecord({"num-examples": self.sizes[m.metadata.dst_node_id]})}),
-                         reply_to=m), context.state) for m, context, _ in calls]
-
-
-def test_the_grid_hands_out_the_largest_known_clients_first():
-    sizes = {NODE_ID_OFFSET + p: n for p, n in enumerate([10, 40, 20, 30])}
-    pool = OrderPool(sizes)
-    grid = RayGrid(pool, num_nodes=4, run_config={}, seed=0, run_id=1)
-
-    def send(nodes, message_type="train"):
-        grid.send_and_receive([Message(RecordDict(), NODE_ID_OFFSET + p, message_type) for p in nodes])
-
-    send([0, 1])  # nothing known yet: message order
-    send([3, 2, 1, 0])  # 3 and 2 unknown (first, in message order), then 40 before 10
-    send([0, 1, 2, 3])
-    send([0, 1], "evaluate")  # sizes are per message type: evaluation is on another split
-    offset = NODE_ID_OFFSET
-    assert pool.orders == [[offset, offset + 1], [offset + 3, offset + 2, offset + 1, offset],
-                           [offset + 1, offset + 3, offset + 2, offset], [offset, offset + 1]]
 
 
 def test_settings_reject_an_unknown_place_and_a_zero_interval():

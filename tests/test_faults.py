@@ -54,6 +54,10 @@ def assert_same(run, reference):
     ("raise", {}),
     ("die", {}),
     ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
+    # One worker: both clients of a round in one call, the faulty one retried alone, the other kept or rerun.
+    ("raise", {"max_parallel_clients": 1}),
+    ("die", {"max_parallel_clients": 1}),
+    ("hang", {"client_timeout": 10, "max_parallel_clients": 1}),
 ])
 def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault_free, tmp_path, capsys):
     node = sampled(2)
