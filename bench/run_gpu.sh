@@ -3,9 +3,12 @@
 # bench_gpu.py runs fedsweep (fl_core.run_app with the built-in app, apps/cifar10) with 2/4/8
 # client workers sharing the GPU; bench_kernels.py times the app's kernels (cifar10_app.task).
 #
-# Before (here, in the repo root, once): DEST=.whl bash ../shared/device/make-wheels.sh
-#   (fills .whl/ with the Python 3.12 wheels of Ray, Flower, Flower Datasets and
-#   the few dependencies that machine's image lacks; .whl/ is git-ignored).
+# Before (here, in the repo root, once):
+#   DEST=.whl bash ../shared/device/make-wheels.sh tomli tomli-w grpcio-health-checking==1.81.1 \
+#       pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types wcwidth
+#   (fills .whl/ with the Python 3.12 wheels of Ray, Flower, Flower Datasets and the dependencies
+#   that machine's image lacks: on 2026-12-04 without the names after make-wheels.sh, Flower's config
+#   import failed there on tomli; 59 MB in all; .whl/ is git-ignored).
 # Then call the device tool's `run` with carry [".whl"] and the command
 #   bash bench/run_gpu.sh
 # and a timeout_s of about 540. Arguments are passed on to bench_gpu.py
