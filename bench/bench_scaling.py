@@ -133,7 +133,7 @@ if args["dispatch"] == "message" and hasattr(fl_core.grid, "dispatch_order"):
     fl_core.grid.dispatch_order = lambda sizes: list(range(len(sizes)))  # the engine before LPT
 if args["dispatch"] == "message" and hasattr(fl_core.pool, "plan_groups"):  # groups in message order, sizes unused
     _groups = fl_core.pool.plan_groups
-    fl_core.pool.plan_groups = lambda count, sizes, *a, **k: _groups(count, None, *a, **k)
+    fl_core.pool.plan_groups = lambda indices, sizes, *a, **k: _groups(indices, None, *a, **k)
 from fl_core import Callback, RunSettings, fuse_run_config, load_app_folder, run_app
 logging.getLogger("flwr").setLevel(logging.WARNING)
 rows = []

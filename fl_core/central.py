@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from fl_core import seeding

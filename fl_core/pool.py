@@ -24,10 +24,10 @@ answered go to other calls, uncounted. A dead worker is restarted by Ray
 keeps its size within the run's own resources. A worker whose node left the
 cluster (Ray declares a node dead some seconds after it stops answering) or
 that is not back within RESTART_TIMEOUT_S is retired: the run goes on with the
-other workers, its results unchanged. The run stops
-with NodeLostError when no worker is left, and inside a Tune trial as soon as a
-node is lost (Tune then retries the trial from its last checkpoint: a trial
-that went on after its placement group lost a bundle was measured 20-45x slower).
+other workers, its results unchanged. The run stops with NodeLostError when no
+worker is left, and inside a Tune trial as soon as a node is lost (Tune then
+retries the trial from its last checkpoint: a trial that went on after its
+placement group lost a bundle was measured 20-45x slower).
 """
 
 from __future__ import annotations
@@ -164,19 +164,19 @@ def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | No
     return min(wanted, slots), None
 
 
-def plan_groups(count: int, sizes: list | None, workers: int, most: int | None = None,
-                indices: list[int] | None = None) -> list[list[int]]:
-    """Items 0 .. count-1 (or `indices`) in groups for the workers: one call each, largest expected work first.
+def plan_groups(indices, sizes: list | None, workers: int, most: int | None = None) -> list[list[int]]:
+    """The items `indices` in groups for the workers: one call each, largest expected work first.
 
     There are `workers` groups, or more when `most` (--nodes-per-call) caps a
     group's items. Without sizes (or none known) the groups are contiguous runs
-    of near-equal length. With `sizes`, the items' expected work (None:
-    unknown, taken as the known mean), each item in turn, largest first, joins
-    the group with the least work so far (longest processing time first), so
-    that the phase ends about when the average worker is done. Items keep
-    their order within a group. Deterministic; no result depends on it.
+    of near-equal length. With `sizes`, the expected work of every item by its
+    index (None: unknown, taken as the known mean), each item in turn, largest
+    first, joins the group with the least work so far (longest processing time
+    first), so that the phase ends about when the average worker is done.
+    Items keep their order within a group. Deterministic; no result depends on
+    it.
     """
-    indices = list(range(count)) if indices is None else list(indices)
+    indices = list(indices)
     if not indices:
         return []
     groups = min(len(indices), max(workers, -(-len(indices) // most) if most else 0))
@@ -271,7 +271,7 @@ class WorkerPool:
         self.wait_ready()
         results: list = [None] * len(items)
         attempts = [0] * len(items)
-        waiting = deque(plan_groups(len(items), sizes, self.live_size(), self.nodes_per_call))
+        waiting = deque(plan_groups(range(len(items)), sizes, self.live_size(), self.nodes_per_call))
         busy = {w for w, _ in self._restarting.values()} | self.retired
         idle = [w for w in reversed(range(self.size)) if w not in busy]
         running: dict = {}  # ObjectRefGenerator -> [worker, item indices, position of the next result, last progress]
@@ -291,8 +291,7 @@ class WorkerPool:
             worker, group, position, _ = running.pop(stream)
             rest = group[position + 1:]
             if rest:
-                waiting.extendleft(reversed(plan_groups(len(rest), None, max(1, self.live_size()), self.nodes_per_call,
-                                                        indices=rest)))
+                waiting.extendleft(reversed(plan_groups(rest, None, max(1, self.live_size()), self.nodes_per_call)))
             failed(group[position], worker, kind, detail)
 
         while waiting or running:

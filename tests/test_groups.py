@@ -15,29 +15,29 @@ from tests.conftest import model_metrics, same_arrays, tiny_run
 
 
 def test_without_sizes_groups_are_contiguous_runs_of_near_equal_length():
-    assert plan_groups(5, None, 2) == [[0, 1, 2], [3, 4]]
-    assert plan_groups(20, None, 8) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], [14, 15], [16, 17],
-                                        [18, 19]]
-    assert plan_groups(2, None, 8) == [[0], [1]]
-    assert plan_groups(0, None, 2) == []
-    assert plan_groups(4, [None] * 4, 2) == [[0, 1], [2, 3]]  # nothing known yet: as without sizes
+    assert plan_groups(range(5), None, 2) == [[0, 1, 2], [3, 4]]
+    assert plan_groups(range(20), None, 8) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], [14, 15],
+                                               [16, 17], [18, 19]]
+    assert plan_groups(range(2), None, 8) == [[0], [1]]
+    assert plan_groups(range(0), None, 2) == []
+    assert plan_groups(range(4), [None] * 4, 2) == [[0, 1], [2, 3]]  # nothing known yet: as without sizes
 
 
 def test_most_per_call_makes_more_groups_than_workers():
-    assert plan_groups(6, None, 2, most=2) == [[0, 1], [2, 3], [4, 5]]
-    assert plan_groups(6, None, 2, most=1) == [[i] for i in range(6)]  # one call per message, as before groups
-    assert plan_groups(6, None, 2, most=4) == [[0, 1, 2], [3, 4, 5]]
-    assert plan_groups(3, None, 2, indices=[7, 8, 9]) == [[7, 8], [9]]
+    assert plan_groups(range(6), None, 2, most=2) == [[0, 1], [2, 3], [4, 5]]
+    assert plan_groups(range(6), None, 2, most=1) == [[i] for i in range(6)]  # one call per message, as before
+    assert plan_groups(range(6), None, 2, most=4) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_groups([7, 8, 9], None, 2) == [[7, 8], [9]]
 
 
 def test_known_sizes_balance_the_groups_largest_first():
     # Longest processing time first: 40, 30, 20 (to the lighter), 10, 10; the heavier group is sent first, and
     # a group keeps message order.
-    groups = plan_groups(5, [10, 40, 20, 30, 10], 2)
+    groups = plan_groups(range(5), [10, 40, 20, 30, 10], 2)
     assert groups == [[0, 1, 4], [2, 3]]  # 10+40+10 = 60 and 20+30 = 50
     # An unknown size counts as the known mean; groups never exceed `most`.
-    assert sorted(map(len, plan_groups(6, [100, None, 1, 1, 1, 1], 2, most=3))) == [3, 3]
-    assert plan_groups(5, [10, 40, 20, 30, 10], 2) == groups  # deterministic
+    assert sorted(map(len, plan_groups(range(6), [100, None, 1, 1, 1, 1], 2, most=3))) == [3, 3]
+    assert plan_groups(range(5), [10, 40, 20, 30, 10], 2) == groups  # deterministic
 
 
 @pytest.fixture
