@@ -289,6 +289,8 @@ class WorkerPool:
         def stopped(stream, kind: str, detail: str) -> None:
             """The group's worker is gone mid-group: its current item failed, the rest goes to other calls."""
             worker, group, position, _ = running.pop(stream)
+            if position == len(group):  # it had answered every item (and died before its call ended): none failed
+                return
             rest = group[position + 1:]
             if rest:
                 waiting.extendleft(reversed(plan_groups(rest, None, max(1, self.live_size()), self.nodes_per_call)))
