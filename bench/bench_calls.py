@@ -34,7 +34,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(BENCH_DIR), os.path.join(os.path.dirname(BENCH_DIR), "apps", "cifar10")]
-from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from provenance import median_time, versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,16 +65,6 @@ def run_config_of(args, app) -> dict:
                  "local-epochs": 1, "batch-size": args.batch_size, "lr": 0.1, "momentum": 0.0,
                  "num-server-rounds": 1, "seed": args.seed}
     return bind_seed(app, fuse_run_config(app, overrides), args.seed)
-
-
-def median_s(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class Phase:
@@ -137,24 +127,25 @@ def breakdown(args, phase: Phase, client_app) -> dict:
         train(model, x, y, epochs=1, batch_size=rc["batch-size"], lr=0.1, momentum=0.0, weight_decay=0.0,
               augment="none", generator=torch.Generator().manual_seed(client_seed(0, 1, 0)))
 
+    pickled = median_time(lambda: pickle.dumps(calls[0], protocol=5), args.repeats * 20)
     per_call = {
-        "args_pickle": median_s(lambda: pickle.dumps(calls[0], protocol=5), args.repeats * 20),
-        "args_unpickle": median_s(lambda: pickle.loads(pickle.dumps(calls[0], protocol=5)), args.repeats * 20)
-        - median_s(lambda: pickle.dumps(calls[0], protocol=5), args.repeats * 20),
-        "reply_pickle": median_s(lambda: pickle.dumps(reply_payload, protocol=5), args.repeats * 20),
-        "record_to_model": median_s(lambda: _received_model(message, device), args.repeats * 20),
-        "partition_tensors": median_s(lambda: _partition(context, "train", device), args.repeats * 20),
-        "train": median_s(train_once, args.repeats * 5),
-        "model_to_record": median_s(lambda: ArrayRecord(model.state_dict()), args.repeats * 20),
-        "client_app_call": median_s(whole_calls, args.repeats) / len(calls),
+        "args_pickle": pickled,
+        "args_unpickle": median_time(lambda: pickle.loads(pickle.dumps(calls[0], protocol=5)), args.repeats * 20)
+        - pickled,
+        "reply_pickle": median_time(lambda: pickle.dumps(reply_payload, protocol=5), args.repeats * 20),
+        "record_to_model": median_time(lambda: _received_model(message, device), args.repeats * 20),
+        "partition_tensors": median_time(lambda: _partition(context, "train", device), args.repeats * 20),
+        "train": median_time(train_once, args.repeats * 5),
+        "model_to_record": median_time(lambda: ArrayRecord(model.state_dict()), args.repeats * 20),
+        "client_app_call": median_time(whole_calls, args.repeats) / len(calls),
     }
     return {
         "calls": len(calls),
         "args_bytes": len(pickle.dumps(calls[0], protocol=5)),
         "reply_bytes": len(pickle.dumps(reply_payload, protocol=5)),
         "phase_args_bytes_one_pickle": len(pickle.dumps(calls, protocol=5)),
-        "configure_train": median_s(phase.messages, args.repeats),
-        "aggregate_train": median_s(lambda: phase.strategy.aggregate_train(1, replies), args.repeats),
+        "configure_train": median_time(phase.messages, args.repeats),
+        "aggregate_train": median_time(lambda: phase.strategy.aggregate_train(1, replies), args.repeats),
         "per_call": per_call,
     }
 
@@ -192,9 +183,9 @@ def engine_cost(args, app, phase: Phase, client_app, values: list) -> dict:
                 client_app(m, c)
             local.append(time.perf_counter() - t0)
         e, l = statistics.median(engine), statistics.median(local)
-        calls = len(phase.messages())
         return {"workers": pool.size, "engine_phase_s": e, "in_process_phase_s": l,
-                "engine_per_call_s": (e * pool.size - l) / calls, "engine_runs": engine, "in_process_runs": local}
+                "engine_per_call_s": (e * pool.size - l) / len(messages), "engine_runs": engine,
+                "in_process_runs": local}
     finally:
         if pool is not None:
             pool.shutdown()

@@ -114,7 +114,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [BENCH_DIR, REPO_ROOT, os.path.join(REPO_ROOT, "apps", "cifar10")]  # no install needed
 import numpy as np
-from provenance import versions, write_results
+from provenance import median_time, versions, write_results
 
 MODES = ("today", "changes")
 PHASES = ("train_seconds", "fed_seconds", "central_seconds", "seconds")
@@ -157,16 +157,6 @@ print("ROUNDS " + json.dumps({"rounds": rows, "load": os.getloadavg(), "engine_h
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall seconds of `repeats` calls of fn()."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def linear_fit(xs, ys) -> dict:

@@ -1,4 +1,5 @@
-"""What a benchmark figure was measured with (versions, machine, commit), and writing the results file.
+"""What a benchmark figure was measured with (versions, machine, commit), writing the results file, and a
+median timer.
 
 Shared by the bench scripts.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -51,3 +53,13 @@ def write_results(path: str, payload: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
     os.replace(tmp, path)
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of fn()."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
