@@ -2,6 +2,7 @@
 
     python bench/bench_pfl.py --data-dir /tmp/cifar --repeats 3          # both shapes, about 6 minutes
     python bench/bench_pfl.py --data-dir /tmp/cifar --smoke              # 3 rounds, small cohorts, about a minute
+    python bench/bench_pfl.py --device cuda --synthetic --data-dir /tmp/syn   # on one GPU (bench/run_gpu.sh)
 
 The job on both sides: Flower's CIFAR CNN (`cifar10_app.task.Net`, the same
 initial weights `initial_model(seed)`), FedAvg weighted by examples, an IID
@@ -24,6 +25,15 @@ Per run: seconds a round by the side's own timer (fedsweep: metrics.csv
 `seconds`; pfl: pfl_job.py's clock between ends of rounds) and seen from
 outside (time between the subprocess's round lines, stamped as they arrive),
 each the median of rounds 2..N; the last central accuracy and its round.
+
+On a GPU (--device cuda): pfl as one process on the GPU (pfl runs one process
+per GPU: NCCL refuses two ranks on one device), fedsweep with --gpu-workers
+client workers sharing the GPU (`--num-client-gpus 1/N`; central evaluation
+where fedsweep's `--central-eval-on auto` puts it). With --synthetic, a data
+folder without CIFAR-10 gets a CIFAR-shaped stand-in (50,000 + 10,000 images
+of CIFAR's sizes, each class a fixed pattern plus noise): same tensors, same
+costs, but accuracies that say nothing about CIFAR-10.
+It is for the GPU machine, where CIFAR-10 cannot be carried beside the wheels.
 
 pfl needs its own environment: installing `pfl[pytorch]==0.6.0` into the
 project's venv downgrades attrs (26 -> 23, used by Ray's aiohttp and
@@ -125,6 +135,22 @@ def summarise(stamps: list[tuple], own: list[float], accuracy: float, scored: in
             "accuracy": accuracy, "accuracy_round": scored, "first_round_line_s": times[0], "wall_s": wall}
 
 
+def write_synthetic_cifar(folder: str, seed: int = 0) -> None:
+    """A CIFAR-shaped stand-in in the cifar-10-batches-py layout: each class a fixed pattern plus uniform noise."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.integers(0, 256, size=(10, 3072))
+    os.makedirs(os.path.join(folder, "cifar-10-batches-py"), exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, size=10_000)
+        data = (patterns[labels] // 2 + rng.integers(0, 128, size=(10_000, 3072))).astype(np.uint8)
+        with open(os.path.join(folder, "cifar-10-batches-py", name), "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels.tolist()}, f)
+
+
 def run_fedsweep(shape: dict, args) -> dict:
     """One `python -m fl_core` run of the shape; figures from its stdout and its metrics.csv."""
     with tempfile.TemporaryDirectory(prefix="bench-pfl-fedsweep-") as out:
@@ -134,6 +160,8 @@ def run_fedsweep(shape: dict, args) -> dict:
                  "local-epochs": shape["epochs"], "batch-size": shape["batch_size"], "lr": shape["lr"],
                  "momentum": 0, "weight-decay": 0, "num-server-rounds": shape["rounds"],
                  "central-eval-every": shape["eval_every"], "eval-batch-size": EVAL_BATCH}
+        if args.device == "cuda":
+            flags["num-client-gpus"] = 1 / args.gpu_workers
         cmd = [sys.executable, "-m", "fl_core"] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
         stamps, wall = stream(cmd, args.fedsweep_repo, fedsweep_env(args.fedsweep_repo), "fedsweep", args.timeout)
         with open(os.path.join(out, "metrics.csv")) as f:
@@ -152,10 +180,12 @@ def run_pfl(shape: dict, args) -> dict:
            "per-client": TRAIN_IMAGES // shape["clients"], "cohort": shape["cohort"], "epochs": shape["epochs"],
            "batch-size": shape["batch_size"], "lr": shape["lr"], "rounds": shape["rounds"],
            "eval-every": shape["eval_every"], "eval-batch-size": EVAL_BATCH}
-    cmd = [args.pfl_python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.pfl_procs),
+    procs = 1 if args.device == "cuda" else args.pfl_procs
+    cmd = [args.pfl_python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
            os.path.join(BENCH_DIR, "pfl_job.py")] + [x for k, v in job.items() for x in (f"--{k}", str(v))]
     # The model class comes from the fedsweep checkout; one torch thread a process.
-    env = {**os.environ, "PYTHONPATH": os.path.join(args.fedsweep_repo, "apps", "cifar10"),
+    path = os.pathsep.join([os.path.join(args.fedsweep_repo, "apps", "cifar10"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     stamps, wall = stream(cmd, BENCH_DIR, env, "pfl", args.timeout)
     scored = [(r, float(m.group(3))) for r, _, m in stamps if m.group(3) != "-"]
@@ -166,11 +196,14 @@ def side_versions(args) -> dict:
     """pfl's and its torch's versions in the pfl environment, and the measured fedsweep checkout's commit."""
     pfl = subprocess.run([args.pfl_python, "-c", "import pfl, torch; print(pfl.__version__, torch.__version__)"],
                          capture_output=True, text=True, check=True).stdout.split()
-    commit = subprocess.run(["git", "-C", args.fedsweep_repo, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", args.fedsweep_repo, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return {"pfl": pfl[0], "pfl_torch": pfl[1],
-            "fedsweep_repo_commit": (commit.stdout.strip() + ("+dirty" if dirty else "")) or None}
+    try:  # a copy without git (the GPU machine's) has no commit to name
+        commit = subprocess.run(["git", "-C", args.fedsweep_repo, "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", args.fedsweep_repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = dirty = ""
+    return {"pfl": pfl[0], "pfl_torch": pfl[1], "fedsweep_repo_commit": (commit + ("+dirty" if dirty else "")) or None}
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -196,11 +229,23 @@ def main(argv=None) -> int:
     p.add_argument("--pfl-python", default=DEFAULT_PFL_PYTHON if os.path.exists(DEFAULT_PFL_PYTHON) else sys.executable,
                    help="interpreter with pfl[pytorch]==0.6.0 (default: /tmp/pfl-venv/bin/python if present)")
     p.add_argument("--pfl-procs", type=int, default=2, help="torchrun processes (one per core)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: pfl as one process on the GPU, fedsweep's workers sharing it")
+    p.add_argument("--gpu-workers", type=int, default=2, help="with --device cuda: fedsweep's client workers on the GPU")
+    p.add_argument("--synthetic", action="store_true",
+                   help="write a CIFAR-shaped stand-in into --data-dir when it holds no cifar-10-batches-py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     p.add_argument("--out", default="bench_pfl.json")
     args = p.parse_args(argv)
     args.fedsweep_repo, args.data_dir = os.path.abspath(args.fedsweep_repo), os.path.abspath(args.data_dir)
+    args.data = "cifar-10-batches-py"
+    if not os.path.isdir(os.path.join(args.data_dir, args.data)):
+        if not args.synthetic:
+            sys.exit(f"bench_pfl: no cifar-10-batches-py in {args.data_dir}: write it with "
+                     "../shared/datasets/make_cifar10.py, or pass --synthetic for a CIFAR-shaped stand-in")
+        write_synthetic_cifar(args.data_dir, args.seed)
+        args.data = "synthetic"
     shapes = {}
     for name in args.shapes:
         shapes[name] = dict(SHAPES[name])

@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# The GPU benchmark as one prepared command for the H100/H200 device machine.
-# bench_gpu.py runs fedsweep (fl_core.run_app with the built-in app, apps/cifar10) with 2/4/8
-# client workers sharing the GPU; bench_kernels.py times the app's kernels (cifar10_app.task).
+# The GPU checks and benchmarks as one prepared command for the H100/H200 device machine.
+# By default (RUN=check): bench/gpu_check.py (fedsweep's GPU paths on real CUDA: client workers per GPU,
+# GPU memory per worker, the server's share, no process left holding memory) and then bench_pfl.py
+# --device cuda (fedsweep against pfl-research 0.6.0 on the GPU, both shapes of its CPU benchmark,
+# alternating, on a CIFAR-shaped synthetic set: CIFAR-10 cannot be carried beside the wheels).
+# RUN=sharing: bench_gpu.py (2/4/8 client workers sharing the GPU against a tight loop) and
+# bench_kernels.py (the app's kernels). RUN=scaling: bench_scaling.py (below).
 #
 # Before (here, in the repo root, once):
 #   DEST=.whl bash ../shared/device/make-wheels.sh tomli tomli-w grpcio-health-checking==1.81.1 \
-#       pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types wcwidth
+#       pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types wcwidth \
+#       pfl==0.6.0 dp-accounting==0.5.1 prv-accountant==0.2.0
 #   (fills .whl/ with the Python 3.12 wheels of Ray, Flower, Flower Datasets and the dependencies
 #   that machine's image lacks: on 2026-12-04 without the names after make-wheels.sh, Flower's config
-#   import failed there on tomli; 59 MB in all; .whl/ is git-ignored).
+#   import failed there on tomli; pfl and its two accountants for bench_pfl.py, the image holding
+#   scipy and absl-py; 60 MB in all; .whl/ is git-ignored).
 # Then call the device tool's `run` with carry [".whl"] and the command
 #   bash bench/run_gpu.sh
-# and a timeout_s of about 540. Arguments are passed on to bench_gpu.py
-# (`bash bench/run_gpu.sh --device cpu --smoke` checks the script on a CPU machine; WHEELS=DIR takes
-# the wheels from DIR instead of .whl, e.g. a stand-in wheel for that check). Everything lands in $OUT: gpu.json (results,
-# rewritten after every configuration), gpu.log (console), nvidia-smi.txt, and
-# kernels.json/kernels.log from bench_kernels.py on the GPU (memory layouts and
-# vmap cohorts; given KERNELS_S seconds, default 60, out of the budget).
+# and a timeout_s of about 540. RUN=check writes to $OUT: gpu_check.json and .log, pfl_gpu.json and
+# .log (bench_pfl.py: 2 runs per side and shape, fewer when the budget runs out: each run's results
+# are written as it ends; arguments are passed on to it), nvidia-smi.txt. It needs a GPU.
+# RUN=sharing: arguments go to bench_gpu.py (`RUN=sharing bash bench/run_gpu.sh --device cpu --smoke`
+# checks the script on a CPU machine; WHEELS=DIR takes the wheels from DIR instead of .whl, e.g. a
+# stand-in wheel for that check). It writes gpu.json (results, rewritten after every configuration),
+# gpu.log (console), nvidia-smi.txt, and kernels.json/kernels.log from bench_kernels.py on the GPU
+# (memory layouts and vmap cohorts; given KERNELS_S seconds, default 60, out of the budget).
 #
 # The whole script keeps to BUDGET_S seconds (default 480, i.e. 8 minutes):
-# bench_gpu.py starts no new configuration after its --time-budget and is
-# stopped outright by `timeout` before the budget ends.
+# each step is stopped outright by `timeout` before the budget ends (bench_gpu.py also starts no new
+# configuration after its --time-budget).
 #
 # RUN=scaling bash bench/run_gpu.sh   runs bench_scaling.py instead (and neither bench_gpu.py nor
 # bench_kernels.py): the round-time model of K CPU workers, checked against engine runs at
@@ -39,7 +47,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench-gpu-out}
-RUN=${RUN:-gpu}
+RUN=${RUN:-check}
 BUDGET_S=${BUDGET_S:-480}
 KERNELS_S=${KERNELS_S:-60}
 WHEELS=${WHEELS:-.whl}
@@ -90,6 +98,20 @@ if [ "$RUN" = scaling ]; then
         --out "$OUT/scaling.json" --plot "$OUT/scaling.png" "$@" 2>&1 | tee "$OUT/scaling.log"
     status=${PIPESTATUS[0]}
     echo "run_gpu.sh: bench_scaling.py exit status ${status}; total $(( $(date +%s) - START )) s; results in $OUT"
+    exit "$status"
+fi
+
+if [ "$RUN" = check ]; then
+    timeout --kill-after=10 "${CHECK_S:-150}" python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 \
+        | tee "$OUT/gpu_check.log"
+    check=${PIPESTATUS[0]}
+    left=$(( BUDGET_S - ($(date +%s) - START) - 10 ))
+    echo "run_gpu.sh: gpu_check.py exit status ${check}; bench_pfl.py gets ${left} s"
+    timeout --kill-after=10 "$left" python3 bench/bench_pfl.py --device cuda --synthetic --data-dir /tmp/pfl-data \
+        --pfl-python python3 --repeats 2 --out "$OUT/pfl_gpu.json" "$@" 2>&1 | tee "$OUT/pfl_gpu.log"
+    status=${PIPESTATUS[0]}
+    echo "run_gpu.sh: bench_pfl.py exit status ${status}; total $(( $(date +%s) - START )) s; results in $OUT"
+    [ "$check" -ne 0 ] && exit "$check"
     exit "$status"
 fi
 

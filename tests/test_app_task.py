@@ -146,3 +146,23 @@ def test_client_side_dp_clips_the_update(run_config):
 
 def test_client_seed_is_a_pure_function():
     assert client_seed(0, 3, 7) == client_seed(0, 3, 7) != client_seed(0, 3, 8) != client_seed(1, 3, 7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback; this machine has CUDA")
+@pytest.mark.parametrize("visible, line", [(None, ""), ("3", "computes on cpu (CUDA_VISIBLE_DEVICES='3')")])
+def test_pick_device_falls_back_to_the_cpu_and_says_so_where_gpus_were_given(monkeypatch, capsys, visible, line):
+    """A worker given a GPU (Ray set CUDA_VISIBLE_DEVICES) that torch cannot use says it computes on the CPU, once;
+    a CPU-only process says nothing."""
+    from cifar10_app import task
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    task.pick_device.cache_clear()
+    try:
+        assert task.pick_device() == task.pick_device() == torch.device("cpu")
+        out = capsys.readouterr().out
+    finally:
+        task.pick_device.cache_clear()
+    assert (out.count(line) == 1 and out.count("cifar10_app:") == 1) if line else out == ""

@@ -9,6 +9,7 @@ seeded by (seed, round, partition), so an update depends on nothing else.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import torch
@@ -48,9 +49,22 @@ def initial_model(seed: int) -> Net:
         torch.random.set_rng_state(state)
 
 
+@functools.lru_cache(maxsize=1)
 def pick_device() -> torch.device:
-    """The first GPU this process may use, else the CPU (Ray shows a worker only the GPUs it reserved)."""
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    """The first GPU this process may use, else the CPU (Ray shows a worker only the GPUs it reserved).
+
+    Where GPUs are in play (CUDA usable, or GPUs given to the process), says once
+    per process which device it is and which GPUs the process was given: a run on
+    a GPU cluster shows where its clients train, and a worker given a GPU that its
+    torch cannot use says it falls back to the CPU. Silent on CPU-only runs.
+    """
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type == "cuda" or visible:
+        where = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+        print(f"cifar10_app: process {os.getpid()} computes on {device} ({where}CUDA_VISIBLE_DEVICES="
+              f"{'unset' if visible is None else repr(visible)})", flush=True)
+    return device
 
 
 @functools.lru_cache(maxsize=2)
