@@ -95,11 +95,13 @@ def label_distribution(partitioner, label_column: str, title: str):
     Both from Flower Datasets in one pass over the partitions: the table
     `plot_label_distributions` returns is `compute_counts`' (absolute counts).
     Large pools are plotted for the first MAX_PLOTTED_PARTITIONS clients only and
-    then counted once more in full.
+    then counted in full from the partitioner's rows (`fl_core.partitions`: the
+    same table without a dataset per partition).
     """
     from datasets import ClassLabel
-    from flwr_datasets.metrics import compute_counts
     from flwr_datasets.visualization import plot_label_distributions
+
+    from fl_core.partitions import label_counts
     from matplotlib.figure import Figure
 
     total = partitioner.num_partitions
@@ -121,7 +123,7 @@ def label_distribution(partitioner, label_column: str, title: str):
         step = 10 if shown > 50 else 5
         axis.set_xticks(range(0, shown, step), [str(i) for i in range(0, shown, step)])
     if shown < total:
-        counts = compute_counts(partitioner, label_column, verbose_names=verbose)
+        counts = label_counts(partitioner, label_column, verbose_names=verbose)
     return counts.rename_axis("partition-id"), figure
 
 

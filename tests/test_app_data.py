@@ -95,6 +95,8 @@ def test_synthetic_is_deterministic_and_cifar_shaped():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert a[0].shape == (100, 3, 32, 32) and a[0].dtype == np.uint8 and a[2].shape == (20, 3, 32, 32)
+    # The partitioner hook's labels, drawn without the images, are the training labels.
+    np.testing.assert_array_equal(make_synthetic(100, 3, labels_only=True), a[1])
 
 
 def _write_fake_cifar(root, n=20):

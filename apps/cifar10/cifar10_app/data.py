@@ -99,21 +99,34 @@ def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return train_x, train_y, parts[5][0], parts[5][1]
 
 
-def make_synthetic(num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+SYNTHETIC_CHUNK = 1024  # images drawn at a time by make_synthetic (12 MB of float32)
+
+
+def make_synthetic(num_train: int, seed: int, labels_only: bool = False):
     """A learnable CIFAR-shaped set: each class is a smooth random template plus noise.
 
-    The test set has num_train // 5 images (at least 10). Same (size, seed), same bytes.
+    (train images, train labels, test images, test labels); the test set has
+    num_train // 5 images (at least 10). Same (size, seed), same bytes. With
+    `labels_only`, just the train labels, drawn without the images (which are
+    drawn after them): what the partitioner needs, in microseconds.
     """
     rng = np.random.default_rng([seed, 7919])
     templates = rng.uniform(-1, 1, size=(NUM_CLASSES, 3, 4, 4)).astype(np.float32)
     templates = 127.5 + 90.0 * np.kron(templates, np.ones((1, 1, 8, 8), np.float32))  # 4x4 blocks -> 32x32
+    if labels_only:
+        return rng.integers(0, NUM_CLASSES, size=num_train).astype(np.int64)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, NUM_CLASSES, size=n)
-        pixels = rng.standard_normal(size=(n, 3, 32, 32), dtype=np.float32)
-        pixels *= 40.0
-        pixels += templates[labels]
-        return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), labels.astype(np.int64)
+        images = np.empty((n, 3, 32, 32), np.uint8)
+        # In chunks that stay in cache: the same draws in the same order as one call, twice as fast at 200,000 images.
+        for start in range(0, n, SYNTHETIC_CHUNK):
+            end = min(start + SYNTHETIC_CHUNK, n)
+            pixels = rng.standard_normal(size=(end - start, 3, 32, 32), dtype=np.float32)
+            pixels *= 40.0
+            pixels += templates[labels[start:end]]
+            images[start:end] = np.clip(pixels, 0, 255, out=pixels)
+        return images, labels.astype(np.int64)
 
     train_x, train_y = draw(num_train)
     test_x, test_y = draw(max(num_train // 5, 10))
@@ -186,11 +199,14 @@ def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *
 def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
                       classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Training-set indices of each of `num_partitions` clients; deterministic from the seed."""
+    from fl_core.partitions import partition_rows  # Flower Datasets: imported only where data is split
+
     partitioner = build_partitioner(labels, partition, num_partitions, alpha=alpha,
                                     classes_per_client=classes_per_client, seed=seed)
-    # One batch read per partition: `partition["idx"]` is a lazy column read row by row (5 s for CIFAR-10).
-    return [np.asarray(partitioner.load_partition(i).with_format("numpy")[:]["idx"], dtype=np.int64)
-            for i in range(num_partitions)]
+    # The partitioner's rows, read once (not a dataset per partition: 1 ms each, minutes for 100,000 clients).
+    rows = partition_rows(partitioner)
+    idx = np.asarray(partitioner.dataset.with_format("numpy")[:]["idx"], dtype=np.int64)  # [:]: one batch read
+    return [idx[r] for r in rows]
 
 
 def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -261,9 +277,13 @@ def partitioner(run_config, num_partitions: int):
 
     Partition i holds client i's samples, its train and validation splits
     together, with their labels in column `label`. The labels are read again
-    (the images are dropped): the hook must not keep a second copy of the data set.
+    (CIFAR-10's images are dropped, the synthetic set's never drawn): the hook
+    must not keep a second copy of the data set.
     """
-    train_labels = _arrays(run_config)[1]
+    if run_config["dataset"] == "synthetic":
+        train_labels = make_synthetic(int(run_config["synthetic-size"]), int(run_config["seed"]), labels_only=True)
+    else:
+        train_labels = _arrays(run_config)[1]
     return build_partitioner(train_labels, num_partitions=num_partitions, **_scheme(run_config))
 
 
