@@ -105,22 +105,70 @@ def server_threads(settings: RunSettings) -> int:
     return os.cpu_count() or 1
 
 
+class GpuHolder:
+    """An actor that only holds GPUs through Ray: a standalone run's server share (see reserve_server_gpus)."""
+
+    def gpu_ids(self) -> list[str]:
+        """The GPU ids Ray gave this actor, as CUDA_VISIBLE_DEVICES names them."""
+        import ray
+
+        return [str(i) for i in ray.get_gpu_ids()]
+
+
+def reserve_server_gpus(settings: RunSettings) -> tuple[object | None, str | None]:
+    """(holder actor or None, the server's CUDA_VISIBLE_DEVICES or None to leave it), before the workers start.
+
+    --server-gpus 0: "" (the server sees no GPU). In a Tune trial, bundle 0 of
+    the trial holds them and Ray has set this process's CUDA_VISIBLE_DEVICES.
+    Alone the driver is no Ray worker, so an actor on this node holds them for
+    the run: Ray then gives the client workers the other GPUs (or the rest of a
+    shared one), and the server uses the ones Ray gave the actor. Reserved
+    before the workers so that a whole GPU is still free to hold.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if settings.server_gpus == 0:
+        return None, ""
+    if ray.util.get_current_placement_group() is not None:
+        return None, None
+    here = ray.get_runtime_context().get_node_id()
+    node_gpus = next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == here and n["Alive"]), 0)
+    if node_gpus < settings.server_gpus:
+        raise ConfigError(f"--server-gpus {settings.server_gpus:g}: the server's machine has {node_gpus:g} GPUs in "
+                          "Ray; use --server-gpus 0 or run fl_core on a machine with a GPU")
+    holder = ray.remote(GpuHolder).options(
+        num_cpus=0, num_gpus=settings.server_gpus,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    try:
+        ids = ray.get(holder.gpu_ids.remote(), timeout=120)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(holder)
+        raise RuntimeError(f"--server-gpus {settings.server_gpus:g}: Ray could not hold that much GPU on the "
+                           "server's machine within 120 s (other work holds its GPUs)") from None
+    return holder, ",".join(ids)
+
+
 @contextmanager
-def server_process(settings: RunSettings):
-    """The server's share of this process: its thread count, and no GPU unless --server-gpus gives it one."""
+def server_process(settings: RunSettings, visible: str | None):
+    """The server's share of this process: its thread count, and the GPUs `visible` (reserve_server_gpus) names.
+
+    CUDA_VISIBLE_DEVICES only counts before CUDA starts in a process, so a
+    server that already started it keeps what it sees.
+    """
     import torch
 
     threads = torch.get_num_threads()
-    hidden = settings.server_gpus == 0 and not torch.cuda.is_initialized()
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if hidden:  # Ray reserved no GPU for the server: its central evaluation must not take one
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    change = visible is not None and not torch.cuda.is_initialized()
+    if change:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     torch.set_num_threads(server_threads(settings))
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        if hidden:
+        if change:
             if previous is None:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
@@ -154,7 +202,13 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     values = prepare_shared(app, run_config, settings.pool_size, shared_values)
     shared_data.publish(values)
     shared_data.install(values)
-    pool = WorkerPool(app, settings, run_config, values, RUN_ID)  # workers start while the server gets ready
+    holder, server_visible = reserve_server_gpus(settings)
+    try:
+        pool = WorkerPool(app, settings, run_config, values, RUN_ID)  # workers start while the server gets ready
+    except BaseException:
+        if holder is not None:
+            ray.kill(holder)
+        raise
     try:
         grid = RayGrid(pool, num_nodes=settings.pool_size, run_config=run_config, seed=settings.seed, run_id=RUN_ID,
                        node_states=resume.node_states if resume is not None else None,
@@ -163,7 +217,7 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
         _active = run
-        with server_process(settings), seeding.seeded_node_sampling(run.sampler):
+        with server_process(settings, server_visible), seeding.seeded_node_sampling(run.sampler):
             seeding.seed_globals(seeding.derive_seed(settings.seed, 0, seeding.MAIN))
             server_app(grid, Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                                      run_config=dict(run_config)))
@@ -178,4 +232,6 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     finally:
         _active = None
         pool.shutdown()
+        if holder is not None:
+            ray.kill(holder)
         shared_data.uninstall()

@@ -66,6 +66,9 @@ class RunSettings:
         need(self.num_client_gpus >= 0, f"--num-client-gpus must be >= 0, got {self.num_client_gpus}")
         need(self.server_cpus is None or self.server_cpus >= 1, f"--server-cpus must be at least 1, got {self.server_cpus}")
         need(self.server_gpus >= 0 and math.isfinite(self.server_gpus), f"--server-gpus must be >= 0, got {self.server_gpus}")
+        for flag, gpus in (("--num-client-gpus", self.num_client_gpus), ("--server-gpus", self.server_gpus)):
+            need(gpus <= 1 or gpus == int(gpus),  # Ray's rule: a share of one GPU, or whole GPUs
+                 f"{flag} {gpus:g}: Ray hands out a share of one GPU (at most 1) or whole GPUs; use 1 or {math.ceil(gpus)}")
         need(self.max_parallel_clients is None or self.max_parallel_clients >= 1,
              f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}")
         need(self.nodes_per_call is None or self.nodes_per_call >= 1,

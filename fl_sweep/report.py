@@ -96,7 +96,9 @@ def trials_table(grid, statuses: dict, rounds, spec: SweepSpec, experiment: str)
     """
     import pandas as pd
 
-    last = grid.get_dataframe().set_index("trial_id") if len(grid) else pd.DataFrame()
+    last = grid.get_dataframe() if len(grid) else pd.DataFrame()
+    # Trials that failed before their first report leave rows without Tune's columns.
+    last = last.set_index("trial_id") if "trial_id" in last else pd.DataFrame()
     checkpoints = {_trial_id(r): _checkpoint_location(r, experiment) for r in grid}
     configs = {_trial_id(r): r.config for r in grid}
     rows = []

@@ -122,15 +122,15 @@ def test_node_sampling_depends_only_on_seed_and_round():
     assert len(set(train)) == 10 and train != evaluate[:5]
 
 
-def test_the_server_sees_no_gpu_unless_given_one(monkeypatch):
+def test_the_server_sees_the_gpus_it_was_given(monkeypatch):
+    """server_process shows the server what reserve_server_gpus decided: none, its own, or (None) what it has."""
     from fl_core.runner import server_process
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with server_process(RunSettings(server_cpus=1)):
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    with server_process(RunSettings(server_cpus=1, server_gpus=1)):
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    for visible, inside in (("", ""), ("1", "1"), (None, "0,1")):
+        with server_process(RunSettings(server_cpus=1), visible):
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == inside
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
 def test_cli_run_then_resume_writes_csv_json_and_checkpoint(ray_local, tmp_path, capsys):

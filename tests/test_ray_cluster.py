@@ -256,8 +256,9 @@ class Head(RayNode):
     127.0.0.1 throughout.
     """
 
-    def __init__(self, num_cpus: int, env: dict) -> None:
-        """Start the head and wait until its Jobs API answers."""
+    def __init__(self, num_cpus: int, env: dict, num_gpus: int = 0) -> None:
+        """Start the head (with `num_gpus` logical GPUs: Ray hands out their ids with none present) and wait until
+        its Jobs API answers."""
         (self.gcs_port, self.dashboard_port, agent_http, agent_grpc, client_server, node_manager, object_manager,
          metrics, runtime_env_agent) = free_ports(9)
         self.env = env
@@ -267,7 +268,8 @@ class Head(RayNode):
                 "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
                 "--ray-client-server-port", str(client_server), "--node-manager-port", str(node_manager),
                 "--object-manager-port", str(object_manager), "--metrics-export-port", str(metrics),
-                "--runtime-env-agent-port", str(runtime_env_agent), "--num-cpus", str(num_cpus)]
+                "--runtime-env-agent-port", str(runtime_env_agent), "--num-cpus", str(num_cpus),
+                "--num-gpus", str(num_gpus)]
         super().__init__("h", args, env, node_manager)
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
         # Jobs are handed to the head's dashboard agent: wait for the dashboard and the agent both.
