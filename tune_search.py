@@ -3,7 +3,7 @@
 Run a sweep (default: a grid over fraction-train x local-epochs)::
 
     python tune_search.py --set dataset=synthetic --set num-server-rounds=5
-    python tune_search.py --app examples/quickstart-pytorch --grid lr=0.01,0.1 --metric fed_eval_acc
+    python tune_search.py --app examples/quickstart-pytorch --grid learning-rate=0.01,0.1
     python tune_search.py --config sweep.yaml --loguniform lr=1e-3,1e-1 --search random --num-samples 8
     python tune_search.py --name fedsweep --resume          # continue an interrupted sweep
     python tune_search.py report ./ray_results/fedsweep     # tables and plots, at any time
@@ -12,11 +12,12 @@ Design, in short:
 
 * Every trial is one `fl_core.run_app` of the app (default: the built-in
   CIFAR-10 app). Keys are the engine's settings (pool_size, seed, resources) or
-  the app's run-config keys. When the app hands its rounds to fedsweep
-  (`fl_core.start`), each round reports its metrics, with a checkpoint
-  (`fl_checkpoint.npz`) every round or every `--checkpoint-every N`, so a
-  crashed trial and a resumed sweep continue after the last checkpointed round; an app that loops itself reports per round
-  without checkpoints and restarts from round 1.
+  the app's run-config keys. When fedsweep runs the app's rounds (its
+  `strategy.start` or `fl_core.start`), each round reports its metrics, with a
+  checkpoint (`fl_checkpoint.npz`) every round or every `--checkpoint-every N`,
+  so a crashed trial and a resumed sweep continue after the last checkpointed
+  round; a strategy whose `start` is its own loop reports per round without
+  checkpoints and restarts from round 1.
 * A trial's placement group is [server bundle] + K client bundles, with
   K = min(clients per round, max parallel clients); fl_core puts one client
   worker actor on each client bundle.

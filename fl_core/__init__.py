@@ -3,7 +3,8 @@
 In an app (these work under Flower's own engine too)::
 
     import fl_core
-    fl_core.start(strategy, grid, initial_arrays=..., num_rounds=..., evaluate_fn=...)   # instead of strategy.start(...)
+    strategy.start(grid=grid, initial_arrays=..., evaluate_fn=...)  # unchanged: under fedsweep its loop runs it
+    fl_core.start(strategy, grid, initial_arrays=..., num_rounds=..., evaluate_fn=...)   # the same, spelled out
     fl_core.evaluate_all_nodes(grid, arrays, config)                                     # every node scores the model
     fl_core.wait_for_nodes(grid)                     # the number of nodes (Flower's engine registers them late)
     fl_core.ShardedEvaluation(evaluate_shard, num_shards, combine)  # an evaluate_fn whose shards run on the workers

@@ -26,10 +26,10 @@ class RoundEnd:
     """What a callback learns after a round."""
 
     round: int
-    num_rounds: int | None  # None when the app loops itself (strategy.start) without a num-server-rounds key
+    num_rounds: int | None  # None when the strategy loops itself (its own start) without a num-server-rounds key
     start_round: int
     metrics: dict
-    # None when the app loops itself: such runs cannot be checkpointed. A snapshot that shares arrays with the
+    # None when the strategy loops itself: such runs cannot be checkpointed. A snapshot that shares arrays with the
     # live strategy and nodes: write or copy it during the callback to keep it.
     state: ServerState | None
 

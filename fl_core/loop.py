@@ -17,19 +17,25 @@ to the callbacks. Anywhere else (Flower's own engine) it calls
 node and summarises their metrics (mean, min, 10th percentile, max); under
 fedsweep the summary also lands in the run's summary and its last Tune report.
 
-An app that calls `strategy.start` itself still runs: the grid sees its
-messages and `RoundObserver` reports what they show (client-side metrics per
-round), but such a run cannot be checkpointed or resumed.
+While fedsweep runs a ServerApp, Flower's `Strategy.start` called with
+fedsweep's grid is this loop too (`strategy_start_runs_here`), so an unchanged
+app that calls `strategy.start(grid=grid, ...)` as Flower's templates do gets
+the same. Only a strategy class that overrides `start` with a loop of its own
+(or a ServerApp that sends its messages itself) runs its own rounds: the grid
+sees its messages and `RoundObserver` reports what they show (client-side
+metrics per round), but such a run cannot be checkpointed or resumed, which
+the observer says in one line when its first round starts.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_core import central, seeding
@@ -57,6 +63,35 @@ def start(strategy, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, time
     return run_rounds(run, strategy, initial_arrays, num_rounds, timeout,
                       ConfigRecord() if train_config is None else train_config,
                       ConfigRecord() if evaluate_config is None else evaluate_config, evaluate_fn)
+
+
+@contextmanager
+def strategy_start_runs_here():
+    """Within the block, Flower's `Strategy.start` on fedsweep's grid runs this loop, as `fl_core.start` does.
+
+    Every strategy of Flower inherits `start` from its base class, so the
+    ServerApp's `strategy.start(grid=grid, ...)` lands here, and so does a
+    subclass's own `start` that calls `super().start(...)`. With any other grid
+    (and outside the block) Flower's `start` runs as written.
+    """
+    flower_start = Strategy.start
+
+    def start_here(self, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+                   train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+                   evaluate_fn=None) -> Result:
+        from fl_core.runner import active_run
+
+        if active_run(grid) is None:
+            return flower_start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                                evaluate_fn)
+        return start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
+
+    start_here.__doc__, start_here.__wrapped__ = flower_start.__doc__, flower_start
+    Strategy.start = start_here
+    try:
+        yield
+    finally:
+        Strategy.start = flower_start
 
 
 def prefixed(prefix: str, record: MetricRecord | None) -> dict:
@@ -109,7 +144,8 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
                train_config: ConfigRecord, evaluate_config: ConfigRecord, evaluate_fn) -> Result:
     """The resumable loop over `strategy`'s rounds on `run`'s grid (see the module doc)."""
     if run.rounds_started:
-        raise RuntimeError("fl_core.start was called twice in one run: fedsweep runs (and resumes) one start per run")
+        raise RuntimeError("the ServerApp started its rounds twice (strategy.start or fl_core.start): fedsweep runs "
+                           "(and resumes) one start per run")
     run.rounds_started = True
     run.observer.active = False  # the loop reports the rounds itself
     grid = run.grid
@@ -238,13 +274,28 @@ def wait_for_nodes(grid, minimum: int = 1, settle_s: float = 0.5) -> int:
         time.sleep(settle_s)
 
 
+def own_loop_note() -> str:
+    """Why the rounds under way cannot be checkpointed, and what to change: named from the calling strategy."""
+    frame = sys._getframe(1)
+    while frame is not None and not isinstance(frame.f_locals.get("self"), Strategy):
+        frame = frame.f_back
+    if frame is None:
+        return ("the ServerApp sends its round messages itself, not through a Flower strategy's start, so this run "
+                "has no checkpoints, no --resume and no central metrics; fedsweep runs and checkpoints the rounds "
+                "of strategy.start(grid=grid, ...) or fl_core.start(strategy, grid, ...)")
+    name = type(frame.f_locals["self"]).__name__
+    return (f"strategy {name} overrides Strategy.start with its own round loop, so this run has no checkpoints, "
+            f"no --resume and no central metrics; to have fedsweep run and checkpoint the rounds, drop {name}.start "
+            "or have it call super().start(...), and keep the extras in the strategy's other methods or evaluate_fn")
+
+
 @contextmanager
 def _nothing():
     yield
 
 
 class RoundObserver:
-    """Rounds as the grid sees them, for apps that loop themselves with `strategy.start`.
+    """Rounds as the grid sees them, for a strategy whose `start` is its own loop (or a ServerApp looping itself).
 
     Messages carry their round in the config (`server-round`, which Flower's
     strategies always set); a round is reported once messages of a later round
@@ -284,7 +335,9 @@ class RoundObserver:
             self.flush()
         if self.current is None:
             self.current = {"round": server_round, "t0": time.perf_counter() - seconds, "retries": 0}
-            self.first_round = server_round if self.first_round is None else self.first_round
+            if self.first_round is None:
+                self.first_round = server_round
+                print(f"note: {own_loop_note()}", flush=True)
         self.current["retries"] += retries
         kind = "train" if messages[0].metadata.message_type.startswith("train") else "fed"
         if kind == "train":

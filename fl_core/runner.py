@@ -1,9 +1,9 @@
 """One run of a Flower app on Ray: data shared, workers started, the ServerApp called with fedsweep's grid.
 
 `run_app` is what `python -m fl_core` and each Tune trial call. It calls the
-app's ServerApp in this process with a `RayGrid`; when the ServerApp hands its
-rounds over (`fl_core.start`) the loop in loop.py runs them, otherwise the grid
-reports what it sees. Everything around the rounds (printing, checkpoints,
+app's ServerApp in this process with a `RayGrid`; the rounds of its
+`strategy.start` (or `fl_core.start`) run in the loop of loop.py; an app that
+loops by itself is reported from what the grid sees. Everything around the rounds (printing, checkpoints,
 metrics files, Tune reports) is a callback.
 """
 
@@ -191,6 +191,7 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     from flwr.supercore.task_identity import TaskIdentity
 
     from fl_core.grid import RayGrid
+    from fl_core.loop import strategy_start_runs_here
     from fl_core.pool import WorkerPool
 
     settings.validate()
@@ -217,7 +218,8 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
         _active = run
-        with server_process(settings, server_visible), seeding.seeded_node_sampling(run.sampler):
+        with server_process(settings, server_visible), seeding.seeded_node_sampling(run.sampler), \
+                strategy_start_runs_here():
             seeding.seed_globals(seeding.derive_seed(settings.seed, 0, seeding.MAIN))
             server_app(grid, Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                                      run_config=dict(run_config)))

@@ -53,8 +53,8 @@ class NodeSampler:
     """Stands in for the `random` module inside Flower's strategy_utils, whose `sample_nodes` draws nodes.
 
     Each draw comes from its own stream keyed by (seed, round, draw within the
-    round); `start_round` sets the round. Without it (an app that loops itself
-    with `strategy.start`) draws are keyed by their position in the run.
+    round); `start_round` sets the round. Without it (a strategy whose `start`
+    is its own loop) draws are keyed by their position in the run.
     """
 
     def __init__(self, seed: int) -> None:

@@ -75,7 +75,7 @@ class TuneReporter(Callback):
     """Reports every round to Tune, with a checkpoint every `checkpoint_every` rounds and at the last round.
 
     The last round waits for the all-node evaluation, so that its report carries
-    the clients_* statistics too. An app that loops itself has no state to
+    the clients_* statistics too. A strategy that loops itself has no state to
     checkpoint: its rounds are reported without one.
     """
 
@@ -96,7 +96,7 @@ class TuneReporter(Callback):
         if self.held is None:
             if not (event.client_evaluation and event.history):  # resumed after the final round: reported
                 return
-            metrics = dict(event.history[-1])  # an app that loops itself: report its last round again
+            metrics = dict(event.history[-1])  # a strategy that loops itself: its last round again
         else:
             metrics = dict(self.held.metrics)
         metrics.update(client_evaluation_metrics(event.client_evaluation))

@@ -491,22 +491,33 @@ def test_kill_and_resume(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# An app that loops itself (strategy.start) as a Tune trial
+# Unchanged Flower apps as Tune trials
 
 
-def test_an_unchanged_flower_app_sweeps_on_its_client_metrics(tmp_path):
-    """The quickstart template app: per-round reports from its replies, no checkpoints; a missing metric is named."""
+def test_an_unchanged_flower_app_sweeps_on_its_central_accuracy_and_retries_from_checkpoints(tmp_path):
+    """The quickstart template (strategy.start, evaluate_fn): the default metric, a checkpoint per round, a retry."""
     quickstart = os.path.join(REPO, "examples", "quickstart-pytorch")
-    base = ["--app", quickstart, "--set", "dataset=synthetic", "--set", "synthetic-size=400", "--set", "pool_size=4",
-            "--set", "num-server-rounds=2", "--grid", "lr=0.05", "--storage-path", str(tmp_path / "results")]
-    code, output, _ = Run(base + ["--name", "wrong"]).to_end()  # default metric central_accuracy: such an app has none
-    assert code == 2 and "reports no central_accuracy per round; it reports fed_eval_acc" in output, output[-2000:]
-    assert not (tmp_path / "results" / "wrong").exists()
-    code, output, leftovers = Run(base + ["--name", "right", "--metric", "fed_eval_acc"]).to_end()
+    hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(tmp_path / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(tmp_path / "log")}
+    code, output, leftovers = Run(["--app", quickstart, "--set", "dataset=synthetic", "--set", "synthetic-size=400",
+                                   "--set", "pool_size=4", "--set", "num-server-rounds=2",
+                                   "--grid", "learning-rate=0.05,0.1", "--storage-path", str(tmp_path / "results"),
+                                   "--name", "template"], hooks=hooks).to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
-    exp = tmp_path / "results" / "right"
-    rounds = pd.read_csv(exp / "rounds.csv")
-    assert rounds["round"].tolist() == [1, 2] and {"train_loss", "fed_eval_acc"} <= set(rounds)
-    trials = pd.read_csv(exp / "trials.csv")
-    assert trials["final_fed_eval_acc"].between(0, 1).all() and trials["checkpoint"].isna().all()
+    trials = pd.read_csv(tmp_path / "results" / "template" / "trials.csv")
+    assert len(trials) == 2 and trials["final_central_accuracy"].between(0, 1).all()  # its evaluate_fn's accuracy
+    assert trials["checkpoint"].notna().all()
+    with open(hooks["FEDSWEEP_TEST_FAIL_ONCE"]) as f:
+        failed = f.read()
+    log = read_round_log(hooks["FEDSWEEP_TEST_ROUND_LOG"])
+    assert rounds_of(log, failed) == [1, 2], log  # failed in round 2, resumed from round 1's checkpoint
+
+
+def test_an_app_with_its_own_loop_is_told_which_metrics_it_has(tmp_path):
+    """A strategy that loops itself has no central metrics: the default metric is refused, naming what it has."""
+    own_loop = os.path.join(REPO, "tests", "apps", "own_loop")
+    code, output, leftovers = Run(["--app", own_loop, "--set", "pool_size=4", "--grid", "num-server-rounds=1,2",
+                                   "--storage-path", str(tmp_path / "results"), "--name", "wrong"]).to_end()
+    assert code == 2 and "reports no central_accuracy per round; it reports fed_mean" in output, output[-2000:]
+    assert leftovers == []
+    assert not (tmp_path / "results" / "wrong").exists()

@@ -11,6 +11,7 @@ label-distribution files.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -270,6 +271,23 @@ def load_data(run_config, num_partitions: int) -> FederatedData:
     parts = partition_indices(train_y, num_partitions=num_partitions, **scheme)
     client_train, client_val = split_validation(parts, float(run_config["val-ratio"]), scheme["seed"])
     return FederatedData(train_x, train_y, test_x, test_y, client_train, client_val)
+
+
+def test_set(run_config) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the run config's test set, for a central evaluation that has no pool size at hand.
+
+    Read once per process and data set (the training set is read with it and dropped).
+    """
+    return _test_set(run_config["dataset"], run_config["data-dir"], int(run_config["synthetic-size"]),
+                     int(run_config["seed"]))
+
+
+@functools.lru_cache(maxsize=2)
+def _test_set(dataset: str, data_dir: str, synthetic_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """test_set's cache: keyed by what `_arrays` reads."""
+    _, _, images, labels = _arrays({"dataset": dataset, "data-dir": data_dir, "synthetic-size": synthetic_size,
+                                    "seed": seed})
+    return images, labels
 
 
 def partitioner(run_config, num_partitions: int):

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize, ToTensor
 
 from cifar10_app.data import load_data as load_federated_data
+from cifar10_app.data import test_set
 
 
 class Net(nn.Module):
@@ -50,30 +51,37 @@ class PartitionDataset(Dataset):
         return {"img": pytorch_transforms(img), "label": int(self.labels[index])}
 
 
-def load_data(partition_id: int, num_partitions: int, run_config):
+def load_data(partition_id: int, num_partitions: int, batch_size: int, run_config):
     """Load partition CIFAR10 data."""
-    # fedsweep: the only departure from Flower's template. The template downloads
-    # CIFAR-10 from the Hugging Face hub with Flower Datasets (FederatedDataset +
-    # IidPartitioner, then an 80/20 train_test_split of the partition), which is
-    # impossible offline. Here the node's partition comes from fedsweep's built-in
-    # loader, cifar10_app.data.load_data: an @fl_core.shared function, so under
-    # fedsweep the driver splits the data once and every worker reads it from Ray's
-    # object store; under Flower's engine each process loads it once. Its run-config
-    # keys (dataset, partition, val-ratio, ...) are in pyproject.toml.
+    # fedsweep: the departure from Flower's template (with load_centralized_dataset).
+    # The template downloads CIFAR-10 from the Hugging Face hub with Flower Datasets
+    # (FederatedDataset + IidPartitioner, then an 80/20 train_test_split of the
+    # partition), which is impossible offline. Here the node's partition comes from
+    # fedsweep's built-in loader, cifar10_app.data.load_data: an @fl_core.shared
+    # function, so under fedsweep the driver splits the data once and every worker
+    # reads it from Ray's object store; under Flower's engine each process loads it
+    # once. Its run-config keys (dataset, partition, val-ratio, ...) are in pyproject.toml.
     data = load_federated_data(run_config, num_partitions)
     train_images, train_labels = data.client_arrays(partition_id, "train")
     val_images, val_labels = data.client_arrays(partition_id, "val")
     # Construct dataloaders
-    trainloader = DataLoader(PartitionDataset(train_images, train_labels), batch_size=32, shuffle=True)
-    testloader = DataLoader(PartitionDataset(val_images, val_labels), batch_size=32)
+    trainloader = DataLoader(PartitionDataset(train_images, train_labels), batch_size=batch_size, shuffle=True)
+    testloader = DataLoader(PartitionDataset(val_images, val_labels), batch_size=batch_size)
     return trainloader, testloader
+
+
+def load_centralized_dataset(run_config):
+    """Load test set and return dataloader."""
+    # fedsweep: the run config's test set from the same loader (read once per process).
+    images, labels = test_set(run_config)
+    return DataLoader(PartitionDataset(images, labels), batch_size=128)
 
 
 def train(net, trainloader, epochs, lr, device):
     """Train the model on the training set."""
     net.to(device)  # move model to GPU if available
     criterion = torch.nn.CrossEntropyLoss().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     net.train()
     running_loss = 0.0
     for _ in range(epochs):
@@ -85,14 +93,13 @@ def train(net, trainloader, epochs, lr, device):
             loss.backward()
             optimizer.step()
             running_loss += loss.item()
-    avg_trainloss = running_loss / len(trainloader)
+    avg_trainloss = running_loss / (epochs * len(trainloader))
     return avg_trainloss
 
 
 def test(net, testloader, device):
     """Validate the model on the test set."""
     net.to(device)
-    net.eval()
     criterion = torch.nn.CrossEntropyLoss()
     correct, loss = 0, 0.0
     with torch.no_grad():
