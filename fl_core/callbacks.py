@@ -1,4 +1,4 @@
-"""Work hung on the round loop: progress lines, checkpoints, metrics files.
+"""Work hung on the round loop: progress lines, checkpoints, metrics files, TensorBoard.
 
 A callback sees a `RoundEnd` after every round (metrics and, for apps whose
 rounds fedsweep runs, a full `ServerState` snapshot) and a `RunEnd` once at the
@@ -11,6 +11,7 @@ Per-round metrics are flat; fl_core.metrics names them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fl_core.checkpoint import ServerState, save_checkpoint, write_atomically
-from fl_core.metrics import model_metrics, scored_round
+from fl_core.metrics import CENTRAL_ROUND, client_evaluation_metrics, model_metrics, scored_round
 
 
 @dataclass
@@ -153,3 +154,44 @@ class MetricsWriter(Callback):
             **self.describe,
         }
         _write_text(os.path.join(self.directory, "summary.json"), json.dumps(summary, indent=1))
+
+
+class TensorBoardWriter(Callback):
+    """TensorBoard event files in `directory`: each round's numbers with the round as the step.
+
+    Written with tensorboardX, as Ray Tune's own logger writes a trial's. A
+    model metric carried from an earlier round (--central-eval-every) is
+    written at the round that measured it only. The all-node evaluation's
+    statistics (clients_*) go at the last round. A resumed run adds an event
+    file beside the first; TensorBoard reads the folder as one run.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._writer = None
+        self._last_round = 0
+
+    def _write(self, values: dict, step: int) -> None:
+        from tensorboardX import SummaryWriter
+
+        if self._writer is None:
+            self._writer = SummaryWriter(self.directory)
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._writer.add_scalar(key, value, global_step=step)
+        self._writer.flush()
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        """Write the round's metrics, timings and counts."""
+        m, model = event.metrics, model_metrics(event.metrics)
+        self._last_round = event.round
+        self._write({k: v for k, v in m.items() if k not in ("round", CENTRAL_ROUND)
+                     and (k not in model or scored_round(m, k) == m["round"])}, event.round)
+
+    def on_run_end(self, event: RunEnd) -> None:
+        """Write the all-node evaluation, if any, at the last round; close the file."""
+        clients = client_evaluation_metrics(event.client_evaluation)
+        if clients:
+            self._write(clients, self._last_round or len(event.history))
+        if self._writer is not None:
+            self._writer.close()

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     import ray
 
-    from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter
+    from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter, TensorBoardWriter
     from fl_core.checkpoint import CHECKPOINT_FILE, remove_stale_temp_files
     from fl_core.grid import ClientAppError
     from fl_core.plots import MetricsPlotter
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
                     # The checkpoint first: with one every round, a round printed is a round saved.
                     callbacks=[CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
-                               MetricsWriter(out_dir, describe),
+                               MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir),
                                MetricsPlotter(out_dir, app.name)])
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
             print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -47,6 +47,30 @@ def same_arrays(a, b) -> bool:
     return list(a.keys()) == list(b.keys()) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a.keys())
 
 
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every TensorBoard event file in `folder`, in file then write order.
+
+    Read with tensorboardX's Event proto from the files' TFRecord framing (length, CRC, data, CRC).
+    """
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(str(folder), "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """An in-process local Ray with its own temp dir, shut down after the session."""

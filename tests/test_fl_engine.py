@@ -16,7 +16,7 @@ from fl_core import Callback, RunSettings, load_checkpoint, run_app
 from fl_core.callbacks import CheckpointWriter
 from fl_core import cli
 from fl_core.seeding import NodeSampler
-from tests.conftest import model_metrics, same_arrays, tiny_run
+from tests.conftest import model_metrics, same_arrays, tensorboard_scalars, tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,6 +149,11 @@ def test_cli_run_then_resume_writes_csv_json_and_checkpoint(ray_local, tmp_path,
     assert summary["rounds"] == 3 and summary["client_evaluation"]["num_clients"] == 4
     assert summary["run_config"]["num-server-rounds"] == 3 and summary["settings"]["pool_size"] == 4
     assert load_checkpoint(str(out)).round == 3
+    board = tensorboard_scalars(out)  # one event file per process: the run's and its resumption's
+    assert [step for step, _ in board["central_accuracy"]] == [1, 2, 3]
+    assert [value for _, value in board["central_accuracy"]] == pytest.approx(table["central_accuracy"].tolist())
+    assert [step for step, _ in board["train_seconds"]] == [1, 2, 3] and "round" not in board
+    assert [step for step, _ in board["clients_accuracy_mean"]] == [2, 3]  # each process's all-node evaluation
 
 
 FLOWER_SIDE = r"""

@@ -36,6 +36,7 @@ from fl_sweep.spec import SweepSpec, combinations  # noqa: E402
 from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import param_space, tune_config  # noqa: E402
 from fl_sweep.validate import validate_spec  # noqa: E402
+from tests.conftest import tensorboard_scalars  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "tune_search.py")
 HOOKED = os.path.join(REPO, "tests", "hooked_sweep.py")  # the same, with round log and failure hooks
@@ -365,6 +366,9 @@ def test_sweep_writes_results(sweep):
         assert os.path.getsize(os.path.join(exp, png)) > 1000
     assert len(pd.read_csv(os.path.join(exp, "partitions", "data_sets.csv"))) == 1  # nothing swept changes the data
     assert "best 4 of 4 trials" in sweep["output"]
+    for trial_id in trials["trial_id"]:  # Tune's TensorBoard files, a round a step (also after the retry)
+        board = tensorboard_scalars(os.path.join(exp, f"trial_{trial_id}"))
+        assert sorted(step for step, _ in board["ray/tune/central_accuracy"]) == [1, 2], board.keys()
 
 
 def test_failed_trial_retried_from_its_checkpoint(sweep):
