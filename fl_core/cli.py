@@ -105,6 +105,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("fedsweep", "flower"), default="fedsweep",
                         help="flower: run the app under Flower's own simulation engine instead, for comparison "
                         "(no checkpoints, no resume)")
+    parser.add_argument("--mlflow", metavar="URI", help="log the run to MLflow: a tracking URI (http://host:5000, "
+                        "sqlite:///file.db, ...) or a folder (a SQLite store in it); the experiment is the app's "
+                        "name. Needs pip install 'fedsweep[mlflow]'")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
 
 
@@ -192,6 +195,12 @@ def prepare(argv: list[str]):
     check_can_create(out_dir, "--checkpoint-dir")
     if values.setdefault("checkpoint_every", 1) < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1, got {values['checkpoint_every']}")
+    if values.get("mlflow"):
+        if values["engine"] == "flower":
+            raise ConfigError("--mlflow logs fedsweep's rounds: drop it with --engine flower")
+        from fl_core.tracking import open_experiment
+
+        values["mlflow_experiment"] = open_experiment(values["mlflow"], app.name)  # before Ray: a bad store is one line
     return app, run_config, settings, resume, out_dir, values
 
 
@@ -274,12 +283,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
         describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config,
                     "settings": settings.to_dict()}
+        # The checkpoint first: with one every round, a round printed is a round saved. MLflow last: it logs
+        # the files the others write.
+        callbacks = [CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
+                     MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir), MetricsPlotter(out_dir, app.name)]
+        tracker = None
+        if args.get("mlflow_experiment"):
+            from fl_core.tracking import MlflowLogger, run_params
+
+            tracker = MlflowLogger(*args["mlflow_experiment"], out_dir, run_params(run_config, settings.to_dict()))
+            callbacks.append(tracker)
         try:
-            run_app(app, run_config, settings, resume=resume, shared_values=shared_values,
-                    # The checkpoint first: with one every round, a round printed is a round saved.
-                    callbacks=[CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
-                               MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir),
-                               MetricsPlotter(out_dir, app.name)])
+            try:
+                run_app(app, run_config, settings, resume=resume, shared_values=shared_values, callbacks=callbacks)
+            except BaseException as exc:
+                if tracker is not None:
+                    tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                raise
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
             print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2

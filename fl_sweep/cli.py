@@ -14,6 +14,7 @@ import sys
 
 from fl_core.apps import FlowerApp, bind_seed, fuse_run_config, load_app_folder
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources
+from fl_core.tracking import open_experiment
 from fl_sweep.report import write_report
 from fl_sweep.spec import SEARCH_KINDS, SweepSpec, coerce_value, merge_settings, parse_assignment, search_entry
 from fl_sweep.storage import (
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue the interrupted sweep at --storage-path/--name: "
                    "finished trials are kept, unfinished and errored ones continue from their last round")
     o.add_argument("--keep-checkpoints", type=int, help="round checkpoints kept per trial (default 2)")
+    o.add_argument("--mlflow", metavar="URI", help="log every trial to MLflow (Tune's MLflow callback), one run per "
+                   "trial in an experiment named as the sweep: a tracking URI (http://host:5000, sqlite:///file.db, "
+                   "...) or a folder (a SQLite store in it). Needs pip install 'fedsweep[mlflow]'")
     o.add_argument("--checkpoint-every", type=int, help="rounds between a trial's checkpoints; its last round always "
                    "has one. A crashed or resumed trial redoes at most N-1 rounds, with the same results (default 1)")
     o.add_argument("--max-failures", type=int, help="restarts of a crashed trial, from its last round (default 2)")
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 SWEEP_FLAGS = ("app", "config", "set", "grid", "choice", "uniform", "loguniform", "num_samples", "search",
                "search_seed", "metric", "mode", "scheduler", "asha_grace_rounds", "max_concurrent_trials",
                "server_cpus", "server_gpus", "num_client_cpus", "num_client_gpus", "max_parallel_clients",
-               "keep_checkpoints", "checkpoint_every", "max_failures")
+               "keep_checkpoints", "checkpoint_every", "max_failures", "mlflow")
 
 
 def _cli_search(app: FlowerApp, args: argparse.Namespace) -> dict:
@@ -200,6 +204,8 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
         validate_spec(spec, None, None)
     for note in same_runs(spec):
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    if args.mlflow:
+        open_experiment(args.mlflow, os.path.basename(experiment.rstrip("/")))  # before Ray: a bad store is one line
     return spec, experiment
 
 

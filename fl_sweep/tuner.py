@@ -75,16 +75,22 @@ def tune_config(spec: SweepSpec):
                            reuse_actors=True)
 
 
-def run_config(spec: SweepSpec, experiment: str):
-    """RunConfig: where results go, how many checkpoints stay, how often a crashed trial restarts."""
+def run_config(spec: SweepSpec, experiment: str, mlflow: str | None = None):
+    """RunConfig: where results go, how many checkpoints stay, how often a crashed trial restarts, MLflow."""
     from ray import tune
 
     storage, name = experiment.rstrip("/").rsplit("/", 1)
+    callbacks = []
+    if mlflow:
+        from fl_sweep.tracking import SweepMlflowLogger
+
+        callbacks.append(SweepMlflowLogger(mlflow, name, spec.plan()))
     return tune.RunConfig(
         name=name,
         storage_path=storage,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        callbacks=callbacks,
         verbose=1,
     )
 
@@ -154,7 +160,7 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
         else:
             write_marker(experiment, spec)
             tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                               run_config=run_config(spec, experiment))
+                               run_config=run_config(spec, experiment, args.mlflow))
         t0 = time.perf_counter()
         try:
             tuner.fit()

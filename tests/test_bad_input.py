@@ -248,6 +248,8 @@ CASES = [
     Case("fl-client-gpus-too-many", FL, fl("--num-client-gpus", "4096"), "asks for more GPUs than this machine's"),
     Case("fl-client-gpus-1.5", FL, fl("--num-client-gpus", "1.5"), "--num-client-gpus 1.5: Ray hands out a share of one GPU"),
     Case("fl-server-gpus-2.5", FL, fl("--server-gpus", "2.5"), "--server-gpus 2.5: Ray hands out a share of one GPU"),
+    Case("fl-mlflow-unreachable", FL, fl("--mlflow", "http://127.0.0.1:9"),
+         "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used"),
     Case("fl-pool-size-0", FL, fl("--pool-size", "0"), "--pool-size must be at least 1"),
     Case("fl-pool-size-not-int", FL, fl("--pool-size", "four"), "argument --pool-size: invalid int value: 'four'"),
     Case("fl-server-cpus-0", FL, fl("--server-cpus", "0"), "--server-cpus must be at least 1"),
@@ -428,6 +430,8 @@ CASES = [
     Case("ts-unknown-flag", TS, sweep("--rounds", "3"), "unrecognized arguments: --rounds 3"),
     Case("ts-client-gpus-1.5", TS, sweep("--set", "dataset=synthetic", "--num-client-gpus", "1.5"),
          "--num-client-gpus 1.5: Ray hands out a share of one GPU"),
+    Case("ts-mlflow-unreachable", TS, sweep("--set", "dataset=synthetic", "--mlflow", "http://127.0.0.1:9"),
+         "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used"),
     Case("ts-too-big-for-machine", TS, sweep("--set", "dataset=synthetic", "--server-cpus", "4096"),
          "one trial needs 4097 CPUs"),
     # --- tune_search: app folders
