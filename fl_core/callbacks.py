@@ -156,6 +156,20 @@ class MetricsWriter(Callback):
         _write_text(os.path.join(self.directory, "summary.json"), json.dumps(summary, indent=1))
 
 
+def round_values(metrics: dict) -> dict:
+    """The finite numbers of a round's metrics for a tracker: the round and central_round left out (they are the
+    step), and a model metric carried from an earlier round (--central-eval-every) left out too."""
+    model = model_metrics(metrics)
+    return finite_numbers({k: v for k, v in metrics.items() if k not in ("round", CENTRAL_ROUND)
+                           and (k not in model or scored_round(metrics, k) == metrics["round"])})
+
+
+def finite_numbers(values: dict) -> dict:
+    """The finite numbers of `values` as floats (bools and anything else left out)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 class TensorBoardWriter(Callback):
     """TensorBoard event files in `directory`: each round's numbers with the round as the step.
 
@@ -176,17 +190,14 @@ class TensorBoardWriter(Callback):
 
         if self._writer is None:
             self._writer = SummaryWriter(self.directory)
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self._writer.add_scalar(key, value, global_step=step)
+        for key, value in finite_numbers(values).items():
+            self._writer.add_scalar(key, value, global_step=step)
         self._writer.flush()
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Write the round's metrics, timings and counts."""
-        m, model = event.metrics, model_metrics(event.metrics)
         self._last_round = event.round
-        self._write({k: v for k, v in m.items() if k not in ("round", CENTRAL_ROUND)
-                     and (k not in model or scored_round(m, k) == m["round"])}, event.round)
+        self._write(round_values(event.metrics), event.round)
 
     def on_run_end(self, event: RunEnd) -> None:
         """Write the all-node evaluation, if any, at the last round; close the file."""

@@ -108,6 +108,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlflow", metavar="URI", help="log the run to MLflow: a tracking URI (http://host:5000, "
                         "sqlite:///file.db, ...) or a folder (a SQLite store in it); the experiment is the app's "
                         "name. Needs pip install 'fedsweep[mlflow]'")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log the run to this Weights & Biases project: online "
+                        "with an API key and a reachable server, else offline into the run's folder (wandb sync "
+                        "uploads it later). Needs pip install 'fedsweep[wandb]'")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
 
 
@@ -195,12 +198,17 @@ def prepare(argv: list[str]):
     check_can_create(out_dir, "--checkpoint-dir")
     if values.setdefault("checkpoint_every", 1) < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1, got {values['checkpoint_every']}")
+    for flag in ("mlflow", "wandb"):
+        if values.get(flag) and values["engine"] == "flower":
+            raise ConfigError(f"--{flag} logs fedsweep's rounds: drop it with --engine flower")
     if values.get("mlflow"):
-        if values["engine"] == "flower":
-            raise ConfigError("--mlflow logs fedsweep's rounds: drop it with --engine flower")
         from fl_core.tracking import open_experiment
 
         values["mlflow_experiment"] = open_experiment(values["mlflow"], app.name)  # before Ray: a bad store is one line
+    if values.get("wandb"):
+        from fl_core.tracking import wandb_mode
+
+        values["wandb_mode"] = wandb_mode(values["wandb"])
     return app, run_config, settings, resume, out_dir, values
 
 
@@ -287,17 +295,24 @@ def main(argv: list[str] | None = None) -> int:
         # the files the others write.
         callbacks = [CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
                      MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir), MetricsPlotter(out_dir, app.name)]
-        tracker = None
-        if args.get("mlflow_experiment"):
-            from fl_core.tracking import MlflowLogger, run_params
+        trackers = []
+        if args.get("mlflow_experiment") or args.get("wandb_mode"):
+            from fl_core.tracking import MlflowLogger, WandbLogger, run_params
 
-            tracker = MlflowLogger(*args["mlflow_experiment"], out_dir, run_params(run_config, settings.to_dict()))
-            callbacks.append(tracker)
+            params = run_params(run_config, settings.to_dict())
+            if args.get("mlflow_experiment"):
+                trackers.append(MlflowLogger(*args["mlflow_experiment"], out_dir, params))
+            if args.get("wandb_mode"):
+                mode, why = args["wandb_mode"]
+                trackers.append(WandbLogger(args["wandb"], mode, out_dir, params))
+                if why:
+                    print(f"note: {why} into {out_dir}/wandb: wandb sync {out_dir}/wandb/offline-run-* uploads it")
+        callbacks += trackers
         try:
             try:
                 run_app(app, run_config, settings, resume=resume, shared_values=shared_values, callbacks=callbacks)
             except BaseException as exc:
-                if tracker is not None:
+                for tracker in trackers:
                     tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
                 raise
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client

@@ -1,25 +1,36 @@
-"""MLflow tracking (`--mlflow`): where a run is logged, checked before Ray starts, and the callback of a run alone.
+"""Experiment tracking: MLflow (`--mlflow`) and Weights & Biases (`--wandb`), checked before Ray starts.
 
-`--mlflow` takes an MLflow tracking URI (`http://host:5000`, `sqlite:///path.db`,
-`databricks`, ...) or a folder. A folder becomes a SQLite store in it
-(`FOLDER/mlflow.db`, artifacts in `FOLDER/artifacts`): MLflow 3 refuses its old
-file store, and SQLite is what it recommends for a local one
-(`mlflow ui --backend-store-uri sqlite:///FOLDER/mlflow.db` shows it). Sweeps log
-through Ray Tune's own MLflow callback (fl_sweep); this module only opens the
-experiment for them, so that a store that cannot be reached is one line before
-Ray starts.
+The callbacks here log a run alone; sweeps log through Ray Tune's own MLflow
+and W&B callbacks (fl_sweep.tracking).
+
+MLflow. `--mlflow` takes an MLflow tracking URI (`http://host:5000`,
+`sqlite:///path.db`, `databricks`, ...) or a folder. A folder becomes a SQLite
+store in it (`FOLDER/mlflow.db`, artifacts in `FOLDER/artifacts`): MLflow 3
+refuses its old file store, and SQLite is what it recommends for a local one
+(`mlflow ui --backend-store-uri sqlite:///FOLDER/mlflow.db` shows it). For
+sweeps this module only opens the experiment, so that a store that cannot be
+reached is one line before Ray starts.
+
+W&B. `--wandb PROJECT` logs online when an API key is set (WANDB_API_KEY or
+`wandb login`) and W&B's server answers, else offline into the run's folder
+(`wandb sync` uploads it later), with one line saying why; WANDB_MODE, when
+set, decides.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
+import netrc
 import os
+import shutil
+import socket
 import time
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
-from fl_core.callbacks import Callback, RoundEnd, RunEnd
-from fl_core.metrics import CENTRAL_ROUND, client_evaluation_metrics, model_metrics, scored_round
+from fl_core.callbacks import Callback, RoundEnd, RunEnd, finite_numbers, round_values
+from fl_core.metrics import client_evaluation_metrics
 from fl_core.settings import ConfigError
 
 RUN_FILE = "mlflow_run.json"  # in a run's folder: the MLflow run a resumed run goes on logging to
@@ -76,12 +87,6 @@ def open_experiment(value: str, name: str):
                           "server, or give a reachable URI or a folder") from None
 
 
-def numbers(values: dict) -> dict:
-    """The finite numbers of `values` (bools and anything else left out)."""
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-
-
 class MlflowLogger(Callback):
     """Logs a run alone to MLflow: its parameters, every round's numbers (the round as the step), its files.
 
@@ -115,15 +120,14 @@ class MlflowLogger(Callback):
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers(metrics or {}).items()],
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(k, v, now, step) for k, v in finite_numbers(metrics or {}).items()],
                               params=[Param(k, str(v)) for k, v in (params or {}).items()])
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Log the round's numbers at step = round."""
-        m, model = event.metrics, model_metrics(event.metrics)
         self._last_round = event.round
-        self._log({k: v for k, v in m.items() if k not in ("round", CENTRAL_ROUND)
-                   and (k not in model or scored_round(m, k) == m["round"])}, event.round)
+        self._log(round_values(event.metrics), event.round)
 
     def on_run_end(self, event: RunEnd) -> None:
         """Log the all-node evaluation and the run folder's files. (Runs after the writers of those files.)"""
@@ -142,3 +146,78 @@ class MlflowLogger(Callback):
 def run_params(run_config: dict, settings: dict) -> dict:
     """A run's MLflow parameters: `run_config.KEY` and `engine.NAME`."""
     return {**{f"run_config.{k}": v for k, v in run_config.items()}, **{f"engine.{k}": v for k, v in settings.items()}}
+
+
+WANDB_RUN_FILE = "wandb_run.json"  # in a run's folder: the W&B run a resumed run goes on logging to
+
+
+def wandb_mode(project: str) -> tuple[str, str | None]:
+    """("online" or "offline" (or WANDB_MODE's value), a line saying why it is offline, else None).
+
+    ConfigError when wandb is not installed or the project name is empty.
+    """
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb needs the wandb package: pip install 'fedsweep[wandb]'")
+    if not project.strip():
+        raise ConfigError("--wandb needs a W&B project name, got an empty one")
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    if not os.environ.get("WANDB_API_KEY") and not _netrc_login(host):
+        return "offline", "W&B: no API key (WANDB_API_KEY or `wandb login`), logging offline"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        return "offline", f"W&B: {host} cannot be reached, logging offline"
+    return "online", None
+
+
+def _netrc_login(host: str) -> bool:
+    """Whether `wandb login` left a key for `host` in the netrc file."""
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger(Callback):
+    """Logs a run alone to W&B: its parameters as the run's config, every round's numbers, its files.
+
+    The same numbers as MlflowLogger, the round as W&B's step; the run folder's
+    files go with the run. A resumed run goes on with the W&B run of its folder
+    (`wandb_run.json`).
+    """
+
+    def __init__(self, project: str, mode: str, directory: str, params: dict) -> None:
+        import wandb
+
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        saved = os.path.join(directory, WANDB_RUN_FILE)
+        previous = None
+        if os.path.exists(saved):
+            with open(saved) as f:
+                previous = json.load(f)
+        run_id = previous["run_id"] if previous and previous.get("project") == project else None
+        self.run = wandb.init(project=project, dir=directory, name=os.path.basename(os.path.abspath(directory)),
+                              id=run_id, resume="allow" if run_id else None, config=params, mode=mode,
+                              settings=wandb.Settings(silent=True))
+        with open(saved, "w") as f:
+            json.dump({"project": project, "run_id": self.run.id}, f)
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        """Log the round's numbers at step = round."""
+        self.run.log(round_values(event.metrics), step=event.round)
+
+    def on_run_end(self, event: RunEnd) -> None:
+        """Log the all-node evaluation into the summary and the run folder's files; finish the W&B run."""
+        self.run.summary.update(finite_numbers(client_evaluation_metrics(event.client_evaluation)))
+        for name in ARTIFACTS:  # copies in the run's files folder go up with the run
+            path = os.path.join(self.directory, name)
+            if os.path.exists(path):
+                shutil.copy(path, os.path.join(self.run.dir, name))
+        self.end("FINISHED")
+
+    def end(self, status: str) -> None:
+        """Finish the W&B run (exit code 1 unless FINISHED)."""
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)

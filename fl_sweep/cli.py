@@ -14,7 +14,7 @@ import sys
 
 from fl_core.apps import FlowerApp, bind_seed, fuse_run_config, load_app_folder
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources
-from fl_core.tracking import open_experiment
+from fl_core.tracking import open_experiment, wandb_mode
 from fl_sweep.report import write_report
 from fl_sweep.spec import SEARCH_KINDS, SweepSpec, coerce_value, merge_settings, parse_assignment, search_entry
 from fl_sweep.storage import (
@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--mlflow", metavar="URI", help="log every trial to MLflow (Tune's MLflow callback), one run per "
                    "trial in an experiment named as the sweep: a tracking URI (http://host:5000, sqlite:///file.db, "
                    "...) or a folder (a SQLite store in it). Needs pip install 'fedsweep[mlflow]'")
+    o.add_argument("--wandb", metavar="PROJECT", help="log every trial to this Weights & Biases project (Tune's W&B "
+                   "callback), grouped by the sweep's name: online with an API key and a reachable server, else "
+                   "offline into the sweep's folder. Needs pip install 'fedsweep[wandb]'")
     o.add_argument("--checkpoint-every", type=int, help="rounds between a trial's checkpoints; its last round always "
                    "has one. A crashed or resumed trial redoes at most N-1 rounds, with the same results (default 1)")
     o.add_argument("--max-failures", type=int, help="restarts of a crashed trial, from its last round (default 2)")
@@ -112,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 SWEEP_FLAGS = ("app", "config", "set", "grid", "choice", "uniform", "loguniform", "num_samples", "search",
                "search_seed", "metric", "mode", "scheduler", "asha_grace_rounds", "max_concurrent_trials",
                "server_cpus", "server_gpus", "num_client_cpus", "num_client_gpus", "max_parallel_clients",
-               "keep_checkpoints", "checkpoint_every", "max_failures", "mlflow")
+               "keep_checkpoints", "checkpoint_every", "max_failures", "mlflow", "wandb")
 
 
 def _cli_search(app: FlowerApp, args: argparse.Namespace) -> dict:
@@ -206,6 +209,12 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.mlflow:
         open_experiment(args.mlflow, os.path.basename(experiment.rstrip("/")))  # before Ray: a bad store is one line
+    if args.wandb:
+        args.wandb_mode, why = wandb_mode(args.wandb)
+        if args.wandb_mode != "online":  # Tune's W&B callback asks for an API key unless WANDB_MODE says otherwise
+            os.environ["WANDB_MODE"] = args.wandb_mode
+        if why:
+            print(f"note: {why} into {experiment}/wandb: wandb sync {experiment}/wandb/offline-run-* uploads it")
     return spec, experiment
 
 

@@ -75,16 +75,21 @@ def tune_config(spec: SweepSpec):
                            reuse_actors=True)
 
 
-def run_config(spec: SweepSpec, experiment: str, mlflow: str | None = None):
-    """RunConfig: where results go, how many checkpoints stay, how often a crashed trial restarts, MLflow."""
+def run_config(spec: SweepSpec, experiment: str, args: argparse.Namespace | None = None):
+    """RunConfig: where results go, how many checkpoints stay, how often a crashed trial restarts, tracking."""
     from ray import tune
 
     storage, name = experiment.rstrip("/").rsplit("/", 1)
     callbacks = []
-    if mlflow:
+    if args is not None and args.mlflow:
         from fl_sweep.tracking import SweepMlflowLogger
 
-        callbacks.append(SweepMlflowLogger(mlflow, name, spec.plan()))
+        callbacks.append(SweepMlflowLogger(args.mlflow, name, spec.plan()))
+    if args is not None and args.wandb:
+        from fl_sweep.tracking import SweepWandbLogger
+
+        folder = None if is_uri(experiment) else experiment  # W&B writes into its wandb/ folder
+        callbacks.append(SweepWandbLogger(args.wandb, name, args.wandb_mode, folder, spec.plan()))
     return tune.RunConfig(
         name=name,
         storage_path=storage,
@@ -160,7 +165,7 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
         else:
             write_marker(experiment, spec)
             tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                               run_config=run_config(spec, experiment, args.mlflow))
+                               run_config=run_config(spec, experiment, args))
         t0 = time.perf_counter()
         try:
             tuner.fit()

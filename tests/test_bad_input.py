@@ -250,6 +250,7 @@ CASES = [
     Case("fl-server-gpus-2.5", FL, fl("--server-gpus", "2.5"), "--server-gpus 2.5: Ray hands out a share of one GPU"),
     Case("fl-mlflow-unreachable", FL, fl("--mlflow", "http://127.0.0.1:9"),
          "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used"),
+    Case("fl-wandb-empty-project", FL, fl("--wandb", " "), "--wandb needs a W&B project name, got an empty one"),
     Case("fl-pool-size-0", FL, fl("--pool-size", "0"), "--pool-size must be at least 1"),
     Case("fl-pool-size-not-int", FL, fl("--pool-size", "four"), "argument --pool-size: invalid int value: 'four'"),
     Case("fl-server-cpus-0", FL, fl("--server-cpus", "0"), "--server-cpus must be at least 1"),

@@ -1,12 +1,19 @@
-"""--mlflow on both commands, against real stores: a local folder (SQLite) and an `mlflow server` started here.
+"""--mlflow and --wandb on both commands, against real stores.
 
-The server listens on 127.0.0.1 on a free port, keeps its store and artifacts in
-the test's temp folder, and is stopped (its whole process group) after the module.
-An unreachable server is in tests/test_bad_input.py (one line, exit 2, before Ray).
+MLflow: a local folder (SQLite) and an `mlflow server` started here, on
+127.0.0.1 on a free port, its store and artifacts in the test's temp folder,
+stopped (its whole process group) after the module. An unreachable server is in
+tests/test_bad_input.py (one line, exit 2, before Ray).
+
+W&B: offline, as on a machine without an API key (HOME, W&B's folders and the
+netrc file point into the test's temp folder), read back from the offline runs'
+`.wandb` files.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import signal
 import subprocess
@@ -103,3 +110,92 @@ def test_a_sweep_logs_one_mlflow_run_per_trial_to_a_server(mlflow_server, tmp_pa
         assert [s for s, _ in steps(client, run.info.run_id, "central_accuracy")] == [1, 2]
     assert sorted(float(r.data.metrics["central_accuracy"]) for r in runs) == \
         sorted(trials["final_central_accuracy"].tolist())
+
+
+# ---------------------------------------------------------------------------
+# W&B, offline
+
+
+def wandb_records(path: str) -> list:
+    """The records of a W&B `.wandb` file: W&B's 7-byte header, then LevelDB's log format (32 KiB blocks of
+    records, each a 7-byte header (CRC, length, type: full, first, middle, last) and its data)."""
+    from wandb.proto import wandb_internal_pb2
+
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B", path
+    at, block, chunks, pending = 7, 32768, [], b""
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # a block's tail too short for a header is padding
+            at += block - at % block
+            continue
+        length, kind = int.from_bytes(data[at + 4:at + 6], "little"), data[at + 6]
+        chunk, at = data[at + 7:at + 7 + length], at + 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind in (2, 3):
+            pending = chunk if kind == 2 else pending + chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+    return [wandb_internal_pb2.Record.FromString(c) for c in chunks]
+
+
+def offline_runs(folder) -> list[dict]:
+    """Each offline W&B run under `folder`/wandb: its name, group, config and per-step history, oldest first."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(str(folder), "wandb", "offline-run-*", "*.wandb"))):
+        run = {"files": sorted(os.listdir(os.path.join(os.path.dirname(path), "files"))), "history": {}}
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run.update(name=record.run.display_name, group=record.run.run_group, project=record.run.project,
+                           config={i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in record.run.config.update})
+            elif kind == "history":
+                row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                run["history"][record.history.step.num] = row
+        runs.append(run)
+    return runs
+
+
+def offline_env(tmp_path) -> dict:
+    """This process's environment as on a machine where W&B was never logged in, its files in `tmp_path`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("NETRC", "RAY_ADDRESS")}
+    return {**env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"}
+
+
+def test_a_run_without_a_wandb_api_key_logs_offline_into_its_folder(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "fl_core", "--dataset", "synthetic", "--synthetic-size", "400",
+                           "--pool-size", "4", "--num-server-rounds", "2", "--checkpoint-dir", str(out),
+                           "--wandb", "fedsweep-test"], cwd=tmp_path, env=offline_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert f"note: W&B: no API key (WANDB_API_KEY or `wandb login`), logging offline into {out}/wandb" in done.stdout
+    (run,) = offline_runs(out)
+    assert run["project"] == "fedsweep-test" and run["name"] == "run"
+    assert run["config"]["run_config.num-server-rounds"] == 2 and run["config"]["engine.pool_size"] == 4
+    table = pd.read_csv(out / "metrics.csv")
+    assert sorted(run["history"]) == [1, 2]
+    assert [run["history"][r]["central_accuracy"] for r in (1, 2)] == table["central_accuracy"].tolist()
+    assert {"summary.json", "metrics.csv", "metrics.png"} <= set(run["files"])
+
+
+def test_a_sweep_without_a_wandb_api_key_logs_each_trial_offline(tmp_path):
+    run = Run(TINY + ["--grid", "local-epochs=1,2", "--storage-path", str(tmp_path / "results"), "--name", "wb",
+                      "--wandb", "fedsweep-test"])
+    run.env = {**offline_env(tmp_path), "FEDSWEEP_TEST_RUN_TAG": run.tag}
+    code, output, leftovers = run.to_end()
+    assert code == 0, output[-3000:]
+    assert leftovers == []
+    assert "logging offline into" in output
+    runs = offline_runs(tmp_path / "results" / "wb")
+    trials = pd.read_csv(tmp_path / "results" / "wb" / "trials.csv")
+    assert len(runs) == len(trials) == 2
+    for found in runs:
+        assert found["project"] == "fedsweep-test" and found["group"] == "wb"
+        assert found["config"]["local-epochs"] == found["config"]["run_config.local-epochs"]  # swept and whole
+        assert sorted(found["history"]) == [1, 2] and "central_accuracy" in found["history"][2]
+    assert sorted(r["history"][2]["central_accuracy"] for r in runs) == sorted(trials["final_central_accuracy"])
