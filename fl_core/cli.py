@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
         describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config,
                     "settings": settings.to_dict()}
-        # The checkpoint first: with one every round, a round printed is a round saved. MLflow last: it logs
-        # the files the others write.
+        # The checkpoint first: with one every round, a round printed is a round saved. The trackers (MLflow,
+        # W&B) last: they log the files the others write.
         callbacks = [CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
                      MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir), MetricsPlotter(out_dir, app.name)]
         trackers = []
