@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
 from fl_core.settings import (SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources,
                               setting_type)
+from fl_core.tracking import add_tracking_flags
 
 PROG = "python -m fl_core"
 SETTING_HELP = {
@@ -105,12 +106,7 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("fedsweep", "flower"), default="fedsweep",
                         help="flower: run the app under Flower's own simulation engine instead, for comparison "
                         "(no checkpoints, no resume)")
-    parser.add_argument("--mlflow", metavar="URI", help="log the run to MLflow: a tracking URI (http://host:5000, "
-                        "sqlite:///file.db, ...) or a folder (a SQLite store in it); the experiment is the app's "
-                        "name. Needs pip install 'fedsweep[mlflow]'")
-    parser.add_argument("--wandb", metavar="PROJECT", help="log the run to this Weights & Biases project: online "
-                        "with an API key and a reachable server, else offline into the run's folder (wandb sync "
-                        "uploads it later). Needs pip install 'fedsweep[wandb]'")
+    add_tracking_flags(parser, "the run", "the app", "the run's folder")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
 
 

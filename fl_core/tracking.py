@@ -33,6 +33,16 @@ from fl_core.callbacks import Callback, RoundEnd, RunEnd, finite_numbers, round_
 from fl_core.metrics import client_evaluation_metrics
 from fl_core.settings import ConfigError
 
+def add_tracking_flags(parser, what: str, named_after: str, where: str) -> None:
+    """--mlflow and --wandb on `parser`: `what` is logged, its MLflow experiment `named_after`, offline W&B `where`."""
+    parser.add_argument("--mlflow", metavar="URI", help=f"log {what} to MLflow, in an experiment named after "
+                        f"{named_after}: a tracking URI (http://host:5000, sqlite:///file.db, ...) or a folder (a "
+                        "SQLite store in it). Needs pip install 'fedsweep[mlflow]'")
+    parser.add_argument("--wandb", metavar="PROJECT", help=f"log {what} to this Weights & Biases project: online "
+                        f"with an API key and a reachable server, else offline into {where} (wandb sync uploads it "
+                        "later). Needs pip install 'fedsweep[wandb]'")
+
+
 RUN_FILE = "mlflow_run.json"  # in a run's folder: the MLflow run a resumed run goes on logging to
 ARTIFACTS = ("summary.json", "metrics.csv", "metrics.png", "partitions.csv", "partitions.png")
 CHECK_TIMEOUT_S = "10"  # an unreachable server is reported after this, not after MLflow's minutes of retries

@@ -14,7 +14,7 @@ import sys
 
 from fl_core.apps import FlowerApp, bind_seed, fuse_run_config, load_app_folder
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources
-from fl_core.tracking import open_experiment, wandb_mode
+from fl_core.tracking import add_tracking_flags, open_experiment, wandb_mode
 from fl_sweep.report import write_report
 from fl_sweep.spec import SEARCH_KINDS, SweepSpec, coerce_value, merge_settings, parse_assignment, search_entry
 from fl_sweep.storage import (
@@ -90,12 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue the interrupted sweep at --storage-path/--name: "
                    "finished trials are kept, unfinished and errored ones continue from their last round")
     o.add_argument("--keep-checkpoints", type=int, help="round checkpoints kept per trial (default 2)")
-    o.add_argument("--mlflow", metavar="URI", help="log every trial to MLflow (Tune's MLflow callback), one run per "
-                   "trial in an experiment named as the sweep: a tracking URI (http://host:5000, sqlite:///file.db, "
-                   "...) or a folder (a SQLite store in it). Needs pip install 'fedsweep[mlflow]'")
-    o.add_argument("--wandb", metavar="PROJECT", help="log every trial to this Weights & Biases project (Tune's W&B "
-                   "callback), grouped by the sweep's name: online with an API key and a reachable server, else "
-                   "offline into the sweep's folder. Needs pip install 'fedsweep[wandb]'")
+    add_tracking_flags(o, "every trial (a run each, W&B's grouped by the sweep; Tune's callbacks)", "the sweep",
+                       "the sweep's folder")
     o.add_argument("--checkpoint-every", type=int, help="rounds between a trial's checkpoints; its last round always "
                    "has one. A crashed or resumed trial redoes at most N-1 rounds, with the same results (default 1)")
     o.add_argument("--max-failures", type=int, help="restarts of a crashed trial, from its last round (default 2)")
