@@ -164,6 +164,11 @@ def round_values(metrics: dict) -> dict:
                            and (k not in model or scored_round(metrics, k) == metrics["round"])})
 
 
+def last_round(event: RunEnd) -> int:
+    """The run's last round (0 if it ran none): where a tracker puts the all-node evaluation."""
+    return event.history[-1]["round"] if event.history else 0
+
+
 def finite_numbers(values: dict) -> dict:
     """The finite numbers of `values` as floats (bools and anything else left out)."""
     return {k: float(v) for k, v in values.items()
@@ -183,7 +188,6 @@ class TensorBoardWriter(Callback):
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self._writer = None
-        self._last_round = 0
 
     def _write(self, values: dict, step: int) -> None:
         from tensorboardX import SummaryWriter
@@ -196,13 +200,12 @@ class TensorBoardWriter(Callback):
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Write the round's metrics, timings and counts."""
-        self._last_round = event.round
         self._write(round_values(event.metrics), event.round)
 
     def on_run_end(self, event: RunEnd) -> None:
         """Write the all-node evaluation, if any, at the last round; close the file."""
         clients = client_evaluation_metrics(event.client_evaluation)
         if clients:
-            self._write(clients, self._last_round or len(event.history))
+            self._write(clients, last_round(event))
         if self._writer is not None:
             self._writer.close()

@@ -29,9 +29,10 @@ import time
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-from fl_core.callbacks import Callback, RoundEnd, RunEnd, finite_numbers, round_values
+from fl_core.callbacks import Callback, RoundEnd, RunEnd, finite_numbers, last_round, round_values
 from fl_core.metrics import client_evaluation_metrics
 from fl_core.settings import ConfigError
+
 
 def add_tracking_flags(parser, what: str, named_after: str, where: str) -> None:
     """--mlflow and --wandb on `parser`: `what` is logged, its MLflow experiment `named_after`, offline W&B `where`."""
@@ -46,6 +47,26 @@ def add_tracking_flags(parser, what: str, named_after: str, where: str) -> None:
 RUN_FILE = "mlflow_run.json"  # in a run's folder: the MLflow run a resumed run goes on logging to
 ARTIFACTS = ("summary.json", "metrics.csv", "metrics.png", "partitions.csv", "partitions.png")
 CHECK_TIMEOUT_S = "10"  # an unreachable server is reported after this, not after MLflow's minutes of retries
+
+
+def previous_run(path: str, key: str, value: str) -> str | None:
+    """The run id a run folder's `path` file (remember_run) holds, if it was saved for the same `key` `value`."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return saved["run_id"] if saved.get(key) == value else None
+
+
+def remember_run(path: str, key: str, value: str, run_id: str) -> None:
+    """Save the tracked run's id in the run folder, for a resumed run to go on with it."""
+    with open(path, "w") as f:
+        json.dump({key: value, "run_id": run_id}, f)
+
+
+def run_files(directory: str) -> list[str]:
+    """The run folder's files a tracker uploads with the run (those that exist)."""
+    return [p for p in (os.path.join(directory, name) for name in ARTIFACTS) if os.path.exists(p)]
 
 
 def store(value: str) -> tuple[str, str | None]:
@@ -109,22 +130,16 @@ class MlflowLogger(Callback):
 
     def __init__(self, client, experiment_id: str, directory: str, params: dict) -> None:
         self.client, self.directory = client, directory
-        self._last_round = 0
         saved = os.path.join(directory, RUN_FILE)
-        previous = None
-        if os.path.exists(saved):
-            with open(saved) as f:
-                previous = json.load(f)
-        if previous and previous.get("tracking_uri") == client.tracking_uri:
-            self.run_id = previous["run_id"]
+        self.run_id = previous_run(saved, "tracking_uri", client.tracking_uri)
+        if self.run_id is not None:
             self.client.update_run(self.run_id, status="RUNNING")
             return
         run = client.create_run(experiment_id, run_name=os.path.basename(os.path.abspath(directory)))
         self.run_id = run.info.run_id
         self._log(params=params)
         os.makedirs(directory, exist_ok=True)
-        with open(saved, "w") as f:
-            json.dump({"tracking_uri": client.tracking_uri, "run_id": self.run_id}, f)
+        remember_run(saved, "tracking_uri", client.tracking_uri, self.run_id)
 
     def _log(self, metrics: dict | None = None, step: int = 0, params: dict | None = None) -> None:
         from mlflow.entities import Metric, Param
@@ -136,16 +151,13 @@ class MlflowLogger(Callback):
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Log the round's numbers at step = round."""
-        self._last_round = event.round
         self._log(round_values(event.metrics), event.round)
 
     def on_run_end(self, event: RunEnd) -> None:
         """Log the all-node evaluation and the run folder's files. (Runs after the writers of those files.)"""
-        self._log(client_evaluation_metrics(event.client_evaluation), self._last_round or len(event.history))
-        for name in ARTIFACTS:
-            path = os.path.join(self.directory, name)
-            if os.path.exists(path):
-                self.client.log_artifact(self.run_id, path)
+        self._log(client_evaluation_metrics(event.client_evaluation), last_round(event))
+        for path in run_files(self.directory):
+            self.client.log_artifact(self.run_id, path)
         self.end("FINISHED")
 
     def end(self, status: str) -> None:
@@ -204,16 +216,11 @@ class WandbLogger(Callback):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         saved = os.path.join(directory, WANDB_RUN_FILE)
-        previous = None
-        if os.path.exists(saved):
-            with open(saved) as f:
-                previous = json.load(f)
-        run_id = previous["run_id"] if previous and previous.get("project") == project else None
+        run_id = previous_run(saved, "project", project)
         self.run = wandb.init(project=project, dir=directory, name=os.path.basename(os.path.abspath(directory)),
                               id=run_id, resume="allow" if run_id else None, config=params, mode=mode,
                               settings=wandb.Settings(silent=True))
-        with open(saved, "w") as f:
-            json.dump({"project": project, "run_id": self.run.id}, f)
+        remember_run(saved, "project", project, self.run.id)
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Log the round's numbers at step = round."""
@@ -222,10 +229,8 @@ class WandbLogger(Callback):
     def on_run_end(self, event: RunEnd) -> None:
         """Log the all-node evaluation into the summary and the run folder's files; finish the W&B run."""
         self.run.summary.update(finite_numbers(client_evaluation_metrics(event.client_evaluation)))
-        for name in ARTIFACTS:  # copies in the run's files folder go up with the run
-            path = os.path.join(self.directory, name)
-            if os.path.exists(path):
-                shutil.copy(path, os.path.join(self.run.dir, name))
+        for path in run_files(self.directory):  # copies in the run's files folder go up with the run
+            shutil.copy(path, self.run.dir)
         self.end("FINISHED")
 
     def end(self, status: str) -> None:
