@@ -392,7 +392,7 @@ class CliRun:
 
 def cli_env(local: bool) -> dict:
     """Environment of a `python -m fl_core` run; a local Ray gets its own temp dir (RAY_TMPDIR)."""
-    from tests.test_ray_cluster import ray_env
+    from tests.support.cluster import ray_env
 
     extra = {}
     if local:
@@ -674,7 +674,7 @@ def node_run(cluster: TwoNodes, index: int, rng: random.Random, flags: list[str]
 
 def node_kind(args, app_dir: str, work: str, results: dict, save) -> None:
     """A worker node's raylet SIGKILLed mid-run on a two-node cluster: the run goes on and ends identical."""
-    from tests.test_ray_cluster import ray_env
+    from tests.support.cluster import ray_env
 
     work = os.path.join(work, "node")
     os.makedirs(work)

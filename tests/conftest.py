@@ -33,6 +33,44 @@ def tiny_run(settings: dict | None = None, app_dir: str | None = None, **run_con
     return app, fused, engine
 
 
+def checkpoint_state(round_=2, run=None):
+    """A ServerState holding every kind of state a checkpoint must keep (arrays of two dtypes, a nested strategy
+    state, numpy scalars, tuples, None, int keys, each record type in a node's Context.state)."""
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from fl_core.checkpoint import ServerState
+    from fl_core.strategies import StrategyState
+
+
+    app, run_config, settings = run or tiny_run()
+    arrays = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float64)])
+    inner = StrategyState(momentum_vector=[np.full(3, 0.5)], clipping_norm=np.float32(0.25), keys={"a": 1, 2: None})
+    node_state = RecordDict({"control": ArrayRecord([np.full(2, 7.0)]), "seen": MetricRecord({"rounds": 3}),
+                             "tag": ConfigRecord({"name": "x", "raw": b"\x00\x01", "flags": [True, False]})})
+    return ServerState(
+        round=round_, arrays=arrays, strategy="FedAvgM",
+        strategy_state=StrategyState(current_arrays=arrays, m_t={"w": np.full(3, 0.5)}, eta=0.1, name="s",
+                                     pair=(1, 2.5), strategy=inner, nothing=None),
+        node_states={1001: node_state}, history=[{"round": 1, "central_accuracy": 0.1, "fed_accuracy": None}],
+        app=app.name, app_dir=app.directory, run_config=run_config, settings=settings.to_dict(),
+    )
+
+SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"]  # a tiny `python -m fl_core` run
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the CLI gets as far as starting Ray (bad input must be refused before)."""
+    import ray
+
+    def forbidden(*a, **k):
+        raise AssertionError("ray.init was called for bad input")
+
+    monkeypatch.setattr(ray, "init", forbidden)
+
+
+
 def model_metrics(history: list[dict]) -> list[dict]:
     """Per-round metrics without the timing keys (which differ run to run)."""
     from fl_core.metrics import MACHINE_KEYS

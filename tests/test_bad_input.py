@@ -28,12 +28,11 @@ import fl_sweep.validate  # noqa: E402
 import tune_search  # noqa: E402
 from fl_core import cli  # noqa: E402
 from fl_core.checkpoint import CHECKPOINT_FILE, save_checkpoint  # noqa: E402
-from tests.test_fl_checkpoint import _state  # noqa: E402
+from tests.conftest import SMALL, checkpoint_state  # noqa: E402
 
 EXAMPLE_WITHOUT_ROUNDS = os.path.join(REPO, "tests", "apps", "no_rounds")
 QUICKSTART = os.path.join(REPO, "examples", "quickstart-pytorch")
 PREFIX = {"fl_core": "fl_core: error: ", "tune_search": "tune_search: error: "}
-SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"]
 
 
 @dataclass
@@ -102,7 +101,7 @@ def checkpoint(corrupt: Callable[[str], None] | None = None, **state) -> Callabl
     """A checkpoint of a finished 2-round run of the built-in app (tiny synthetic run, 4 nodes) in ./run, with
     ServerState fields replaced by `state` and then `corrupt(path)` applied to the file."""
     def make(folder: Path, monkeypatch) -> None:
-        saved = _state()
+        saved = checkpoint_state()
         for key, value in state.items():
             setattr(saved, key, value)
         path = save_checkpoint(saved, str(folder / "run"))

@@ -8,30 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-
-from fl_core.checkpoint import CHECKPOINT_FILE, CheckpointError, ServerState, check_resume, load_checkpoint, save_checkpoint
+from fl_core.checkpoint import CHECKPOINT_FILE, CheckpointError, check_resume, load_checkpoint, save_checkpoint
 from fl_core.strategies import StrategyState
-from tests.conftest import same_arrays, tiny_run
-
-
-def _state(round_=2, run=None):
-    app, run_config, settings = run or tiny_run()
-    arrays = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float64)])
-    inner = StrategyState(momentum_vector=[np.full(3, 0.5)], clipping_norm=np.float32(0.25), keys={"a": 1, 2: None})
-    node_state = RecordDict({"control": ArrayRecord([np.full(2, 7.0)]), "seen": MetricRecord({"rounds": 3}),
-                             "tag": ConfigRecord({"name": "x", "raw": b"\x00\x01", "flags": [True, False]})})
-    return ServerState(
-        round=round_, arrays=arrays, strategy="FedAvgM",
-        strategy_state=StrategyState(current_arrays=arrays, m_t={"w": np.full(3, 0.5)}, eta=0.1, name="s",
-                                     pair=(1, 2.5), strategy=inner, nothing=None),
-        node_states={1001: node_state}, history=[{"round": 1, "central_accuracy": 0.1, "fed_accuracy": None}],
-        app=app.name, app_dir=app.directory, run_config=run_config, settings=settings.to_dict(),
-    )
+from tests.conftest import checkpoint_state, same_arrays, tiny_run
 
 
 def test_round_trip(tmp_path):
-    saved = _state()
+    saved = checkpoint_state()
     path = save_checkpoint(saved, str(tmp_path))
     assert os.path.basename(path) == CHECKPOINT_FILE
     assert [p for p in os.listdir(tmp_path) if p != CHECKPOINT_FILE] == [], "temp file left behind"
@@ -52,8 +35,8 @@ def test_round_trip(tmp_path):
 
 
 def test_overwrite_keeps_a_valid_file(tmp_path):
-    save_checkpoint(_state(1), str(tmp_path))
-    save_checkpoint(_state(2), str(tmp_path))
+    save_checkpoint(checkpoint_state(1), str(tmp_path))
+    save_checkpoint(checkpoint_state(2), str(tmp_path))
     assert load_checkpoint(str(tmp_path)).round == 2
 
 
@@ -68,7 +51,7 @@ def test_corrupt_files_are_refused(tmp_path, content):
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
-    path = save_checkpoint(_state(), str(tmp_path))
+    path = save_checkpoint(checkpoint_state(), str(tmp_path))
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
@@ -100,7 +83,7 @@ def test_missing_checkpoint(tmp_path):
 @pytest.mark.parametrize("change", [{"settings": {"pool_size": 8}}, {"partition": "dirichlet"}, {"strategy": "fedadam"},
                                     {"lr": 0.5}, {"settings": {"seed": 3}}])
 def test_incompatible_run_is_refused(change):
-    saved = _state()
+    saved = checkpoint_state()
     app, run_config, settings = tiny_run(**change)
     with pytest.raises(CheckpointError, match="other settings"):
         check_resume(saved, app, run_config, settings)
@@ -109,14 +92,14 @@ def test_incompatible_run_is_refused(change):
 def test_more_rounds_and_other_resources_are_allowed_with_a_note_on_threads():
     app, run_config, settings = tiny_run(settings={"num_client_cpus": 2.0, "max_parallel_clients": 1},
                                          num_server_rounds=10)
-    notes = check_resume(_state(), app, run_config, settings)
+    notes = check_resume(checkpoint_state(), app, run_config, settings)
     assert len(notes) == 1 and "num_client_cpus" in notes[0] and "not bit-identical" in notes[0]
     app, run_config, settings = tiny_run(num_server_rounds=10)
-    assert check_resume(_state(), app, run_config, settings) == []
+    assert check_resume(checkpoint_state(), app, run_config, settings) == []
 
 
 def test_another_app_is_refused():
-    saved = _state()
+    saved = checkpoint_state()
     saved.app = "someone-elses-app"
     with pytest.raises(CheckpointError, match="is of app 'someone-elses-app'"):
         check_resume(saved, *tiny_run())
@@ -149,7 +132,7 @@ def _rewrite_meta(path: str, edit) -> None:
     lambda m: m.update(format="something-else"),
 ])
 def test_valid_json_with_wrong_fields_is_refused(tmp_path, edit):
-    path = save_checkpoint(_state(), str(tmp_path))
+    path = save_checkpoint(checkpoint_state(), str(tmp_path))
     _rewrite_meta(path, edit)
     with pytest.raises(CheckpointError, match="corrupt or not a fedsweep checkpoint"):
         load_checkpoint(path)
@@ -166,10 +149,10 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
     """What write_atomically leaves when its process is killed mid-write goes before a resumed run writes again."""
     from fl_core.checkpoint import remove_stale_temp_files
 
-    path = save_checkpoint(_state(), str(tmp_path))
+    path = save_checkpoint(checkpoint_state(), str(tmp_path))
     (tmp_path / ".tmp-abc123.part").write_bytes(b"half a checkpoint")
     (tmp_path / "notes.part").write_text("not ours")
     remove_stale_temp_files(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fl_checkpoint.npz", "notes.part"]
-    assert load_checkpoint(path).round == _state().round
+    assert load_checkpoint(path).round == checkpoint_state().round
     remove_stale_temp_files(str(tmp_path / "missing"))  # no folder yet: nothing to do

@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from fl_core import cli
-
-SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"]
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fail the test if the CLI gets as far as starting Ray (used by tests/test_plots.py)."""
-    import ray
-
-    def forbidden(*a, **k):
-        raise AssertionError("ray.init was called for bad input")
-
-    monkeypatch.setattr(ray, "init", forbidden)
 
 
 def test_help_lists_engine_flags_and_every_run_config_key_with_default(capsys):

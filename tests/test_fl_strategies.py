@@ -14,7 +14,7 @@ from fl_core import ConfigError, load_checkpoint, save_checkpoint
 from fl_core.seeding import seed_globals
 from fl_core.strategies import DP_WRAPPERS, STRATEGIES, from_run_config, restore_strategy_state, strategy_state
 from tests.conftest import same_arrays
-from tests.test_fl_checkpoint import _state
+from tests.conftest import checkpoint_state
 
 NODES = list(range(1000, 1008))
 
@@ -90,7 +90,7 @@ def test_every_strategy_builds_by_name_and_resumes_exactly_from_a_checkpoint(nam
     arrays = INITIAL
     for server_round in (1, 2):
         arrays = play_round(original, arrays, server_round, norm_bit)
-    saved = _state()
+    saved = checkpoint_state()
     saved.arrays, saved.strategy_state = arrays, strategy_state(original)
     restored_state = load_checkpoint(save_checkpoint(saved, str(tmp_path))).strategy_state
     fresh = build_strategy(rc, len(NODES))

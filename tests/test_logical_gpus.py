@@ -18,7 +18,8 @@ from collections import Counter
 
 import pytest
 
-from tests.test_ray_cluster import REPO, TINY, Head, ray_env, started
+from tests.support.cluster import REPO, Head, ray_env, started
+from tests.support.sweeps import TINY
 
 pytestmark = [pytest.mark.cluster]
 

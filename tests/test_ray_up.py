@@ -4,8 +4,9 @@ Ray's "local" node provider needs nothing but SSH, so the test gives it an SSH
 server of its own and lets the real cluster launcher do everything else:
 
 1. an `sshd` of the test's own on 127.0.0.1 and a free port, with a host key,
-   a client key, a config, a pid file and a log in a temp dir (Debian's
-   openssh-server and rsync are installed first when missing: see ssh_tools);
+   a client key, a config, a pid file and a log in a temp dir (the test
+   installs nothing: without sshd, ssh or rsync it skips; `.ci/run` installs
+   Debian's openssh-server, openssh-client and rsync first);
 2. a variant of cluster-onprem.yaml (no_docker_variant): the `docker` section
    deleted, head_ip 127.0.0.1, no workers, the test's key and ports; its
    commands run in this checkout's virtualenv;
@@ -58,7 +59,6 @@ terminal login (Ray's `ssh -tt`), are left alone too: the sshd runs in a mount
 namespace where they are files of the test's (LoopbackSshd._own_login_records).
 
 Takes about 80 s on 2 cores: `ray up` 25-30 s, the job 35-45 s, `ray down` 10 s
-(a first run also installs the packages: about 10 s more).
 Deselect with `-m "not cluster"`.
 """
 
@@ -83,7 +83,7 @@ import uuid
 import pytest
 import yaml
 
-from test_ray_cluster import (
+from tests.support.cluster import (
     BIN,
     RAY,
     REPO,
@@ -151,71 +151,19 @@ def which(command: str) -> str | None:
     return shutil.which(command, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN]))
 
 
-def _sshd_pids() -> set[int]:
-    """Every running sshd."""
-    return {pid for pid in _all_processes() if os.path.basename((cmdline(pid) or [""])[0]) == "sshd"}
-
-
-def install_packages(missing: dict[str, str]) -> None:
-    """`apt-get install` the Debian packages of the `missing` commands, never starting the system's sshd.
-
-    Skips the test, saying what is missing and why it cannot be installed, when
-    this is not root, there is no apt-get, or apt-get fails (e.g. no network).
-    invoke-rc.d asks /usr/sbin/policy-rc.d before starting a service: one that
-    says no (101) is put there for the install when there is none, and removed
-    after. /etc/ssh/sshd_not_to_be_run, which Debian's ssh service and init
-    script obey, is left in place, so the system's sshd stays off at boot too.
-    """
-    packages = sorted(set(missing.values()))
-    what = ", ".join(f"`{command}`" for command in missing) + f" (Debian: {' '.join(packages)})"
-    if os.geteuid() != 0:
-        pytest.skip(f"{what} not installed; installing it needs root (this is uid {os.geteuid()})")
-    apt_get = which("apt-get")
-    if apt_get is None:
-        pytest.skip(f"{what} not installed, and there is no apt-get to install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    policy = "/usr/sbin/policy-rc.d"
-    made_policy = not os.path.exists(policy)
-    if made_policy:
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\n# tests/test_ray_up.py, while it installs packages: start no services\nexit 101\n")
-        os.chmod(policy, 0o755)
-    if "openssh-server" in packages and os.path.isdir("/etc/ssh"):
-        open("/etc/ssh/sshd_not_to_be_run", "a").close()
-    before = _sshd_pids()
-    install = [apt_get, "install", "-y", "--no-install-recommends", *packages]
-    update = None
-    try:
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:  # stale or missing package lists: update them once
-            update = subprocess.run([apt_get, "update"], env=env, capture_output=True, text=True, timeout=600)
-            result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        if made_policy:
-            os.remove(policy)
-        # A system sshd started by the install despite the above: stop exactly those (ours run with -f).
-        terminate({pid for pid in _sshd_pids() - before if "-f" not in cmdline(pid)})
-    if result.returncode != 0:
-        why = _last_lines(result)
-        if update is not None and update.returncode != 0:
-            why += f"; `apt-get update` failed too (exit {update.returncode}): {_last_lines(update)}"
-        pytest.skip(f"{what} not installed, and `{shlex.join(install)}` failed (exit {result.returncode}): {why}")
-
-
-def _last_lines(result: subprocess.CompletedProcess) -> str:
-    """The last lines a command wrote to stderr (else stdout), on one line."""
-    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    return " / ".join(lines[-3:])
-
-
 @pytest.fixture(scope="session")
 def ssh_tools() -> dict[str, str]:
-    """Absolute paths of sshd, ssh, ssh-keygen and rsync, installed from Debian's packages if missing."""
+    """Absolute paths of sshd, ssh, ssh-keygen and rsync; the test skips, in one line, when any is missing.
+
+    The test installs nothing: `.ci/run` installs Debian's packages (and makes
+    sshd's privilege separation folder) before the suite runs.
+    """
     missing = {command: package for command, package in TOOLS.items() if which(command) is None}
     if missing:
-        install_packages(missing)
-        still = [command for command in missing if which(command) is None]
-        assert not still, f"installed {sorted(set(missing.values()))}, but {still} are still missing"
+        pytest.skip(f"needs {', '.join(missing)} (Debian: {' '.join(sorted(set(missing.values())))}); "
+                    ".ci/run installs them")
+    if os.geteuid() == 0 and not os.path.isdir(PRIVSEP_DIR):
+        pytest.skip(f"sshd as root needs its folder {PRIVSEP_DIR}; .ci/run makes it (mkdir -m 755 {PRIVSEP_DIR})")
     return {command: which(command) for command in TOOLS}
 
 
@@ -248,10 +196,6 @@ class LoopbackSshd:
         with open(self.relay, "w") as f:
             f.write(RELAY)
         self.log_path = os.path.join(self.dir, "sshd.log")
-        self.made_privsep_dir = False
-        if os.geteuid() == 0 and not os.path.isdir(PRIVSEP_DIR):
-            os.makedirs(PRIVSEP_DIR, mode=0o755)
-            self.made_privsep_dir = True
         for _ in range(2):  # a port found free may be taken before sshd binds it
             self.port = free_ports(1)[0]
             config = os.path.join(self.dir, "sshd_config")
@@ -290,7 +234,6 @@ class LoopbackSshd:
             if self.proc.poll() is None and _port_open(self.port):
                 return
             self.stop()
-        self.cleanup()
         with open(self.log_path, errors="replace") as f:
             log_tail = f.read()[-2000:]
         message = f"the test's sshd did not come up on 127.0.0.1:{self.port}:\n{log_tail}"
@@ -334,13 +277,6 @@ class LoopbackSshd:
             self.proc.wait(timeout=10)
         return left
 
-    def cleanup(self) -> None:
-        """Remove the privilege separation dir if this test made it (sshd keeps nothing in it)."""
-        if self.made_privsep_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir(PRIVSEP_DIR)
-            self.made_privsep_dir = False
-
 
 def _port_open(port: int) -> bool:
     """True if something accepts TCP on 127.0.0.1:`port`."""
@@ -367,7 +303,6 @@ def sshd(ssh_tools, base_dir):
         yield server
     finally:
         left = server.stop()
-        server.cleanup()
         assert left == set(), f"processes of the test's sshd survived SIGKILL: {left}"
 
 
@@ -452,7 +387,8 @@ def write_head_home(sshd: LoopbackSshd, ray_temp: str) -> str:
                 "# tests/test_ray_up.py: `ray stop` would stop every Ray on this machine; this one stops this head.\n"
                 'if [ "$1" = stop ]; then\n'
                 f"    echo stop >> {q(stop_log)}\n"
-                f"    exec {q(sys.executable)} {q(os.path.abspath(__file__))} stop {q(ray_temp)}\n"
+                # PYTHONPATH: this file imports tests.support, from the repository root.
+                f"    exec env PYTHONPATH={q(REPO)} {q(sys.executable)} {q(os.path.abspath(__file__))} stop {q(ray_temp)}\n"
                 "fi\n"
                 f'exec {q(RAY)} "$@"\n')
     os.chmod(shim, 0o755)

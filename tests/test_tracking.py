@@ -26,8 +26,8 @@ import pytest
 from mlflow import MlflowClient
 
 from fl_core import cli, load_checkpoint
-from tests.test_ray_cluster import free_ports
-from tests.test_tune_search import TINY, Run
+from tests.support.cluster import free_ports
+from tests.support.sweeps import TINY, Run
 
 SERVER_START_S = 90
 
