@@ -68,6 +68,7 @@ def import_app(app: FlowerApp) -> None:
     """Import the app's ServerApp and ClientApp modules here (registering its @shared functions)."""
     app.load("server")
     app.load("client")
+    shared_data.app_imported(app.directory)
 
 
 @contextmanager

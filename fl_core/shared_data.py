@@ -34,7 +34,12 @@ from dataclasses import dataclass, field
 ALL_KEYS = "*"  # recorded when the function read the whole run config (iterated it)
 
 _REGISTRY: dict[str, "SharedFunction"] = {}
+_APPS: set[str] = set()  # folders of the apps imported in this process (their loaders are all in _REGISTRY)
 _INSTALLED: list["SharedValue"] = []  # this run's values, installed by the engine in this process
+
+
+class MissingKey(KeyError):
+    """A shared function read a run-config key this run does not have: it is another app's loader."""
 
 
 class _ReadRecorder(Mapping):
@@ -46,6 +51,8 @@ class _ReadRecorder(Mapping):
 
     def __getitem__(self, key):
         self.read.add(key)
+        if key not in self._config:
+            raise MissingKey(key)
         return self._config[key]
 
     def __contains__(self, key) -> bool:
@@ -121,7 +128,7 @@ class SharedFunction:
         return self._local[key]
 
     def compute(self, run_config: Mapping, num_partitions: int) -> SharedValue:
-        """Call the function and note the run-config keys it read."""
+        """Call the function and note the run-config keys it read (MissingKey if it reads one the run lacks)."""
         recorder = _ReadRecorder(run_config)
         value = self.fn(recorder, num_partitions)
         keys = set(run_config) if ALL_KEYS in recorder.read else recorder.read & set(run_config)
@@ -137,8 +144,29 @@ def shared(fn) -> SharedFunction:
 
 
 def registered() -> list[SharedFunction]:
-    """Every shared function imported so far in this process."""
+    """Every shared function imported so far in this process (other apps' loaders too: see `compute_for`)."""
     return list(_REGISTRY.values())
+
+
+def app_imported(directory: str) -> None:
+    """Note that this process imported the app in `directory` (and so registered its loaders)."""
+    _APPS.add(directory)
+
+
+def compute_for(function: SharedFunction, run_config: Mapping, num_partitions: int) -> SharedValue | None:
+    """`function`'s value for this run; None when it reads a run-config key the run lacks and this process has
+    imported more than one app.
+
+    Such a process holds every app's loaders; they are told apart by the keys
+    they read, so the driver does not load (or fail on) another app's data.
+    With one app imported, a missing key is that app's error and is raised.
+    """
+    try:
+        return function.compute(run_config, num_partitions)
+    except MissingKey:
+        if len(_APPS) > 1:
+            return None
+        raise
 
 
 def compute_missing(run_config: Mapping, num_partitions: int, available: list[SharedValue]) -> list[SharedValue]:
@@ -146,7 +174,9 @@ def compute_missing(run_config: Mapping, num_partitions: int, available: list[Sh
     missing = []
     for function in registered():
         if not any(v.answers(function.name, run_config, num_partitions) for v in available):
-            missing.append(function.compute(run_config, num_partitions))
+            value = compute_for(function, run_config, num_partitions)
+            if value is not None:
+                missing.append(value)
     return missing
 
 

@@ -56,10 +56,23 @@ def table(run_config: Mapping, name: str) -> dict:
     return {k[len(prefix):].replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}
 
 
+def accepted_parameters(cls: type) -> set[str]:
+    """Keyword arguments `cls(...)` takes: its __init__'s, and its base class's where it passes **kwargs on."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # without self
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 def _construct(cls: type, where: str, kwargs: dict):
     """`cls(**kwargs)`; ConfigError naming `where` for a parameter it does not take or a value it refuses."""
-    accepted = inspect.signature(cls).parameters
-    unknown = sorted(set(kwargs) - set(accepted))
+    accepted = accepted_parameters(cls)
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigError(f"{where}: {cls.__name__} has no parameter(s) {', '.join(unknown)}")
     try:
@@ -68,16 +81,18 @@ def _construct(cls: type, where: str, kwargs: dict):
         raise ConfigError(f"{where}: {cls.__name__} refused its parameters ({exc})") from None
 
 
-def from_run_config(run_config: Mapping, *, num_sampled_clients: int, **common):
+def from_run_config(run_config: Mapping, *, num_sampled_clients: int, strategies: Mapping[str, type] = STRATEGIES,
+                     **common):
     """The strategy a run config names, with `common` arguments (fractions, minimums...) where it takes them.
 
-    `num_sampled_clients` is what the DP wrappers need: clients trained per round.
+    `num_sampled_clients` is what the DP wrappers need: clients trained per
+    round. `strategies`: the names an app offers (Flower's, plus its own).
     """
     name = run_config.get("strategy", "fedavg")
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    cls = STRATEGIES[name]
-    accepted = inspect.signature(cls).parameters
+    if name not in strategies:
+        raise ConfigError(f"strategy must be one of {', '.join(strategies)}, got {name!r}")
+    cls = strategies[name]
+    accepted = accepted_parameters(cls)
     kwargs = {k: v for k, v in common.items() if k in accepted}
     strategy = _construct(cls, f"run-config table {name}", {**kwargs, **table(run_config, name)})
     dp = run_config.get("dp", "off")

@@ -42,7 +42,9 @@ def share_data(spec: SweepSpec) -> list:
                                                 for v in values):
                 continue
             with bad_data_is_bad_input():
-                value = function.compute(run_config, settings.pool_size)
+                value = shared_data.compute_for(function, run_config, settings.pool_size)
+            if value is None:  # another app's loader (this process imported more than one app)
+                continue
             if ranged & set(value.inputs) or sum(v.function == function.name for v in values) >= MAX_SHARED_DATASETS:
                 given_up.add(function.name)
             else:

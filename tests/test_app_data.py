@@ -65,6 +65,24 @@ def test_pathological_limits_classes_per_client():
     assert ((label_histograms(data) > 0).sum(axis=1) <= 2).all()
 
 
+def test_niid_bench_label_quantity_gives_client_i_label_i_first():
+    # NIID-Bench's #C=k split: client i holds label i mod 10 and k-1 others, each label's samples shared out evenly.
+    data = load_federated_data(_config(pool_size=10, partition="pathological", classes_per_client=3,
+                                       class_assignment="first-deterministic", val_ratio=0.0))
+    hist = label_histograms(data)
+    assert ((hist > 0).sum(axis=1) == 3).all()
+    assert all(hist.iloc[i, i] > 0 for i in range(10))
+
+
+def test_self_balancing_dirichlet_caps_the_largest_clients():
+    # NIID-Bench's Dirichlet draw: a client that holds its average share (here 200) draws no more labels.
+    sizes = lambda balancing: label_histograms(load_federated_data(
+        _config(pool_size=10, partition="dirichlet", alpha=0.5, self_balancing=balancing, val_ratio=0.0))).sum(axis=1)
+    balanced, free = sizes(True), sizes(False)
+    assert balanced.sum() == free.sum() == 2000
+    assert balanced.max() < free.max()
+
+
 def test_dirichlet_small_alpha_is_skewed():
     skewed = label_histograms(load_federated_data(_config(partition="dirichlet", alpha=0.1)))
     flat = label_histograms(load_federated_data(_config(partition="dirichlet", alpha=100.0)))

@@ -401,7 +401,7 @@ def test_runtime_env_excludes_work_when_packaging(tmp_path):
 
     checkout = tmp_path / "checkout"
     keep = ["tune_search.py", "fl_core/__init__.py", "fl_sweep/tuner.py", "apps/cifar10/pyproject.toml",
-            "apps/cifar10/cifar10_app/data.py", "examples/scaffold/scaffoldexample/task.py"]
+            "apps/cifar10/cifar10_app/data.py", "examples/quickstart-pytorch/pytorchexample/task.py"]
     drop = [
         "data/cifar-10-batches-py/data_batch_1", ".venv/lib/torch.so", ".git/HEAD",
         "results/x.csv", "runs/a/b.json", "ray_results/exp/trial/ckpt.pt",

@@ -8,7 +8,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from cifar10_app.data import load_data
-from cifar10_app.task import client_seed, evaluate, pick_device, to_tensor, train, working_model
+from cifar10_app.scaffold import DELTA_KEY, client_controls, correction, parameter_arrays, store_control
+from cifar10_app.task import client_seed, evaluate, local_steps, pick_device, to_tensor, train, working_model
 
 
 def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
@@ -37,25 +38,39 @@ def _received_model(msg: Message, device: torch.device):
 
 @app.train(mods=[client_dp_mod])
 def train_fn(msg: Message, context: Context) -> Message:
-    """Local training from the received weights; replies with the new weights and the mean training loss."""
+    """Local training from the received weights; replies with the new weights and the mean training loss.
+
+    Under SCAFFOLD the steps are corrected by the control variates, the node's
+    own kept in its Context.state, and the reply also carries delta c_i.
+    """
     run_config, config = context.run_config, msg.content["config"]
     device = pick_device()
     model = _received_model(msg, device)
     x, y = _partition(context, "train", device)
     seed = client_seed(run_config["seed"], config["server-round"], context.node_config["partition-id"])
+    lr, epochs = float(config["lr"]), int(config["local-epochs"])
+    scaffold = run_config["strategy"] == "scaffold"
+    if scaffold:
+        x_global = parameter_arrays(model)
+        c, c_i = client_controls(msg, context, x_global)
     loss = train(
         model, x, y,
-        epochs=int(config["local-epochs"]),
+        epochs=epochs,
         batch_size=run_config["batch-size"],
-        lr=float(config["lr"]),
+        lr=lr,
         momentum=run_config["momentum"],
         weight_decay=run_config["weight-decay"],
         augment=run_config["augment"],
         generator=torch.Generator().manual_seed(seed),
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx's configure_train sends it
+        correction=correction(c, c_i, device) if scaffold else None,
     )
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(y)})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    if scaffold:
+        steps = local_steps(len(y), epochs, run_config["batch-size"])
+        content[DELTA_KEY] = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, lr)
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -27,6 +27,9 @@ from fl_core import shared
 NUM_CLASSES = 10
 CIFAR_FOLDER = "cifar-10-batches-py"
 DEFAULT_DATA_DIR = "data"
+# PathologicalPartitioner's class_assignment_mode: "first-deterministic" gives node i class i mod 10 first, then random
+# others, as NIID-Bench's #C=k ("sort and partition") split does.
+CLASS_ASSIGNMENTS = ("random", "first-deterministic", "deterministic")
 
 
 @dataclass
@@ -138,8 +141,8 @@ def make_synthetic(num_train: int, seed: int, labels_only: bool = False):
 # Partitioning
 
 
-def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alpha: float, classes_per_client: int,
-                      seed: int):
+def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alpha: float, self_balancing: bool,
+                      classes_per_client: int, class_assignment: str, seed: int):
     """The Flower Datasets partitioner for the scheme."""
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
@@ -153,7 +156,7 @@ def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alp
             # Flower's default of 10, lowered for large pools (50 samples a client
             # at alpha 0.5 almost never gives every client 10: the draw would fail).
             min_partition_size=min(10, max(1, num_samples // num_partitions // 10)),
-            self_balancing=False,
+            self_balancing=self_balancing,
             shuffle=True,
             seed=seed,
         )
@@ -161,14 +164,15 @@ def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alp
         num_partitions=num_partitions,
         partition_by="label",
         num_classes_per_partition=classes_per_client,
-        class_assignment_mode="random",
+        class_assignment_mode=class_assignment,
         shuffle=True,
         seed=seed,
     )
 
 
 def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
-                      classes_per_client: int = 2, seed: int = 0):
+                      self_balancing: bool = False, classes_per_client: int = 2, class_assignment: str = "random",
+                      seed: int = 0):
     """The scheme's Flower Datasets partitioner with its dataset assigned: a table of `label` and `idx` (row index).
 
     The one place the split is defined: `partition_indices` reads the clients'
@@ -182,7 +186,8 @@ def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *
     if partition == "iid":
         # IidPartitioner takes contiguous shards: shuffle first, as FederatedDataset does.
         table = table.shuffle(seed=seed).flatten_indices()
-    partitioner = _make_partitioner(partition, num_partitions, len(labels), alpha, classes_per_client, seed)
+    partitioner = _make_partitioner(partition, num_partitions, len(labels), alpha, self_balancing, classes_per_client,
+                                    class_assignment, seed)
     partitioner.dataset = table
     try:
         with warnings.catch_warnings():
@@ -197,13 +202,12 @@ def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *
     return partitioner
 
 
-def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
-                      classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Training-set indices of each of `num_partitions` clients; deterministic from the seed."""
+def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, **scheme) -> list[np.ndarray]:
+    """Training-set indices of each of `num_partitions` clients (`scheme`: build_partitioner's keywords); deterministic
+    from the seed."""
     from fl_core.partitions import partition_rows  # Flower Datasets: imported only where data is split
 
-    partitioner = build_partitioner(labels, partition, num_partitions, alpha=alpha,
-                                    classes_per_client=classes_per_client, seed=seed)
+    partitioner = build_partitioner(labels, partition, num_partitions, **scheme)
     # The partitioner's rows, read once (not a dataset per partition: 1 ms each, minutes for 100,000 clients).
     rows = partition_rows(partitioner)
     idx = np.asarray(partitioner.dataset.with_format("numpy")[:]["idx"], dtype=np.int64)  # [:]: one batch read
@@ -235,6 +239,8 @@ def check_data_config(run_config, num_partitions: int) -> None:
          f"partition must be one of iid, dirichlet, pathological, got {rc['partition']!r}")
     need(rc["alpha"] > 0 and math.isfinite(rc["alpha"]), f"alpha must be a positive number, got {rc['alpha']}")
     need(rc["classes-per-client"] >= 1, f"classes-per-client must be at least 1, got {rc['classes-per-client']}")
+    need(rc["class-assignment"] in CLASS_ASSIGNMENTS,
+         f"class-assignment must be one of {', '.join(CLASS_ASSIGNMENTS)}, got {rc['class-assignment']!r}")
     need(0 <= rc["val-ratio"] < 1, f"val-ratio must be in [0, 1), got {rc['val-ratio']}")
     need(rc["synthetic-size"] >= 10, f"synthetic-size must be at least 10, got {rc['synthetic-size']}")
     need(rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
@@ -252,13 +258,16 @@ def _arrays(run_config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def _scheme(run_config) -> dict:
     """The run config's partitioning keys as `build_partitioner` takes them.
 
-    alpha and classes-per-client are read only by the schemes that use them, so
-    that @shared records them only then (a sweep over alpha with IID splits shares one data set).
+    Each scheme's own keys are read only by that scheme, so that @shared records
+    them only then (a sweep over alpha with IID splits shares one data set).
     """
-    partition = run_config["partition"]
-    return dict(partition=partition, seed=int(run_config["seed"]),
-                alpha=float(run_config["alpha"]) if partition == "dirichlet" else 0.5,
-                classes_per_client=int(run_config["classes-per-client"]) if partition == "pathological" else 2)
+    partition, scheme = run_config["partition"], {}
+    if partition == "dirichlet":
+        scheme = dict(alpha=float(run_config["alpha"]), self_balancing=bool(run_config["self-balancing"]))
+    elif partition == "pathological":
+        scheme = dict(classes_per_client=int(run_config["classes-per-client"]),
+                      class_assignment=str(run_config["class-assignment"]))
+    return dict(partition=partition, seed=int(run_config["seed"]), **scheme)
 
 
 @shared

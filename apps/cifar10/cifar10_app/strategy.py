@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from cifar10_app.data import check_data_config
-from fl_core.strategies import from_run_config
+from cifar10_app.scaffold import Scaffold
+from fl_core.strategies import STRATEGIES, from_run_config
 
 AUGMENTS = ("none", "crop-flip")
+# Flower's strategies, and SCAFFOLD, whose client side is in this app's ClientApp.
+APP_STRATEGIES = {**STRATEGIES, "scaffold": Scaffold}
 
 
 def clients_per_round(run_config, num_nodes: int) -> int:
@@ -18,6 +21,7 @@ def build_strategy(run_config, num_nodes: int):
     evaluates = run_config["fraction-evaluate"] > 0 and run_config["val-ratio"] > 0
     return from_run_config(
         run_config,
+        strategies=APP_STRATEGIES,
         num_sampled_clients=clients_per_round(run_config, num_nodes),
         fraction_train=run_config["fraction-train"],
         fraction_evaluate=run_config["fraction-evaluate"] if evaluates else 0.0,
@@ -62,4 +66,7 @@ def check_run_config(run_config: dict, num_partitions: int) -> None:
     _need(rc["momentum"] >= 0, f"momentum must be >= 0, got {rc['momentum']}")
     _need(rc["weight-decay"] >= 0, f"weight-decay must be >= 0, got {rc['weight-decay']}")
     _need(rc["fedprox.proximal-mu"] >= 0, f"fedprox.proximal-mu must be >= 0, got {rc['fedprox.proximal-mu']}")
+    _need(rc["strategy"] != "scaffold" or rc["dp"] == "off",
+          f"strategy scaffold does not take a DP wrapper (its replies carry two ArrayRecords), got dp {rc['dp']!r}: "
+          "set dp to off")
     build_strategy(rc, num_partitions)  # the strategy's own checks (unknown name, DP parameters...)

@@ -9,6 +9,7 @@ seeded by (seed, round, partition), so an update depends on nothing else.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -128,17 +129,22 @@ def train(
     augment: str,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    correction: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """SGD on (x, y) for `epochs`; returns the mean cross-entropy over all batches.
 
     Shuffling and augmentation draw only from `generator`, so a client's update
     depends on nothing but its data, the incoming weights and the generator's seed.
     With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to
-    the loss that is minimised, not to the one reported.
+    the loss that is minimised, not to the one reported. With `correction`
+    (SCAFFOLD's c - c_i by parameter name), every step also moves each parameter
+    by -lr * correction, after the optimiser's own step (as Flower's niid_bench
+    baseline does, so momentum and weight decay act on the gradient alone).
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     global_weights = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    corrected = [(p, correction[name]) for name, p in model.named_parameters()] if correction is not None else []
     n = x.shape[0]
     total, batches = torch.zeros((), device=x.device), 0
     for _ in range(epochs):
@@ -156,9 +162,18 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
+            if corrected:
+                with torch.no_grad():
+                    for p, c in corrected:
+                        p.add_(c, alpha=-lr)
             total += loss.detach()  # no .item() per batch: it would sync a GPU every step
             batches += 1
     return total.item() / max(batches, 1)
+
+
+def local_steps(num_examples: int, epochs: int, batch_size: int) -> int:
+    """Optimiser steps `train` takes: `epochs` passes over `num_examples` in batches of `batch_size`."""
+    return epochs * math.ceil(num_examples / batch_size)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
