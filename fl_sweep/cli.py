@@ -27,6 +27,7 @@ from fl_sweep.storage import (
     read_marker,
 )
 from fl_sweep.sweep_file import read_config_file
+from fl_sweep.table import check_table
 from fl_sweep.trainable import share_data
 from fl_sweep.tuner import SCHEDULERS, SEARCH_ALGS, execute
 from fl_sweep.validate import same_runs, validate_spec
@@ -114,17 +115,32 @@ SWEEP_FLAGS = ("app", "config", "set", "grid", "choice", "uniform", "loguniform"
                "keep_checkpoints", "checkpoint_every", "max_failures", "mlflow", "wandb")
 
 
-def _cli_search(app: FlowerApp, args: argparse.Namespace) -> dict:
-    """Search entries from --grid/--choice/--uniform/--loguniform."""
+def _cli_search(app: FlowerApp, args: argparse.Namespace, file_search: dict) -> dict:
+    """Search entries from --grid/--choice/--uniform/--loguniform; `--grid AXIS=NAME,..` picks sets of the
+    --config file's grid of sets AXIS."""
     search = {}
     for kind in SEARCH_KINDS:
         for text in getattr(args, kind):
+            axis, _, names = text.partition("=")
+            if kind == "grid" and "sets" in file_search.get(axis.strip(), {}):
+                search[axis.strip()] = _picked_sets(file_search[axis.strip()], names, f"--grid {text}")
+                continue
             key, values = parse_assignment(app, text, f"--{kind}")
             if key in search:
                 raise ConfigError(f"{key} is swept twice (--{kind} {text}): give one search flag per setting")
             items = values.split(",") if values.strip() else []
             search[key] = search_entry(app, key, kind, items, f"--{kind} {text}")
     return search
+
+
+def _picked_sets(entry: dict, names: str, where: str) -> dict:
+    """The grid-of-sets entry narrowed to the comma-separated `names`, in that order."""
+    picked = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in picked if n not in entry["sets"]]
+    if unknown or not picked:
+        raise ConfigError(f"{where}: no set named {', '.join(unknown) or '(none given)'}; the --config file's sets "
+                          f"are {', '.join(entry['sets'])}")
+    return {"kind": "grid", "values": picked, "sets": {n: entry["sets"][n] for n in picked}}
 
 
 def _cli_fixed(app: FlowerApp, args: argparse.Namespace) -> dict:
@@ -147,8 +163,11 @@ def default_mode(metric: str) -> str:
 def build_spec(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: float) -> SweepSpec:
     """The sweep described by the command line (and --config file)."""
     app = load_app_folder(args.app)
-    file_fixed, file_search = read_config_file(app, args.config) if args.config else ({}, {})
-    fixed, search = merge_settings(app, file_fixed, file_search, _cli_fixed(app, args), _cli_search(app, args))
+    file_fixed, file_search, table = read_config_file(app, args.config) if args.config else ({}, {}, None)
+    fixed, search = merge_settings(app, file_fixed, file_search, _cli_fixed(app, args),
+                                   _cli_search(app, args, file_search))
+    if table is not None:
+        table = check_table(table, search, f"--config {args.config}")
     settings = RunSettings.from_dict({k: v for k, v in fixed.items() if k in SETTING_NAMES}).to_dict()
     run_config = bind_seed(app, fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set"),
                            settings["seed"])
@@ -172,6 +191,7 @@ def build_spec(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: floa
         keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else 2,
         checkpoint_every=args.checkpoint_every if args.checkpoint_every is not None else 1,
         max_failures=args.max_failures if args.max_failures is not None else 2,
+        table=table,
     )
 
 

@@ -32,8 +32,9 @@ def data_sets(spec: SweepSpec, shared_values: list) -> list[tuple[dict, int, dic
     for _, settings, run_config in trials(spec):
         used = tuple(i for i, v in enumerate(shared_values) if v.matches(run_config, settings.pool_size))
         if used and used not in found:
-            inputs = {k: v for i in used for k, v in shared_values[i].inputs.items() if k in spec.search}
-            if "pool_size" in spec.search:
+            swept = spec.swept_keys()
+            inputs = {k: v for i in used for k, v in shared_values[i].inputs.items() if k in swept}
+            if "pool_size" in swept:
                 inputs["pool_size"] = settings.pool_size
             found[used] = (run_config, settings.pool_size, inputs)
     return list(found.values())

@@ -1,4 +1,5 @@
-"""Readable results of a sweep: trials.csv, rounds.csv, best.json and plots."""
+"""Readable results of a sweep: trials.csv, rounds.csv, best.json, plots, and the results table if the sweep asks
+for one (table.csv, table.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
 from fl_sweep.storage import exists, filesystem, is_uri, read_marker
+from fl_sweep.table import markdown, results_table
 from fl_sweep.validate import same_runs
 
 # Per-round columns besides the model's metrics: counts, the round's timings and throughput, Tune's wall clock, and
@@ -227,6 +229,14 @@ def write_report(experiment: str, top: int = 5) -> dict:
     rounds.to_csv(os.path.join(out, "rounds.csv"), index=False)
     with open(os.path.join(out, "best.json"), "w") as f:
         json.dump(_best_document(best, spec, experiment), f, indent=1, default=_json_default)
+    written = ["trials.csv", "rounds.csv", "best.json"]
+    if spec.table is not None:
+        results = results_table(table, spec)
+        results.to_csv(os.path.join(out, "table.csv"), index=False)
+        laid_out = markdown(results, spec)
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(laid_out + "\n")
+        written += ["table.csv", "table.md"]
     plots = [f"{spec.metric}_vs_round.png", f"heatmap_{spec.metric}.png"]
     plot_metric(rounds, spec.metric, swept, os.path.join(out, plots[0]))
     note = plot_heatmap(table, spec, os.path.join(out, plots[1]))
@@ -234,6 +244,8 @@ def write_report(experiment: str, top: int = 5) -> dict:
         _publish(out, experiment)
         shutil.rmtree(out, ignore_errors=True)
     print_best(table, spec, top)
+    if spec.table is not None:
+        print("\n" + laid_out)
     for same in same_runs(spec):
         print(f"note: {same} (their rows above should agree)")
     errored = table.loc[table["status"] == "ERROR", "trial_id"].tolist()
@@ -242,8 +254,7 @@ def write_report(experiment: str, top: int = 5) -> dict:
     if errored:
         print(f"{len(errored)} trial(s) failed ({', '.join(errored)}): their errors are in their trial folders; "
               "`--resume` retries them from their last round")
-    print(f"report written to {experiment}: trials.csv, rounds.csv, best.json, {plots[0]}"
-          + ("" if note else f", {plots[1]}"))
+    print(f"report written to {experiment}: {', '.join(written)}, {plots[0]}" + ("" if note else f", {plots[1]}"))
     index = f"{experiment.rstrip('/')}/{FOLDER}/{INDEX}"
     if exists(index):
         print(f"label distribution of each distinct data set: {FOLDER}/data_<n>.csv|png, listed in {FOLDER}/{INDEX}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, clients_per_round
 
@@ -16,13 +16,17 @@ class ResourcePlan:
     run_config: dict  # the app's run config with the sweep's fixed overrides
     cluster_cpus: float
     cluster_gpus: float
+    sets: dict = field(default_factory=dict)  # axis -> {name: {key: value}}: grids of named sets of keys
 
     def trial(self, config: dict) -> tuple[RunSettings, dict]:
         """(settings, run config) of a trial whose sampled values are `config`.
 
-        Sampled engine settings go to the settings, everything else to the run
-        config; the app's run-config key `seed`, if it has one, is the engine's seed.
+        A swept set's name stands for its keys. Sampled engine settings go to
+        the settings, everything else to the run config; the app's run-config
+        key `seed`, if it has one, is the engine's seed.
         """
+        config = {k: v for axis, value in config.items()
+                  for k, v in (self.sets[axis][value] if axis in self.sets else {axis: value}).items()}
         settings = RunSettings.from_dict({**self.settings, **{k: v for k, v in config.items() if k in SETTING_NAMES}})
         run_config = {**self.run_config, **{k: v for k, v in config.items() if k not in SETTING_NAMES}}
         return settings, {**run_config, "seed": settings.seed} if "seed" in run_config else run_config

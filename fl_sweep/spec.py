@@ -2,9 +2,12 @@
 
 Keys are either the engine's settings (`pool_size`, `seed`, resources: the
 RunSettings fields) or run-config keys of the app (`fraction-train`,
-`local-epochs`, `fedadam.eta`...; `_` is accepted for `-`). The command line
-(fl_sweep.cli) and the `--config` file (fl_sweep.sweep_file) build a SweepSpec
-from these parts; fl_sweep.validate checks it as a whole.
+`local-epochs`, `fedadam.eta`...; `_` is accepted for `-`). A `--config`
+file may also sweep named sets of such keys as one axis (a grid entry
+`{"kind": "grid", "values": [names], "sets": {name: {key: value}}}`; the
+trial's config holds the name). The command line (fl_sweep.cli) and the
+`--config` file (fl_sweep.sweep_file) build a SweepSpec from these parts;
+fl_sweep.validate checks it as a whole.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class SweepSpec:
     keep_checkpoints: int = 2
     checkpoint_every: int = 1  # rounds between a trial's checkpoints (its last round always has one)
     max_failures: int = 2
+    table: dict | None = None  # the results table the report lays out (fl_sweep.table.check_table's form)
 
     def to_dict(self) -> dict:
         """JSON-ready copy."""
@@ -68,7 +72,13 @@ class SweepSpec:
 
     def plan(self) -> ResourcePlan:
         """What its trials' settings, run configs and bundles are derived from."""
-        return ResourcePlan(dict(self.settings), dict(self.run_config), self.cluster_cpus, self.cluster_gpus)
+        sets = {axis: entry["sets"] for axis, entry in self.search.items() if "sets" in entry}
+        return ResourcePlan(dict(self.settings), dict(self.run_config), self.cluster_cpus, self.cluster_gpus, sets)
+
+    def swept_keys(self) -> set[str]:
+        """The settings and run-config keys the trials vary: swept ones and those in a swept set."""
+        keys = {k for k, e in self.search.items() if "sets" not in e}
+        return keys.union(*(values for e in self.search.values() for values in e.get("sets", {}).values()))
 
 
 # ---------------------------------------------------------------------------
@@ -124,17 +134,40 @@ def search_entry(app: FlowerApp, key: str, kind: str, values: list, where: str) 
     return {"kind": kind, "values": values}
 
 
+def search_sets(app: FlowerApp, axis: str, sets, where: str) -> dict:
+    """Checked grid entry of named sets of keys swept together as one axis named `axis` (not itself a key)."""
+    name = axis.strip()
+    if name.replace("-", "_") in SETTING_NAMES or name in app.defaults or name.replace("_", "-") in app.defaults:
+        raise ConfigError(f"{where}: {name} is a setting or run-config key; name the axis of a grid of sets "
+                          "something else (e.g. 'partitioning')")
+    if not isinstance(sets, dict) or not sets:
+        raise ConfigError(f"{where}: a grid of sets must map names to {{key: value}} mappings, got {sets!r}")
+    checked = {}
+    for label, values in sets.items():
+        if not isinstance(values, dict) or not values:
+            raise ConfigError(f"{where}: set {label!r} must be a non-empty {{key: value}} mapping, got {values!r}")
+        checked[str(label)] = {}
+        for key, value in values.items():
+            key = normalise_key(app, key, f"{where} set {label}")
+            checked[str(label)][key] = coerce_value(app, key, value)
+    return {"kind": "grid", "values": list(checked), "sets": checked}
+
+
 def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixed: dict,
                    cli_search: dict) -> tuple[dict, dict]:
     """(fixed, search): command line over file; the default grid (keys the app has) when nothing is swept.
 
-    A key both fixed and swept explicitly is an error; the default grid just
-    leaves out the keys the user fixed.
+    A key both fixed and swept explicitly, or swept by two axes, is an error;
+    the default grid just leaves out the keys the user fixed.
     """
     fixed = {**file_fixed, **cli_fixed}
     search = {**file_search, **cli_search}
     if search:
-        both = sorted(set(fixed) & set(search))
+        in_sets = [k for e in search.values() for values in e.get("sets", {}).values() for k in values]
+        both = sorted(set(fixed) & (set(search) | set(in_sets)))
+        twice = sorted({k for k in in_sets if k in search or _axes_holding(search, k) > 1})
+        if twice:
+            raise ConfigError(f"{', '.join(twice)} swept by two axes: sweep each key in one place")
         if both:
             raise ConfigError(f"{', '.join(both)} both fixed and swept: drop the --set/fixed entry or the search entry")
         return fixed, search
@@ -144,6 +177,11 @@ def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixe
         raise ConfigError(f"app {app.name} has none of the default grid's keys ({', '.join(DEFAULT_GRID)}): "
                           "say what to sweep with --grid, --choice, --uniform or --loguniform")
     return fixed, search
+
+
+def _axes_holding(search: dict, key: str) -> int:
+    """How many grids of sets have `key` in some set."""
+    return sum(any(key in values for values in e.get("sets", {}).values()) for e in search.values())
 
 
 # ---------------------------------------------------------------------------

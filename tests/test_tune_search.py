@@ -1,8 +1,8 @@
 """Tests of tune_search: the search space, trial resources and real sweeps on local Ray (bad input: the table in
 tests/test_bad_input.py).
 
-Sweeps run `python tune_search.py` in a subprocess with its own Ray temp dir
-in a session of its own, and an environment tag (FEDSWEEP_TEST_RUN_TAG) that
+Sweeps run `python tune_search.py` in a subprocess (tests/support/sweeps.py's
+Run) with its own Ray temp dir in a session of its own, and an environment tag (FEDSWEEP_TEST_RUN_TAG) that
 every process of that run inherits (driver, GCS, raylet, workers): leftovers
 are found by that session or that tag (a worker that renames itself can
 overwrite its environment block) and only those are killed. Starting Ray costs
@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 
 import pandas as pd
 import pytest
@@ -37,16 +32,9 @@ from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import param_space, tune_config  # noqa: E402
 from fl_sweep.validate import validate_spec  # noqa: E402
 from tests.conftest import tensorboard_scalars  # noqa: E402
+from tests.support.sweeps import TINY, Run, run_pids  # noqa: E402
 
-SCRIPT = os.path.join(REPO, "tune_search.py")
-HOOKED = os.path.join(REPO, "tests", "hooked_sweep.py")  # the same, with round log and failure hooks
 EXAMPLE_WITHOUT_ROUNDS = os.path.join(REPO, "tests", "apps", "no_rounds")
-TINY = [
-    "--set", "dataset=synthetic", "--set", "synthetic-size=600", "--set", "pool_size=4",
-    "--set", "min-train-nodes=1", "--set", "min-evaluate-nodes=1", "--set", "eval-batch-size=200",
-    "--set", "num-server-rounds=2",
-]
-
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -60,93 +48,6 @@ def parse(argv: list[str]):
 def spec_of(argv: list[str], cpus: float = 2, gpus: float = 0) -> SweepSpec:
     """The sweep a command line describes, as on a machine with `cpus` CPUs."""
     return build_spec(parse(argv), cpus, gpus)
-
-
-def run_pids(tag: str, session: int) -> list[int]:
-    """Processes of one run: in its session, or carrying FEDSWEEP_TEST_RUN_TAG=tag in their environment."""
-    needle = f"FEDSWEEP_TEST_RUN_TAG={tag}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            if os.getsid(int(entry)) == session:
-                pids.append(int(entry))
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    pids.append(int(entry))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return pids
-
-
-def reap(tag: str, session: int, grace_s: float = 30) -> list[int]:
-    """Wait for the run's processes to exit; SIGKILL any left after `grace_s`. Returns those that had to be killed."""
-    deadline = time.time() + grace_s
-    while time.time() < deadline and run_pids(tag, session):
-        time.sleep(0.5)
-    leftovers = run_pids(tag, session)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return leftovers
-
-
-class Run:
-    """One tune_search subprocess: own Ray temp dir, own tag; with hooks, tests/hooked_sweep.py instead."""
-
-    def __init__(self, args: list[str], hooks: dict | None = None) -> None:
-        """Prepare the command and its environment (hooks: hooked_sweep's variables); nothing starts yet."""
-        self.tag = uuid.uuid4().hex
-        # Short path: Ray's socket names must fit in 107 bytes.
-        self.ray_tmp = tempfile.mkdtemp(prefix="fsw", dir="/tmp")
-        self.env = {**os.environ, **(hooks or {}), "FEDSWEEP_TEST_RUN_TAG": self.tag}
-        self.cmd = [sys.executable, HOOKED if hooks else SCRIPT, *args, "--ray-temp-dir", self.ray_tmp]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Run":
-        """Start in a new session (its own process group)."""
-        self.out = open(os.path.join(self.ray_tmp, "out.log"), "w+")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        return self
-
-    def wait(self, timeout: float = 300) -> tuple[int, str]:
-        """(exit status, output) once it ends."""
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        self.out.seek(0)
-        return code, self.out.read()
-
-    def kill(self) -> None:
-        """SIGKILL the driver's whole process group."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-
-    def to_end(self, timeout: float = 300) -> tuple[int, str, list[int]]:
-        """Start, wait for the end, clean up: (exit status, output, processes that had to be killed)."""
-        self.start()
-        try:
-            code, output = self.wait(timeout=timeout)
-        finally:
-            leftovers = self.cleanup()
-        return code, output, leftovers
-
-    def cleanup(self) -> list[int]:
-        """Reap this run's processes and remove its temp dir; returns processes that had to be killed."""
-        leftovers = reap(self.tag, self.proc.pid)  # start_new_session: the driver leads the run's session
-        self.out.close()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-        return leftovers
 
 
 def read_round_log(path: str) -> list[tuple[str, int]]:
@@ -515,6 +416,33 @@ def test_an_unchanged_flower_app_sweeps_on_its_central_accuracy_and_retries_from
         failed = f.read()
     log = read_round_log(hooks["FEDSWEEP_TEST_ROUND_LOG"])
     assert rounds_of(log, failed) == [1, 2], log  # failed in round 2, resumed from round 1's checkpoint
+
+
+def test_the_niid_bench_sweep_file_runs_end_to_end_and_lays_out_its_table(tmp_path):
+    """configs/niid_bench.yaml reduced to SCAFFOLD x Dirichlet(0.5) and #C=2 x 2 seeds, 1 round of 1 epoch on
+    synthetic data: each set reaches its trials' data, and table.csv/.md hold mean and std over the seeds."""
+    code, output, leftovers = Run([
+        "--config", os.path.join(REPO, "configs", "niid_bench.yaml"), "--set", "dataset=synthetic",
+        "--set", "synthetic-size=600", "--set", "num-server-rounds=1", "--set", "local-epochs=1",
+        "--grid", "strategy=scaffold", "--grid", "partitioning=Dirichlet(0.5),#C=2", "--grid", "seed=0,1",
+        "--storage-path", str(tmp_path / "results"), "--name", "niid"]).to_end()
+    assert code == 0, output[-3000:]
+    assert leftovers == []
+    exp = tmp_path / "results" / "niid"
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    data_sets = pd.read_csv(exp / "partitions" / "data_sets.csv")
+    assert sorted(zip(data_sets["partition"], data_sets["seed"])) == [("dirichlet", 0), ("dirichlet", 1),
+                                                                       ("pathological", 0), ("pathological", 1)]
+    table = pd.read_csv(exp / "table.csv")
+    assert table["partitioning"].tolist() == ["Dirichlet(0.5)", "#C=2"] and (table["n"] == 2).all()
+    for _, cell in table.iterrows():
+        mine = trials[trials["partitioning"] == cell["partitioning"]]
+        assert cell["mean"] == pytest.approx(100 * mine["best_central_accuracy"].mean())
+        assert cell["std"] == pytest.approx(100 * mine["best_central_accuracy"].std())
+    assert table[["published_mean", "published_std"]].values.tolist() == [[68.08, 0.96], [49.42, 2.18]]
+    header = "| partitioning | scaffold | scaffold (published) |"
+    assert (exp / "table.md").read_text().startswith(header) and header in output
 
 
 def test_an_app_with_its_own_loop_is_told_which_metrics_it_has(tmp_path):
