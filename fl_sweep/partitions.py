@@ -29,10 +29,10 @@ def data_sets(spec: SweepSpec, shared_values: list) -> list[tuple[dict, int, dic
     if not shared_values:
         return []
     found = {}
+    swept = spec.swept_keys()
     for _, settings, run_config in trials(spec):
         used = tuple(i for i, v in enumerate(shared_values) if v.matches(run_config, settings.pool_size))
         if used and used not in found:
-            swept = spec.swept_keys()
             inputs = {k: v for i in used for k, v in shared_values[i].inputs.items() if k in swept}
             if "pool_size" in swept:
                 inputs["pool_size"] = settings.pool_size

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -163,9 +164,9 @@ def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixe
     fixed = {**file_fixed, **cli_fixed}
     search = {**file_search, **cli_search}
     if search:
-        in_sets = [k for e in search.values() for values in e.get("sets", {}).values() for k in values]
-        both = sorted(set(fixed) & (set(search) | set(in_sets)))
-        twice = sorted({k for k in in_sets if k in search or _axes_holding(search, k) > 1})
+        per_axis = Counter(k for e in search.values() if "sets" in e for k in set().union(*e["sets"].values()))
+        both = sorted(set(fixed) & (set(search) | set(per_axis)))
+        twice = sorted(k for k, axes in per_axis.items() if axes > 1 or k in search)
         if twice:
             raise ConfigError(f"{', '.join(twice)} swept by two axes: sweep each key in one place")
         if both:
@@ -177,11 +178,6 @@ def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixe
         raise ConfigError(f"app {app.name} has none of the default grid's keys ({', '.join(DEFAULT_GRID)}): "
                           "say what to sweep with --grid, --choice, --uniform or --loguniform")
     return fixed, search
-
-
-def _axes_holding(search: dict, key: str) -> int:
-    """How many grids of sets have `key` in some set."""
-    return sum(any(key in values for values in e.get("sets", {}).values()) for e in search.values())
 
 
 # ---------------------------------------------------------------------------
