@@ -66,6 +66,12 @@ def _short(key: str) -> str:
     return {"accuracy": "acc"}.get(key, key.replace("accuracy", "acc"))
 
 
+def _headline(metrics: dict) -> str | None:
+    """The central metric a run's summary line names: central_accuracy if there, else the first central one."""
+    central = [k for k in model_metrics(metrics) if k.startswith("central_")]
+    return "central_accuracy" if "central_accuracy" in central else next(iter(central), None)
+
+
 class ProgressPrinter(Callback):
     """One line per round with the model's metrics, time and ETA; a summary at the end."""
 
@@ -94,10 +100,13 @@ class ProgressPrinter(Callback):
     def on_run_end(self, event: RunEnd) -> None:
         """Print the final summary."""
         line = f"done: {len(event.history)} rounds in {event.seconds:.1f} s"
-        if event.history and "central_accuracy" in event.history[-1]:
-            best = max(event.history, key=lambda m: m["central_accuracy"])
-            line += (f"; final test accuracy {event.history[-1]['central_accuracy']:.4f} "
-                     f"(best {best['central_accuracy']:.4f} at round {scored_round(best, 'central_accuracy')})")
+        metric = _headline(event.history[-1]) if event.history else None
+        if metric is not None:
+            pick = min if "loss" in metric else max  # as tune_search's default --mode
+            best = pick((m for m in event.history if metric in m), key=lambda m: m[metric])
+            name = "test accuracy" if metric == "central_accuracy" else metric
+            line += (f"; final {name} {event.history[-1][metric]:.4f} "
+                     f"(best {best[metric]:.4f} at round {scored_round(best, metric)})")
         self.print(line)
         ce = event.client_evaluation
         for metric, stats in ce.get("stats", {}).items():

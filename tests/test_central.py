@@ -107,6 +107,22 @@ def test_the_progress_line_shows_central_metrics_only_when_measured():
     assert "acc 0.2500" in lines[1]
 
 
+def test_the_summary_line_names_the_apps_own_central_metric():
+    from fl_core.callbacks import RunEnd
+
+    def summary(history):
+        lines = []
+        ProgressPrinter(lines.append).on_run_end(RunEnd(history, {}, 3.0, None))
+        return lines[0]
+
+    rounds = [{"round": 1, "central_accuracy": 0.5, "central_loss": 1.2}, {"round": 2, "central_accuracy": 0.4,
+                                                                           "central_loss": 1.0}]
+    assert summary(rounds) == "done: 2 rounds in 3.0 s; final test accuracy 0.4000 (best 0.5000 at round 1)"
+    mse = [{"round": 1, "central_mse_loss": 0.3}, {"round": 2, "central_mse_loss": 0.2}]
+    assert summary(mse) == "done: 2 rounds in 3.0 s; final central_mse_loss 0.2000 (best 0.2000 at round 2)"
+    assert summary([{"round": 1, "train_loss": 1.0}]) == "done: 1 rounds in 3.0 s"
+
+
 def test_auto_puts_the_shards_where_there_is_more_compute():
     from fl_core.central import place
 
