@@ -54,15 +54,18 @@ def start(strategy, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, time
     Returns Flower's `Result`. After a resume it holds the rounds run in this
     process (the checkpoint's metrics history has them all).
     """
-    from fl_core.runner import active_run
-
-    run = active_run(grid)
+    run = running_here(grid)
     if run is None:
         return strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
                               train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
     return run_rounds(run, strategy, initial_arrays, num_rounds, timeout,
                       ConfigRecord() if train_config is None else train_config,
                       ConfigRecord() if evaluate_config is None else evaluate_config, evaluate_fn)
+
+
+def running_here(grid):
+    """The fedsweep run (runner.ActiveRun) whose ServerApp runs on `grid` now; None under any other engine."""
+    return getattr(grid, "active_run", None)
 
 
 @contextmanager
@@ -79,9 +82,7 @@ def strategy_start_runs_here():
     def start_here(self, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
                    train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
                    evaluate_fn=None) -> Result:
-        from fl_core.runner import active_run
-
-        if active_run(grid) is None:
+        if running_here(grid) is None:
             return flower_start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
                                 evaluate_fn)
         return start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
@@ -228,13 +229,11 @@ def evaluate_all_nodes(grid, arrays: ArrayRecord, config: ConfigRecord | None = 
     reply with an error are left out. Works under any engine; under fedsweep the
     result also goes into the run's summary and final report.
     """
-    from fl_core.runner import active_run
-
     content = ConfigRecord(dict(config or {}))
     content["server-round"] = server_round
     messages = [Message(RecordDict({arrayrecord_key: arrays, configrecord_key: content}), node_id, MessageType.EVALUATE)
                 for node_id in grid.get_node_ids()]
-    run = active_run(grid)
+    run = running_here(grid)
     with (run.observer.paused() if run is not None else _nothing()):
         replies = grid.send_and_receive(messages)
     per_client = {}
@@ -261,9 +260,7 @@ def wait_for_nodes(grid, minimum: int = 1, settle_s: float = 0.5) -> int:
     Flower's engine registers its nodes while the ServerApp starts; this waits
     until at least `minimum` are there and their number held still for `settle_s`.
     """
-    from fl_core.runner import active_run
-
-    if active_run(grid) is not None:
+    if running_here(grid) is not None:
         return len(grid.get_node_ids())
     count = -1
     while True:

@@ -17,25 +17,17 @@ from fl_core import central, seeding, shared_data
 from fl_core.apps import FlowerApp, bind_seed
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.checkpoint import ServerState
+from fl_core.grid import RayGrid
+from fl_core.loop import RoundObserver, strategy_start_runs_here
 from fl_core.settings import ConfigError, RunSettings
 
 RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at a time
 SERVER_NODE_ID = 0  # the ServerApp's Context.node_id, as in Flower's simulation
 
-_active: "ActiveRun | None" = None
-
-
-def active_run(grid) -> "ActiveRun | None":
-    """The fedsweep run whose grid is `grid`, if the app runs under fedsweep."""
-    return _active if _active is not None and _active.grid is grid else None
-
-
 class ActiveRun:
     """What the round loop and the grid's observer need of the run in progress."""
 
     def __init__(self, app: FlowerApp, settings: RunSettings, run_config: dict, grid, callbacks, resume) -> None:
-        from fl_core.loop import RoundObserver
-
         self.app, self.settings, self.run_config, self.grid = app, settings, run_config, grid
         self.callbacks = list(callbacks)
         self.resume: ServerState | None = resume
@@ -186,14 +178,11 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
     run-config key `seed`, if it has one, is set to the engine's seed. Ray is
     started locally if it is not running.
     """
-    global _active
     import ray
     from flwr.app import Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fl_core.grid import RayGrid
-    from fl_core.loop import strategy_start_runs_here
-    from fl_core.pool import WorkerPool
+    from fl_core.pool import WorkerPool  # imports Ray: not when fl_core is imported
 
     settings.validate()
     run_config = bind_seed(app, run_config, settings.seed)
@@ -218,7 +207,7 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
         run = ActiveRun(app, settings, run_config, grid, callbacks, resume)
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
-        _active = run
+        grid.active_run = run  # what fl_core.start and Strategy.start find on the grid the ServerApp gets
         with server_process(settings, server_visible), seeding.seeded_node_sampling(run.sampler), \
                 strategy_start_runs_here():
             seeding.seed_globals(seeding.derive_seed(settings.seed, 0, seeding.MAIN))
@@ -233,7 +222,6 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
             callback.on_run_end(end)
         return end
     finally:
-        _active = None
         pool.shutdown()
         if holder is not None:
             ray.kill(holder)
