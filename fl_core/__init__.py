@@ -19,13 +19,17 @@ Library use (what `python -m fl_core` and each Tune trial do)::
     end = run_app(app, fuse_run_config(app, {"num-server-rounds": 3}), RunSettings(pool_size=10), callbacks=[...])
 
 Modules, one role each: settings (the engine's settings), apps (loading app
-folders and run configs), shared_data (the @shared decorator: data in the object store), seeding
-(randomness per round, node and phase), pool (Ray workers hosting the
-ClientApp), grid (the Flower Grid over the pool, nodes' Contexts), strategies
-(Flower strategies by name, their state), loop (the round loop, start,
-evaluate_all_nodes), central (central evaluation: when, and where: server or workers), checkpoint (safe .npz checkpoints), metrics (the names of
-what a round reports), callbacks (progress, checkpoints, metrics files), plots (metrics.png; partitions.csv/.png from an
-app's `[tool.fedsweep] partitioner` hook), runner (one run), cli (the command line).
+folders and run configs), shared_data (the @shared decorator: data in the
+object store), seeding (randomness per round, node and phase), failures (failed
+calls and their reports), pool (Ray workers hosting the ClientApp), grid (the
+Flower Grid over the pool, nodes' Contexts), strategies (Flower strategies by
+name, their state), metrics (the names of what a round reports, and its row),
+loop (the round loop, start, evaluate_all_nodes), observer (rounds of a
+strategy with its own loop), central (central evaluation: when, and where:
+server or workers), checkpoint (safe .npz checkpoints), callbacks (progress,
+checkpoints, metrics files), plots (metrics.png; partitions.csv/.png from an
+app's `[tool.fedsweep] partitioner` hook), runner (one run), cli (the command
+line).
 """
 
 from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_folder, parse_run_config

@@ -19,10 +19,15 @@ The built-in CIFAR-10 job is such a folder: `apps/cifar10`.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
+
+from flwr.common.config import flatten_dict, get_project_config, parse_config_args
+from flwr.supercore.object_ref import load_app
 
 from fl_core.settings import ConfigError
 
@@ -48,8 +53,6 @@ class FlowerApp:
 
     def load(self, component: str):
         """The app's ServerApp (`component="server"`) or ClientApp ("client"), imported from its folder."""
-        from flwr.supercore.object_ref import load_app
-
         reference = self.server_app if component == "server" else self.client_app
         try:
             return load_app(reference, ConfigError, self.directory)
@@ -60,9 +63,6 @@ class FlowerApp:
         """ConfigError unless the modules of the ServerApp, the ClientApp and the partitioner hook can be found
         (without importing them: importing an app pulls in torch, seconds that `python -m fl_core` spends beside
         Ray's start instead)."""
-        import importlib.util
-        import sys
-
         if self.directory not in sys.path:
             sys.path.insert(0, self.directory)  # as Flower's load_app does
         found_here = [("server app", self.server_app), ("client app", self.client_app)]
@@ -79,8 +79,6 @@ class FlowerApp:
 
     def _hook(self, reference: str, key: str):
         """The function a `[tool.fedsweep]` key names, imported from the app's folder; ConfigError if it cannot be."""
-        from flwr.supercore.object_ref import load_app
-
         try:
             return load_app(reference, ConfigError, self.directory)
         except (ImportError, ConfigError) as exc:  # Flower's ConfigError goes on with a paragraph on the form
@@ -106,7 +104,7 @@ class FlowerApp:
     def partitions(self, run_config: dict, num_partitions: int):
         """The app's partitioner hook called for this run: a flwr_datasets Partitioner with its dataset assigned,
         `num_partitions` partitions and the label column `partition_by`; ConfigError naming the hook otherwise."""
-        from flwr_datasets.partitioner import Partitioner
+        from flwr_datasets.partitioner import Partitioner  # imports Hugging Face datasets: only for a hook
 
         where = f"[tool.fedsweep] partitioner {self.partitioner}"
         hook = self._hook(self.partitioner, "partitioner")
@@ -129,8 +127,6 @@ class FlowerApp:
 
 def load_app_folder(directory: str | None) -> FlowerApp:
     """The app in `directory` (None: the built-in CIFAR-10 app); ConfigError when it is not a valid Flower app."""
-    from flwr.common.config import flatten_dict, get_project_config
-
     folder = os.path.abspath(directory or BUILTIN_APP_DIR)
     if not os.path.isdir(folder):
         raise ConfigError(f"--app {directory} is not a folder: give the folder that holds the app's pyproject.toml")
@@ -173,8 +169,6 @@ _PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # a KEY=VALUE of flwr
 
 def parse_run_config(texts: list[str]) -> dict:
     """Overrides written as `flwr run --run-config` takes them (`"k=v k2=v2"`, or one .toml file), flattened."""
-    from flwr.common.config import parse_config_args
-
     for text in texts:  # Flower's parser skips what is not KEY=VALUE: refuse it instead
         rest = [] if text.endswith(".toml") else _PAIR.sub(" ", text).split()
         if rest:

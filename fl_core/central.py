@@ -27,6 +27,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, MetricRecord
 
 from fl_core import seeding
+from fl_core.failures import FailureReporter, raise_first_failure
 
 
 class ShardedEvaluation:
@@ -68,8 +69,7 @@ def place(settings, workers: int, server_threads: int) -> str:
     auto takes the workers when they hold more CPUs than the server process has
     threads (a Tune trial's 1-CPU server bundle, a driver on a cluster), or GPUs
     while the server has none; otherwise the server, which then has as much
-    compute without a call per worker (one machine: measured as fast or faster
-    on 2 cores, bench/README.md).
+    compute without a call per worker (bench/README.md has the figures).
     """
     if settings.central_eval_on != "auto":
         return settings.central_eval_on
@@ -95,22 +95,8 @@ def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> Metric
 
 def _on_workers(grid, sharded: ShardedEvaluation, arrays: ArrayRecord, seeds: list[int], server_round: int) -> list:
     """The shards' results, in shard order, computed by the pool's live workers side by side (contiguous groups)."""
-    import ray
-
-    from fl_core.grid import ClientAppError, FailureReporter
-    from fl_core.pool import CallFailure
-
-    pool = grid.pool
-    name = f"{{}} of {sharded.num_shards}, round {server_round}".format
-    report = FailureReporter("central evaluation", lambda shard: name(f"shard {shard}"), pool.retries,
-                             "the run stops after {attempts} attempt(s)")
-    common = (sharded.evaluate_shard, server_round, ray.put(arrays))  # the model crosses once, not once per call
-    try:
-        results = pool.run(list(enumerate(seeds)), report, method="evaluate_shards", common=common)
-    finally:
-        grid.failed_attempts += report.retried
-    for shard, result in enumerate(results):
-        if isinstance(result, CallFailure):
-            raise ClientAppError(f"central evaluation of {name(f'shard {shard}')} failed {result.attempts} time(s) "
-                                 f"({result.kind}, last on {result.worker}):\n{result.detail}")
-    return results
+    name = f"shard {{}} of {sharded.num_shards}, round {server_round}".format
+    report = FailureReporter("central evaluation", name, grid.pool.retries, "the run stops after {attempts} attempt(s)")
+    results = grid.pool.run(list(zip(range(sharded.num_shards), seeds)), report, method="apply",
+                            common=(sharded.evaluate_shard, server_round, arrays))
+    return raise_first_failure(results, lambda shard: f"central evaluation of {name(shard)}")

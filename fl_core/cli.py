@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter, TensorBoardWriter
     from fl_core.checkpoint import CHECKPOINT_FILE, remove_stale_temp_files
-    from fl_core.grid import ClientAppError
+    from fl_core.failures import ClientAppError
     from fl_core.plots import MetricsPlotter
     from fl_core.pool import NodeLostError
     from fl_core.runner import prepare_shared, run_app

@@ -24,7 +24,6 @@ share of replies falls below `min_reply_share` fails the run.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -33,13 +32,10 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fl_core.failures import CallFailure, ClientAppError, FailureReporter
 from fl_core.seeding import derive_seed, message_phase
 
 NODE_ID_OFFSET = 1000  # node ids are NODE_ID_OFFSET + partition-id (Flower's server itself is node 1)
-
-
-class ClientAppError(RuntimeError):
-    """A client call failed on every attempt (or too few replied) and the run's policy stops the run."""
 
 
 # Flower's error code for a dropped call, by what its last attempt did.
@@ -68,7 +64,6 @@ class RayGrid(Grid):
         self.seed = seed
         self.on_client_failure = on_client_failure
         self.min_reply_share = min_reply_share
-        self.failed_attempts = 0  # calls run again after a fault, over the run (rounds report their share)
         self.active_run = None  # the fedsweep run this grid serves (runner.ActiveRun), set by run_app
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
@@ -143,6 +138,11 @@ class RayGrid(Grid):
 
     # -- fedsweep ---------------------------------------------------------------------------
 
+    @property
+    def failed_attempts(self) -> int:
+        """Calls run again after a fault, over the run (rounds report their share)."""
+        return self.pool.retried
+
     def node_states(self) -> dict[int, RecordDict]:
         """Every node's Context state that holds something (what a checkpoint keeps)."""
         return {node_id: c.state for node_id, c in self.contexts.items() if len(c.state) > 0}
@@ -157,8 +157,6 @@ class RayGrid(Grid):
 
     def _execute(self, message_ids: list[str]) -> None:
         """Run the pushed messages on the pool; store replies and node states, applying the failure policy."""
-        from fl_core.pool import CallFailure
-
         messages = [self._pushed.pop(i) for i in message_ids]
         items = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
 
@@ -166,17 +164,13 @@ class RayGrid(Grid):
                  if self.on_client_failure == "drop" else
                  "the run stops after {attempts} attempt(s) (--on-client-failure abort)")
         report = FailureReporter("client", lambda i: describe(messages[i]), self.pool.retries, final)
-        try:
-            results = self.pool.run(items, report, sizes=[self._sizes.get(_work_key(m)) for m in messages])
-        finally:
-            self.failed_attempts += report.retried
+        results = self.pool.run(items, report, sizes=[self._sizes.get(_work_key(m)) for m in messages])
         ok = 0
         for message, result in zip(messages, results):
             node_id = message.metadata.dst_node_id
             if isinstance(result, CallFailure):
                 if self.on_client_failure != "drop":
-                    raise ClientAppError(f"the ClientApp of {describe(message)} failed {result.attempts} time(s) "
-                                         f"({result.kind}, last on {result.worker}):\n{result.detail}")
+                    raise result.error(f"the ClientApp of {describe(message)}")
                 reply = Message(Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"),
                                 reply_to=message)
             else:
@@ -208,30 +202,6 @@ def _work_key(message: Message) -> tuple[int, str]:
     return message.metadata.dst_node_id, message.metadata.message_type
 
 
-class FailureReporter:
-    """Hears of every failed attempt of a pool's calls: one stderr line each, the traceback once per call.
-
-    `name(i)` says what call i is; `final` what happens when its retries are
-    spent (with {attempts}). `retried` counts the attempts that are run again.
-    """
-
-    def __init__(self, what: str, name: Callable[[int], str], retries: int, final: str) -> None:
-        self.what, self.name, self.retries, self.final = what, name, retries, final
-        self.retried = 0
-        self._shown: set[int] = set()  # calls whose traceback was printed
-
-    def __call__(self, index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
-        """Report one failed attempt of call `index` (the pool's report signature)."""
-        self.retried += retrying
-        outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
-        first = detail.strip().splitlines()[-1] if detail.strip() else kind
-        print(f"fl_core: {self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}",
-              file=sys.stderr)
-        if kind == "raised" and index not in self._shown:  # retries would repeat it
-            self._shown.add(index)
-            print(_indent(detail), file=sys.stderr)
-
-
 def describe(message: Message, node: bool = True) -> str:
     """'node N (partition-id P), round R (train)' for reports; without the node with node=False."""
     server_round = message_round(message)
@@ -242,7 +212,3 @@ def describe(message: Message, node: bool = True) -> str:
     node_id = message.metadata.dst_node_id
     return f"node {node_id} (partition-id {node_id - NODE_ID_OFFSET}), {where}"
 
-
-def _indent(text: str) -> str:
-    """`text` with every line indented, for a traceback under its report line."""
-    return "\n".join("    " + line for line in text.strip().splitlines())

@@ -22,27 +22,23 @@ fedsweep's grid is this loop too (`strategy_start_runs_here`), so an unchanged
 app that calls `strategy.start(grid=grid, ...)` as Flower's templates do gets
 the same. Only a strategy class that overrides `start` with a loop of its own
 (or a ServerApp that sends its messages itself) runs its own rounds: the grid
-sees its messages and `RoundObserver` reports what they show (client-side
+sees its messages and `fl_core.observer.RoundObserver` reports what they show (client-side
 metrics per round), but such a run cannot be checkpointed or resumed, which
 the observer says in one line when its first round starts.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_core import central, seeding
-from fl_core.apps import ROUNDS_KEY
 from fl_core.checkpoint import CheckpointError, ServerState
-from fl_core.grid import message_round
-from fl_core.metrics import CENTRAL_ROUND
+from fl_core.metrics import CENTRAL_ROUND, Phase, prefixed, round_row
 from fl_core.strategies import innermost, restore_strategy_state, strategy_state
 
 
@@ -93,27 +89,6 @@ def strategy_start_runs_here():
         yield
     finally:
         Strategy.start = flower_start
-
-
-def prefixed(prefix: str, record: MetricRecord | None) -> dict:
-    """Scalar metrics of `record` with `prefix` (unless a key already starts with it); lists are left out."""
-    out = {}
-    for key, value in (record or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key if key.startswith(prefix) else prefix + key] = float(value)
-    return out
-
-
-def reply_counts(replies: list[Message], weighting_key: str) -> tuple[int, int | float]:
-    """(replies without error, sum of their `weighting_key` metric)."""
-    valid = [r for r in replies if not r.has_error()]
-    total = 0
-    for reply in valid:
-        for record in reply.content.metric_records.values():
-            value = record.get(weighting_key)
-            total += value if isinstance(value, (int, float)) else 0
-            break
-    return len(valid), total
 
 
 def check_same_model(saved: ArrayRecord, initial: ArrayRecord) -> None:
@@ -179,9 +154,8 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_TRAIN):
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        train_clients, samples = reply_counts(replies, weighting_key)
-        train_dropped = len(replies) - train_clients
         t1 = time.perf_counter()
+        train = Phase.of("train_", train_metrics, replies, weighting_key, t1 - t0)
         if new_arrays is not None:
             arrays = result.arrays = new_arrays
         if train_metrics is not None:
@@ -191,25 +165,18 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_EVALUATE):
             fed_metrics = strategy.aggregate_evaluate(server_round, replies)
-        fed_clients, _ = reply_counts(replies, weighting_key)
-        fed_dropped = len(replies) - fed_clients
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
         t2 = time.perf_counter()
+        fed = Phase.of("fed_", fed_metrics, replies, weighting_key, t2 - t1)
         if evaluate_fn is not None and central.is_due(server_round, num_rounds, run.settings.central_eval_every):
             scored = central.evaluate(run, evaluate_fn, server_round, arrays)
             if scored is not None:
                 result.evaluate_metrics_serverapp[server_round] = scored
                 latest = {**prefixed("central_", scored), CENTRAL_ROUND: server_round}
         t3 = time.perf_counter()
-        metrics = {
-            "round": server_round,
-            **prefixed("train_", train_metrics), **prefixed("fed_", fed_metrics), **latest,
-            "train_clients": train_clients, "fed_clients": fed_clients, "train_samples": samples,
-            "train_dropped": train_dropped, "fed_dropped": fed_dropped, "retries": grid.failed_attempts - failed_before,
-            "seconds": t3 - t0, "train_seconds": t1 - t0, "fed_seconds": t2 - t1, "central_seconds": t3 - t2,
-            "samples_per_s": samples * epochs / (t1 - t0),
-        }
+        metrics = round_row(server_round, train, fed, latest, retries=grid.failed_attempts - failed_before,
+                            seconds=t3 - t0, epochs=epochs, central_seconds=t3 - t2)
         run.history.append(metrics)
         state = ServerState(
             round=server_round, arrays=arrays, strategy=type(strategy).__name__,
@@ -271,97 +238,6 @@ def wait_for_nodes(grid, minimum: int = 1, settle_s: float = 0.5) -> int:
         time.sleep(settle_s)
 
 
-def own_loop_note() -> str:
-    """Why the rounds under way cannot be checkpointed, and what to change: named from the calling strategy."""
-    frame = sys._getframe(1)
-    while frame is not None and not isinstance(frame.f_locals.get("self"), Strategy):
-        frame = frame.f_back
-    if frame is None:
-        return ("the ServerApp sends its round messages itself, not through a Flower strategy's start, so this run "
-                "has no checkpoints, no --resume and no central metrics; fedsweep runs and checkpoints the rounds "
-                "of strategy.start(grid=grid, ...) or fl_core.start(strategy, grid, ...)")
-    name = type(frame.f_locals["self"]).__name__
-    return (f"strategy {name} overrides Strategy.start with its own round loop, so this run has no checkpoints, "
-            f"no --resume and no central metrics; to have fedsweep run and checkpoint the rounds, drop {name}.start "
-            "or have it call super().start(...), and keep the extras in the strategy's other methods or evaluate_fn")
-
-
 @contextmanager
 def _nothing():
     yield
-
-
-class RoundObserver:
-    """Rounds as the grid sees them, for a strategy whose `start` is its own loop (or a ServerApp looping itself).
-
-    Messages carry their round in the config (`server-round`, which Flower's
-    strategies always set); a round is reported once messages of a later round
-    go out, or when the ServerApp returns. The number of rounds is the run
-    config's `num-server-rounds` (Flower's template key) when it has one. Metrics are the replies' aggregated
-    with Flower's default (weighted by num-examples); central evaluation is not
-    visible from here.
-    """
-
-    def __init__(self, run) -> None:
-        self.run = run
-        self.current: dict | None = None
-        self.first_round: int | None = None
-        self._failed_seen = 0  # the grid's failed attempts already counted
-        self._paused = False
-        self.active = True  # off once fedsweep runs the rounds itself (fl_core.start)
-
-    @contextmanager
-    def paused(self):
-        """Messages sent within the block are not part of any round."""
-        self._paused = True
-        try:
-            yield
-        finally:
-            self._paused = False
-
-    def __call__(self, messages: list[Message], replies: list[Message], seconds: float) -> None:
-        """The grid's listener: fold one send_and_receive into the current round."""
-        retries = self.run.grid.failed_attempts - self._failed_seen  # calls of this send_and_receive run again
-        self._failed_seen += retries
-        if not self.active or self._paused or not messages:
-            return
-        server_round = message_round(messages[0])
-        if server_round is None:
-            return
-        if self.current is not None and self.current["round"] != server_round:
-            self.flush()
-        if self.current is None:
-            self.current = {"round": server_round, "t0": time.perf_counter() - seconds, "retries": 0}
-            if self.first_round is None:
-                self.first_round = server_round
-                print(f"note: {own_loop_note()}", flush=True)
-        self.current["retries"] += retries
-        kind = "train" if messages[0].metadata.message_type.startswith("train") else "fed"
-        if kind == "train":
-            config = next(iter(messages[0].content.config_records.values()), {})
-            self.current["epochs"] = float(config.get("local-epochs", 1))
-        valid = [r.content for r in replies if not r.has_error()]
-        try:
-            aggregated = aggregate_metricrecords(valid, "num-examples") if valid else None
-        except (KeyError, StopIteration, TypeError):  # replies without one MetricRecord holding num-examples
-            aggregated = None
-        self.current[kind] = (prefixed(kind + "_", aggregated), len(valid), seconds,
-                              reply_counts(replies, "num-examples")[1], len(replies) - len(valid))
-
-    def flush(self) -> None:
-        """Report the current round, if one is open."""
-        if self.current is None:
-            return
-        current, self.current = self.current, None
-        train, train_clients, train_seconds, samples, train_dropped = current.get("train", ({}, 0, 0.0, 0.0, 0))
-        fed, fed_clients, fed_seconds, _, fed_dropped = current.get("fed", ({}, 0, 0.0, 0.0, 0))
-        seconds = time.perf_counter() - current["t0"]
-        metrics = {"round": current["round"], **train, **fed, "train_clients": train_clients, "fed_clients": fed_clients,
-                   "train_samples": samples, "train_dropped": train_dropped, "fed_dropped": fed_dropped,
-                   "retries": current["retries"], "seconds": seconds, "train_seconds": train_seconds,
-                   "fed_seconds": fed_seconds,
-                   "samples_per_s": samples * current.get("epochs", 1.0) / train_seconds if train_seconds else 0.0}
-        self.run.history.append(metrics)
-        rounds = self.run.run_config.get(ROUNDS_KEY)
-        self.run.round_done(current["round"], rounds if isinstance(rounds, int) else None, self.first_round, metrics,
-                            None)

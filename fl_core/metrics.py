@@ -10,6 +10,8 @@ evaluation's statistics flatten to `clients_<metric>_<mean|min|p10|max>`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 MODEL_PREFIXES = ("central_", "fed_", "train_")
 CLIENTS_PREFIX = "clients_"
 # Replies without error of the train and evaluate phases, the train replies' num-examples, and the replies that
@@ -49,3 +51,55 @@ def client_evaluation_metrics(client_evaluation: dict) -> dict:
     """The all-node evaluation's statistics (fl_core.evaluate_all_nodes) as flat metrics."""
     return {f"{CLIENTS_PREFIX}{metric}_{stat}": value
             for metric, stats in client_evaluation.get("stats", {}).items() for stat, value in stats.items()}
+
+
+def prefixed(prefix: str, record) -> dict:
+    """Scalar metrics of `record` (a MetricRecord or None) with `prefix`, unless a key already starts with it; lists
+    are left out."""
+    out = {}
+    for key, value in (record or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key if key.startswith(prefix) else prefix + key] = float(value)
+    return out
+
+
+def reply_counts(replies: list, weighting_key: str) -> tuple[int, int | float]:
+    """(replies without error, sum of their `weighting_key` metric) of a phase's reply Messages."""
+    valid = [r for r in replies if not r.has_error()]
+    total = 0
+    for reply in valid:
+        for record in reply.content.metric_records.values():
+            value = record.get(weighting_key)
+            total += value if isinstance(value, (int, float)) else 0
+            break
+    return len(valid), total
+
+
+@dataclass
+class Phase:
+    """One phase of a round (training, or the federated evaluation) as its row reports it."""
+
+    metrics: dict = field(default_factory=dict)  # the aggregated metrics, prefixed
+    clients: int = 0  # replies without error
+    dropped: int = 0  # replies with an error
+    samples: int | float = 0  # the replies' weighting key (num-examples), summed
+    seconds: float = 0.0
+
+    @classmethod
+    def of(cls, prefix: str, record, replies: list, weighting_key: str, seconds: float) -> Phase:
+        """The phase whose aggregated metrics are `record` and whose replies are `replies`."""
+        clients, samples = reply_counts(replies, weighting_key)
+        return cls(prefixed(prefix, record), clients, len(replies) - clients, samples, seconds)
+
+
+def round_row(server_round: int, train: Phase, fed: Phase, central: dict, *, retries: int, seconds: float,
+              epochs: float, central_seconds: float | None = None) -> dict:
+    """One round's metrics, as metrics.csv, the callbacks and Tune get them (central_seconds where it was timed)."""
+    row = {"round": server_round, **train.metrics, **fed.metrics, **central,
+           "train_clients": train.clients, "fed_clients": fed.clients, "train_samples": train.samples,
+           "train_dropped": train.dropped, "fed_dropped": fed.dropped, "retries": retries,
+           "seconds": seconds, "train_seconds": train.seconds, "fed_seconds": fed.seconds}
+    if central_seconds is not None:
+        row["central_seconds"] = central_seconds
+    row["samples_per_s"] = train.samples * epochs / train.seconds if train.seconds else 0.0
+    return row

@@ -26,23 +26,26 @@ cluster (Ray declares a node dead some seconds after it stops answering) or
 that is not back within RESTART_TIMEOUT_S is retired: the run goes on with the
 other workers, its results unchanged. The run stops with NodeLostError when no
 worker is left, and inside a Tune trial as soon as a node is lost (Tune then
-retries the trial from its last checkpoint: a trial that went on after its
-placement group lost a bundle was measured 20-45x slower).
+retries the trial from its last checkpoint: a trial that goes on after its
+placement group lost a bundle runs far slower, bench/README.md "Faults change nothing").
 """
 
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import sys
 import time
-import traceback
 from collections import deque
-from dataclasses import dataclass
 
 import ray
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from fl_core import shared_data
+from fl_core.failures import CallFailure, Raised, outcome
 from fl_core.seeding import seeded_call
 from fl_core.settings import ConfigError, RunSettings, clients_per_round
 
@@ -55,41 +58,13 @@ class NodeLostError(RuntimeError):
     """Every client worker was lost with its node (or never came back from a restart): the run cannot go on."""
 
 
-@dataclass
-class CallFailure:
-    """A call that failed on every attempt: what happened the last time."""
-
-    kind: str  # "raised", "worker died" or "timed out"
-    attempts: int
-    worker: str  # which worker ran the last attempt
-    detail: str  # the ClientApp's traceback, or Ray's account of the worker's end
-
-
-@dataclass
-class Raised:
-    """What a worker yields for an item whose work raised: the traceback (the worker itself is fine)."""
-
-    detail: str
-
-
-def outcome(work, *args):
-    """`work(*args)`, or Raised with its traceback: one item's failure must not end its group's call."""
-    try:
-        return work(*args)
-    except Exception:  # noqa: BLE001  (anything the app raises is reported, and the call run again)
-        return Raised(traceback.format_exc())
-
-
 class ClientAppWorker:
     """Hosts the app's ClientApp in a Ray actor and runs the groups of work it is given, one item after another."""
 
     def __init__(self, app, num_cpus: float, run_id: int) -> None:
         """Load the ClientApp once (again after a restart)."""
-        from flwr.common.constant import SUPERLINK_NODE_ID
-        from flwr.supercore.task_identity import TaskIdentity
-
         try:
-            import torch
+            import torch  # an app may be written without torch
 
             torch.set_num_threads(max(1, int(num_cpus)))  # never more busy threads than CPUs given
         except ImportError:
@@ -105,10 +80,6 @@ class ClientAppWorker:
         any such ref of an actor that may restart, issue 53727, though these
         stay pinned by the driver for the run.)
         """
-        import os
-
-        from fl_core import shared_data
-
         shared_data.install(shared_values)
         context = ray.get_runtime_context()
         where = f"pid {os.getpid()} at {ray.util.get_node_ip_address()}"
@@ -126,10 +97,16 @@ class ClientAppWorker:
             message, context, seed = pickle.loads(pickle.dumps(item, protocol=5))
             yield outcome(lambda: (seeded_call(seed, self.client_app, message, context), context.state))
 
-    def evaluate_shards(self, evaluate_shard, server_round: int, arrays, items: list):
-        """Yield the result of each (shard, seed) of a central evaluation (fl_core.central), or Raised."""
-        for shard, seed in items:
-            yield outcome(seeded_call, seed, evaluate_shard, server_round, arrays, shard)
+    def apply(self, function, *args):
+        """Yield `function(*common, arg)` for each (arg, seed) of the group, or Raised if it raised.
+
+        `args` are the arguments every item shares, then the group. The global
+        generators are seeded with the item's seed first (fl_core.central runs
+        its shards this way).
+        """
+        *common, items = args
+        for arg, seed in items:
+            yield outcome(seeded_call, seed, function, *common, arg)
 
 
 def plan_pool(settings: RunSettings, run_config: dict) -> tuple[int, object | None]:
@@ -223,6 +200,7 @@ class WorkerPool:
         self._restarting: dict = {}  # ready() ref of a restarting worker -> (worker index, deadline)
         self.retired: set[int] = set()  # workers lost for good (their node left the cluster)
         self.in_placement_group = pg is not None  # a Tune trial's
+        self.retried = 0  # failed attempts run again, over the run (rounds report their share)
 
     @property
     def size(self) -> int:
@@ -269,6 +247,7 @@ class WorkerPool:
         failed attempt.
         """
         self.wait_ready()
+        common = tuple(ray.put(value) for value in common)  # crosses to the workers once, not once per group
         results: list = [None] * len(items)
         attempts = [0] * len(items)
         waiting = deque(plan_groups(range(len(items)), sizes, self.live_size(), self.nodes_per_call))
@@ -279,6 +258,7 @@ class WorkerPool:
         def failed(index: int, worker: int, kind: str, detail: str) -> None:
             attempts[index] += 1
             retrying = attempts[index] <= self.retries
+            self.retried += retrying
             if report is not None:
                 report(index, attempts[index], kind, self.describe(worker), detail, retrying)
             if retrying:
@@ -398,8 +378,8 @@ class WorkerPool:
         alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         lost = [worker for worker in workers if self.nodes[worker] not in alive]
         if lost and self.in_placement_group:
-            # A trial that went on after its placement group lost a bundle ran its 1 s rounds in 20-45 s (measured
-            # once, tests/test_ray_cluster.py; a run alone did not slow): Tune's retry from the checkpoint instead.
+            # A trial that goes on after its placement group lost a bundle slows down (bench/README.md, "Faults
+            # change nothing"); a run alone does not: Tune's retry from the checkpoint instead.
             raise NodeLostError(f"client {self.describe(lost[0])} was lost with its node {self.nodes[lost[0]]}: the "
                                 "trial stops here, for Tune to retry it from its last checkpoint")
         for worker in lost:

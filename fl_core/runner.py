@@ -18,7 +18,8 @@ from fl_core.apps import FlowerApp, bind_seed
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.checkpoint import ServerState
 from fl_core.grid import RayGrid
-from fl_core.loop import RoundObserver, strategy_start_runs_here
+from fl_core.loop import strategy_start_runs_here
+from fl_core.observer import RoundObserver
 from fl_core.settings import ConfigError, RunSettings
 
 RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at a time

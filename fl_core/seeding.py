@@ -13,9 +13,11 @@ an uninterrupted one.
 from __future__ import annotations
 
 import random
+import sys
 from contextlib import contextmanager
 
 import numpy as np
+from flwr.serverapp.strategy import strategy_utils
 
 # Phases of a round, as seed components.
 MAIN, TRAIN, EVALUATE, QUERY, AGGREGATE_TRAIN, AGGREGATE_EVALUATE, CENTRAL, FINAL = range(8)
@@ -34,8 +36,6 @@ def message_phase(message_type: str) -> int:
 
 def seed_globals(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (torch only when it is imported)."""
-    import sys
-
     random.seed(seed)
     np.random.seed(seed)
     torch = sys.modules.get("torch")
@@ -80,8 +80,6 @@ class NodeSampler:
 @contextmanager
 def seeded_node_sampling(sampler: NodeSampler):
     """Within the block, Flower's strategies sample nodes with `sampler`."""
-    from flwr.serverapp.strategy import strategy_utils
-
     original = strategy_utils.random
     strategy_utils.random = sampler
     try:

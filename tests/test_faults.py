@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from fl_core import run_app
-from fl_core.grid import ClientAppError
+from fl_core.failures import ClientAppError
 from tests.conftest import model_metrics, same_arrays, tiny_run
 from tests.faults import faulty_app, plan, sampled_points
 

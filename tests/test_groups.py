@@ -10,7 +10,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fl_core import run_app
 from fl_core.grid import NODE_ID_OFFSET, RayGrid
-from fl_core.pool import ClientAppWorker, Raised, plan_groups
+from fl_core.failures import Raised
+from fl_core.pool import ClientAppWorker, plan_groups
 from tests.conftest import model_metrics, same_arrays, tiny_run
 
 
