@@ -60,10 +60,20 @@ def run_config_of(args, app) -> dict:
     """The built-in app's run config for the job."""
     from fl_core.apps import bind_seed, fuse_run_config
 
-    overrides = {"dataset": args.dataset, "data-dir": args.data_dir, "synthetic-size": 50 * args.pool_size,
-                 "val-ratio": 0.0, "fraction-train": args.clients / args.pool_size, "fraction-evaluate": 0.0,
-                 "local-epochs": 1, "batch-size": args.batch_size, "lr": 0.1, "momentum": 0.0,
-                 "num-server-rounds": 1, "seed": args.seed}
+    overrides = {
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "synthetic-size": 50 * args.pool_size,
+        "val-ratio": 0.0,
+        "fraction-train": args.clients / args.pool_size,
+        "fraction-evaluate": 0.0,
+        "local-epochs": 1,
+        "batch-size": args.batch_size,
+        "lr": 0.1,
+        "momentum": 0.0,
+        "num-server-rounds": 1,
+        "seed": args.seed,
+    }
     return bind_seed(app, fuse_run_config(app, overrides), args.seed)
 
 
@@ -124,8 +134,18 @@ def breakdown(args, phase: Phase, client_app) -> dict:
     x, y = _partition(context, "train", device)
 
     def train_once() -> None:
-        train(model, x, y, epochs=1, batch_size=rc["batch-size"], lr=0.1, momentum=0.0, weight_decay=0.0,
-              augment="none", generator=torch.Generator().manual_seed(client_seed(0, 1, 0)))
+        train(
+            model,
+            x,
+            y,
+            epochs=1,
+            batch_size=rc["batch-size"],
+            lr=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+            augment="none",
+            generator=torch.Generator().manual_seed(client_seed(0, 1, 0)),
+        )
 
     pickled = median_time(lambda: pickle.dumps(calls[0], protocol=5), args.repeats * 20)
     per_call = {
@@ -182,10 +202,15 @@ def engine_cost(args, app, phase: Phase, client_app, values: list) -> dict:
                 seed_globals(s)
                 client_app(m, c)
             local.append(time.perf_counter() - t0)
-        e, l = statistics.median(engine), statistics.median(local)
-        return {"workers": pool.size, "engine_phase_s": e, "in_process_phase_s": l,
-                "engine_per_call_s": (e * pool.size - l) / len(messages), "engine_runs": engine,
-                "in_process_runs": local}
+        e, loc = statistics.median(engine), statistics.median(local)
+        return {
+            "workers": pool.size,
+            "engine_phase_s": e,
+            "in_process_phase_s": loc,
+            "engine_per_call_s": (e * pool.size - loc) / len(messages),
+            "engine_runs": engine,
+            "in_process_runs": local,
+        }
     finally:
         if pool is not None:
             pool.shutdown()
@@ -223,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  configure_train (driver)        {ms(parts['configure_train'])}")
     for name, seconds in parts["per_call"].items():
         print(f"  per call: {name:22s}{ms(seconds)}")
-    print(f"  call arguments {parts['args_bytes']:,} bytes pickled, reply {parts['reply_bytes']:,}; "
-          f"the phase's arguments in one pickle {parts['phase_args_bytes_one_pickle']:,}")
+    print(
+        f"  call arguments {parts['args_bytes']:,} bytes pickled, reply {parts['reply_bytes']:,}; "
+        f"the phase's arguments in one pickle {parts['phase_args_bytes_one_pickle']:,}"
+    )
     print(f"  aggregate_train (driver)        {ms(parts['aggregate_train'])}")
-    print(f"engine, {engine['workers']} workers: phase {engine['engine_phase_s']:.3f} s, in-process "
-          f"{engine['in_process_phase_s']:.3f} s; engine cost per call {ms(engine['engine_per_call_s'])}")
+    print(
+        f"engine, {engine['workers']} workers: phase {engine['engine_phase_s']:.3f} s, in-process "
+        f"{engine['in_process_phase_s']:.3f} s; engine cost per call {ms(engine['engine_per_call_s'])}"
+    )
     print(f"results written to {args.out}")
     return 0
 

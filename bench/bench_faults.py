@@ -101,16 +101,25 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO)
-from provenance import versions, write_results  # bench/ is on sys.path
+from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.path)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local Ray without token authentication (see tests/conftest.py)
 
 KINDS = ("raise", "die", "hang", "storage", "driver", "node")
 NODES = 8
 ROUNDS = 5
-RUN_CONFIG = {"dataset": "synthetic", "synthetic-size": 800, "fraction-train": 0.5, "fraction-evaluate": 0.5,
-              "min-train-nodes": 2, "min-evaluate-nodes": 2, "num-server-rounds": ROUNDS, "local-epochs": 1,
-              "lr": 0.05, "eval-batch-size": 200}
+RUN_CONFIG = {
+    "dataset": "synthetic",
+    "synthetic-size": 800,
+    "fraction-train": 0.5,
+    "fraction-evaluate": 0.5,
+    "min-train-nodes": 2,
+    "min-evaluate-nodes": 2,
+    "num-server-rounds": ROUNDS,
+    "local-epochs": 1,
+    "lr": 0.05,
+    "eval-batch-size": 200,
+}
 # The node kind: longer rounds (about 3 s with two workers here), so that the rounds left after the kill outlast
 # the time Ray takes to declare a SIGKILLed raylet's node dead (about 16 s here: 5 failed health checks, 3 s
 # apart), when the pool retires the lost worker.
@@ -237,17 +246,35 @@ def client_fault_run(runner: InProcess, reference, kind: str, index: int, plan: 
     """One raise/die/hang run: its plan, the faults that hit, retries and whether it ended as the reference."""
     outcome, wall, fault_dir, log_path = runner.run(f"{kind}{index}", plan, **settings)
     markers = sorted(os.listdir(fault_dir))
-    hit = sorted({int(name.split("-")[0][len("fault"):]) for name in markers})
-    record = {"kind": kind, "run": index, "plan": plan, "settings": settings, "injected": len(markers),
-              "planned": len(plan), "missed": [plan[i] for i in range(len(plan)) if i not in hit], "wall_s": wall}
+    hit = sorted({int(name.split("-")[0][len("fault") :]) for name in markers})
+    record = {
+        "kind": kind,
+        "run": index,
+        "plan": plan,
+        "settings": settings,
+        "injected": len(markers),
+        "planned": len(plan),
+        "missed": [plan[i] for i in range(len(plan)) if i not in hit],
+        "wall_s": wall,
+    }
     if isinstance(outcome, Exception):
-        record.update(completed=False, rounds_lost=ROUNDS, identical=False, identical_weights=False,
-                      identical_metrics=False, error=error_text(outcome), log_tail=tail(log_path))
+        record.update(
+            completed=False,
+            rounds_lost=ROUNDS,
+            identical=False,
+            identical_weights=False,
+            identical_metrics=False,
+            error=error_text(outcome),
+            log_tail=tail(log_path),
+        )
         return record
-    record.update(completed=len(outcome.history) == ROUNDS, rounds_lost=0,
-                  retries=sum(row.get("retries", 0) for row in outcome.history),
-                  dropped=sum(row.get("train_dropped", 0) + row.get("fed_dropped", 0) for row in outcome.history),
-                  **compare(outcome.state.arrays, outcome.history, reference))
+    record.update(
+        completed=len(outcome.history) == ROUNDS,
+        rounds_lost=0,
+        retries=sum(row.get("retries", 0) for row in outcome.history),
+        dropped=sum(row.get("train_dropped", 0) + row.get("fed_dropped", 0) for row in outcome.history),
+        **compare(outcome.state.arrays, outcome.history, reference),
+    )
     if record["retries"] != record["injected"]:
         record["note"] = f"{record['retries']} retries counted for {record['injected']} faulted attempts"
     if not record["identical"]:
@@ -278,8 +305,14 @@ def storage_run(runner: InProcess, reference, index: int, rng: random.Random) ->
         stopped, wall1, _, log1 = runner.run(f"storage{index}", callbacks=[CheckpointWriter(folder)])
     finally:
         fl_core.callbacks.save_checkpoint = real_save
-    record = {"kind": "storage", "run": index, "plan": {"refused_round": refused_round}, "injected": len(refused),
-              "planned": 1, "missed": [] if refused else [refused_round]}
+    record = {
+        "kind": "storage",
+        "run": index,
+        "plan": {"refused_round": refused_round},
+        "injected": len(refused),
+        "planned": 1,
+        "missed": [] if refused else [refused_round],
+    }
     checks = {"stopped_with_oserror_28": isinstance(stopped, OSError) and stopped.errno == 28}
     try:
         saved = load_checkpoint(folder)
@@ -298,11 +331,18 @@ def storage_run(runner: InProcess, reference, index: int, rng: random.Random) ->
     resumed, wall2, _, log2 = runner.run(f"storage{index}-resume", callbacks=[CheckpointWriter(folder)], resume=saved)
     record["wall_s"] = wall1 + wall2
     if isinstance(resumed, Exception):
-        record.update(completed=False, identical=False, identical_weights=False, identical_metrics=False,
-                      error=error_text(resumed), log_tail=tail(log2))
+        record.update(
+            completed=False,
+            identical=False,
+            identical_weights=False,
+            identical_metrics=False,
+            error=error_text(resumed),
+            log_tail=tail(log2),
+        )
     else:
-        record.update(completed=len(resumed.history) == ROUNDS, **compare(resumed.state.arrays, resumed.history,
-                                                                          reference))
+        record.update(
+            completed=len(resumed.history) == ROUNDS, **compare(resumed.state.arrays, resumed.history, reference)
+        )
     record["check_failed"] = not (checks["stopped_with_oserror_28"] and checks["intact"] and checks["no_temp_files"])
     return record
 
@@ -321,9 +361,16 @@ class CliRun:
         self.log_path = log_path
         self.stderr_file = open(log_path + ".stderr", "w")  # noqa: SIM115  (closed by end())
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "fl_core", *args], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, bufsize=1,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fl_core", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_file,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self.rounds = 0
         self.wall: float | None = None
@@ -384,7 +431,9 @@ class CliRun:
         if left:
             survivors = terminate(left, grace_s=5)
             if survivors:
-                print(f"warning: processes {sorted(survivors)} of `python -m fl_core` survived SIGKILL", file=sys.stderr)
+                print(
+                    f"warning: processes {sorted(survivors)} of `python -m fl_core` survived SIGKILL", file=sys.stderr
+                )
         self.stderr_file.close()
         self.proc.stdout.close()
         return len(left)
@@ -438,12 +487,28 @@ def final_outcome(folder: str, code: int | None, rounds: int, reference: tuple) 
         final = load_checkpoint(folder)
         return {"completed": code == 0 and final.round == rounds, **compare(final.arrays, final.history, reference)}
     except Exception as exc:  # noqa: BLE001
-        return {"completed": False, "identical": False, "identical_weights": False, "identical_metrics": False,
-                "error": error_text(exc)}
+        return {
+            "completed": False,
+            "identical": False,
+            "identical_weights": False,
+            "identical_metrics": False,
+            "error": error_text(exc),
+        }
 
 
-def killed_and_resumed(kind: str, index: int, rng: random.Random, args: list[str], resume_args: list[str], env: dict,
-                       work: str, reference: tuple, kill, rounds: int, last_kill_round: int) -> dict:
+def killed_and_resumed(
+    kind: str,
+    index: int,
+    rng: random.Random,
+    args: list[str],
+    resume_args: list[str],
+    env: dict,
+    work: str,
+    reference: tuple,
+    kill,
+    rounds: int,
+    last_kill_round: int,
+) -> dict:
     """A CLI run killed by `kill(run)` 0-KILL_DELAY_S after a random round line (1..`last_kill_round`), then
     `--resume`d to its last round `rounds` and compared with `reference`."""
     from fl_core import load_checkpoint
@@ -544,11 +609,15 @@ def in_process_kinds(kinds: list[str], args, app_dir: str, work: str, results: d
                 else:
                     count = args.hang_faults_per_run if kind == "hang" else args.faults_per_run
                     settings = {"client_timeout": args.client_timeout} if kind == "hang" else {}
-                    record = client_fault_run(runner, reference, kind, index, fault_plan(rng, kind, count, points),
-                                              settings)
+                    record = client_fault_run(
+                        runner, reference, kind, index, fault_plan(rng, kind, count, points), settings
+                    )
                 records.append(record)
-                print(f"  {kind} run {index}: {record.get('injected', 0)} fault(s), completed {record.get('completed')},"
-                      f" identical {record.get('identical')}, {record['wall_s']:.1f} s", flush=True)
+                print(
+                    f"  {kind} run {index}: {record.get('injected', 0)} fault(s), completed {record.get('completed')},"
+                    f" identical {record.get('identical')}, {record['wall_s']:.1f} s",
+                    flush=True,
+                )
             results["kinds"][kind] = {"summary": summarize(kind, records, wall), "runs": records}
             save()
     finally:
@@ -562,8 +631,9 @@ def driver_kind(args, app_dir: str, work: str, results: dict, save) -> None:
     os.makedirs(work)
     flags = ["--app", app_dir, *run_config_flags(RUN_CONFIG)]
     print("fault-free `python -m fl_core` run ...", flush=True)
-    reference, ref_wall = cli_reference(flags, cli_env(True), os.path.join(work, "reference-run"),
-                                        os.path.join(work, "reference.log"))
+    reference, ref_wall = cli_reference(
+        flags, cli_env(True), os.path.join(work, "reference-run"), os.path.join(work, "reference.log")
+    )
     results["references"]["cli_local"] = {"wall_s": ref_wall}
     records = []
     for index in range(args.runs_per_kind):
@@ -575,9 +645,11 @@ def driver_kind(args, app_dir: str, work: str, results: dict, save) -> None:
 
         record = killed_and_resumed("driver", index, rng, flags, [], env, work, reference, kill, ROUNDS, ROUNDS - 2)
         records.append(record)
-        print(f"  driver run {index}: killed after round {record['rounds_printed']} printed, checkpoint round "
-              f"{record['checkpoint_round']}, identical {record.get('identical')}, {record['wall_s']:.1f} s",
-              flush=True)
+        print(
+            f"  driver run {index}: killed after round {record['rounds_printed']} printed, checkpoint round "
+            f"{record['checkpoint_round']}, identical {record.get('identical')}, {record['wall_s']:.1f} s",
+            flush=True,
+        )
     results["kinds"]["driver"] = {"summary": summarize("driver", records, ref_wall), "runs": records}
     save()
 
@@ -611,8 +683,14 @@ class TwoNodes:
 
     def workers(self) -> dict:
         """actor id -> node id of every ClientAppWorker the cluster has seen (alive or not)."""
-        reply = self.head.get("/api/v0/actors", detail="1", limit="10000", filter_keys="class_name",
-                              filter_predicates="=", filter_values="ClientAppWorker")
+        reply = self.head.get(
+            "/api/v0/actors",
+            detail="1",
+            limit="10000",
+            filter_keys="class_name",
+            filter_predicates="=",
+            filter_values="ClientAppWorker",
+        )
         return {a["actor_id"]: a.get("node_id") for a in reply["data"]["result"]["result"]}
 
     def placement(self, seen: dict) -> tuple[list[str], bool]:
@@ -631,8 +709,9 @@ class TwoNodes:
                 print(f"warning: processes {sorted(left)} of the head survived SIGKILL", file=sys.stderr)
 
 
-def node_run(cluster: TwoNodes, index: int, rng: random.Random, flags: list[str], env: dict, work: str,
-             reference: tuple) -> dict:
+def node_run(
+    cluster: TwoNodes, index: int, rng: random.Random, flags: list[str], env: dict, work: str, reference: tuple
+) -> dict:
     """The second node's raylet SIGKILLed after a random round: the run goes on with the head's worker and must end
     exactly as the reference, without stopping; a fresh node then joins for the next run."""
 
@@ -641,8 +720,13 @@ def node_run(cluster: TwoNodes, index: int, rng: random.Random, flags: list[str]
     kill_round = rng.randint(1, NODE_ROUNDS - 4)
     delay = round(rng.uniform(0.0, KILL_DELAY_S), 3)
     folder = os.path.join(work, f"node{index}-run")
-    record = {"kind": "node", "run": index, "plan": {"after_round": kill_round, "delay_s": delay}, "planned": 1,
-              "lost_node": lost.node_id}
+    record = {
+        "kind": "node",
+        "run": index,
+        "plan": {"after_round": kill_round, "delay_s": delay},
+        "planned": 1,
+        "lost_node": lost.node_id,
+    }
     run = CliRun([*flags, "--checkpoint-dir", folder], env, os.path.join(work, f"node{index}.log"))
     injected = 0
     try:
@@ -683,26 +767,42 @@ def node_kind(args, app_dir: str, work: str, results: dict, save) -> None:
     print("starting a two-node Ray cluster (head and node, 1 CPU each) ...", flush=True)
     cluster = TwoNodes()
     env = ray_env()
-    flags = ["--app", app_dir, "--address", cluster.address, "--num-client-cpus", "1",
-             *run_config_flags(NODE_RUN_CONFIG)]
+    flags = [
+        "--app",
+        app_dir,
+        "--address",
+        cluster.address,
+        "--num-client-cpus",
+        "1",
+        *run_config_flags(NODE_RUN_CONFIG),
+    ]
     ref_wall = None
     try:
         seen = cluster.workers()
         print("fault-free `python -m fl_core --address` run ...", flush=True)
-        reference, ref_wall = cli_reference(flags, env, os.path.join(work, "reference-run"),
-                                            os.path.join(work, "reference.log"))
+        reference, ref_wall = cli_reference(
+            flags, env, os.path.join(work, "reference-run"), os.path.join(work, "reference.log")
+        )
         nodes, on_both = cluster.placement(seen)
-        results["references"]["cli_cluster"] = {"wall_s": ref_wall, "worker_nodes": nodes,
-                                                "worker_on_each_node": on_both}
+        results["references"]["cli_cluster"] = {
+            "wall_s": ref_wall,
+            "worker_nodes": nodes,
+            "worker_on_each_node": on_both,
+        }
         if not on_both:
-            raise RuntimeError(f"the fault-free run's workers ran on nodes {nodes}, not on the head "
-                               f"{cluster.head.node_id} and the node {cluster.node.node_id}")
+            raise RuntimeError(
+                f"the fault-free run's workers ran on nodes {nodes}, not on the head "
+                f"{cluster.head.node_id} and the node {cluster.node.node_id}"
+            )
         for index in range(args.node_runs):
             record = node_run(cluster, index, random.Random(f"{args.seed}:node:{index}"), flags, env, work, reference)
             records.append(record)
-            print(f"  node run {index}: raylet killed after round {record['plan']['after_round']}; run exit "
-                  f"{record.get('exit_status')}, worker retired: {bool(record.get('worker_retired_line'))}, "
-                  f"identical {record.get('identical')}; {record['wall_s']:.1f} s", flush=True)
+            print(
+                f"  node run {index}: raylet killed after round {record['plan']['after_round']}; run exit "
+                f"{record.get('exit_status')}, worker retired: {bool(record.get('worker_retired_line'))}, "
+                f"identical {record.get('identical')}; {record['wall_s']:.1f} s",
+                flush=True,
+            )
             results["kinds"]["node"]["summary"] = summarize("node", records, ref_wall)
             save()
     finally:
@@ -723,10 +823,13 @@ def main() -> int:
     ap.add_argument("--faults-per-run", type=int, default=7, help="faults per raise and die run")
     ap.add_argument("--hang-faults-per-run", type=int, default=2, help="faults per hang run (each costs the timeout)")
     ap.add_argument("--node-runs", type=int, default=2, help="runs of the node kind")
-    ap.add_argument("--client-timeout", type=float, default=10.0,
-                    help="--client-timeout of hang runs (a fresh worker's first call can take seconds)")
-    ap.add_argument("--quick", action="store_true",
-                    help="CI-sized: 1 run per kind, 3 raise and 3 die faults, 1 hang")
+    ap.add_argument(
+        "--client-timeout",
+        type=float,
+        default=10.0,
+        help="--client-timeout of hang runs (a fresh worker's first call can take seconds)",
+    )
+    ap.add_argument("--quick", action="store_true", help="CI-sized: 1 run per kind, 3 raise and 3 die faults, 1 hang")
     ap.add_argument("--out", default=os.path.join("results", "bench_faults.json"))
     args = ap.parse_args()
     if args.quick:
@@ -743,8 +846,17 @@ def main() -> int:
     t0 = time.perf_counter()
     work = tempfile.mkdtemp(prefix="bench-faults-")
     app_dir = faulty_app(os.path.join(work, "faulty_app"))
-    results = {"benchmark": "bench_faults", "versions": versions(), "settings": vars(args),
-               "run_config": RUN_CONFIG, "node_run_config": NODE_RUN_CONFIG, "nodes": NODES, "references": {}, "kinds": {}, "logs": work}
+    results = {
+        "benchmark": "bench_faults",
+        "versions": versions(),
+        "settings": vars(args),
+        "run_config": RUN_CONFIG,
+        "node_run_config": NODE_RUN_CONFIG,
+        "nodes": NODES,
+        "references": {},
+        "kinds": {},
+        "logs": work,
+    }
 
     def save():
         results["wall_s"] = time.perf_counter() - t0
@@ -771,26 +883,36 @@ def main() -> int:
     rows = [entry["summary"] for entry in results["kinds"].values() if entry.get("summary")]
     total = sum(row["faults injected"] for row in rows)
     failed = bool(errors) or any(
-        row["identical runs"] < row["runs"] or row["runs completed"] < row["runs"] or row["rounds lost"] > 0
-        or row["checks failed"] > 0 for row in rows)
-    missed = [(r["kind"], r["run"], m) for e in results["kinds"].values() for r in e["runs"] for m in r.get("missed", [])]
-    results.update(total_faults=total, passed=not failed, missed_faults=missed,
-                   load_average_at_end=os.getloadavg())
+        row["identical runs"] < row["runs"]
+        or row["runs completed"] < row["runs"]
+        or row["rounds lost"] > 0
+        or row["checks failed"] > 0
+        for row in rows
+    )
+    missed = [
+        (r["kind"], r["run"], m) for e in results["kinds"].values() for r in e["runs"] for m in r.get("missed", [])
+    ]
+    results.update(total_faults=total, passed=not failed, missed_faults=missed, load_average_at_end=os.getloadavg())
     save()
 
     table = pd.DataFrame(rows).set_index("kind") if rows else pd.DataFrame()
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print()
         print(table.to_string(float_format=lambda x: f"{x:.1f}"))
-    print(f"\ntotal: {total} faults injected in {sum(r['runs'] for r in rows)} runs; wall time "
-          f"{results['wall_s'] / 60:.1f} min; load average at the end "
-          f"{', '.join(f'{x:.1f}' for x in results['load_average_at_end'])}")
+    print(
+        f"\ntotal: {total} faults injected in {sum(r['runs'] for r in rows)} runs; wall time "
+        f"{results['wall_s'] / 60:.1f} min; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in results['load_average_at_end'])}"
+    )
     if missed:
         print(f"warning: {len(missed)} planned fault(s) never hit a call: {missed}")
     for error in errors:
         print(f"error: {error}")
-    print(f"{'PASS' if not failed else 'FAIL'}: every run identical, none lost a round" if not failed else
-          "FAIL: a run differed, did not complete, lost rounds, or a check failed (see the results file)")
+    print(
+        f"{'PASS' if not failed else 'FAIL'}: every run identical, none lost a round"
+        if not failed
+        else "FAIL: a run differed, did not complete, lost rounds, or a check failed (see the results file)"
+    )
     print(f"results written to {args.out}; logs in {work}")
     return 1 if failed else 0
 

@@ -44,11 +44,11 @@ import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
+from cifar10_app.data import load_data  # noqa: E402
+from cifar10_app.task import client_seed, evaluate, initial_model, place_model, to_tensor, train  # noqa: E402
 from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 import fl_core  # noqa: E402
-from cifar10_app.data import load_data  # noqa: E402
-from cifar10_app.task import client_seed, evaluate, initial_model, place_model, to_tensor, train  # noqa: E402
 from fl_core.grid import NODE_ID_OFFSET  # noqa: E402
 from fl_core.pool import plan_pool  # noqa: E402
 from fl_core.runner import prepare_shared  # noqa: E402
@@ -127,18 +127,22 @@ class WorkerMemory:
 def job(args: argparse.Namespace, pool_size: int, rounds: int):
     """(app, run config, settings) of the seed's job: `pool_size` nodes, --clients-per-round trained and validated."""
     app = fl_core.load_app_folder(None)
-    run_config = fl_core.fuse_run_config(app, {
-        "dataset": args.dataset,
-        "data-dir": os.path.abspath(args.data_dir) if args.data_dir else "",
-        "synthetic-size": args.synthetic_size,
-        "num-server-rounds": rounds,
-        "fraction-train": args.clients_per_round / pool_size,
-        "fraction-evaluate": args.clients_per_round / pool_size,
-        "local-epochs": 1,
-        "batch-size": 32,
-        "lr": 0.01,
-        "seed": args.seed,
-    }, where="bench_fl_core")
+    run_config = fl_core.fuse_run_config(
+        app,
+        {
+            "dataset": args.dataset,
+            "data-dir": os.path.abspath(args.data_dir) if args.data_dir else "",
+            "synthetic-size": args.synthetic_size,
+            "num-server-rounds": rounds,
+            "fraction-train": args.clients_per_round / pool_size,
+            "fraction-evaluate": args.clients_per_round / pool_size,
+            "local-epochs": 1,
+            "batch-size": 32,
+            "lr": 0.01,
+            "seed": args.seed,
+        },
+        where="bench_fl_core",
+    )
     settings = fl_core.RunSettings(pool_size=pool_size, seed=args.seed, num_client_cpus=1)
     app.check(run_config, pool_size)
     return app, run_config, settings
@@ -146,17 +150,21 @@ def job(args: argparse.Namespace, pool_size: int, rounds: int):
 
 def sample_sizes(run_config: dict, pool_size: int) -> tuple[int, int]:
     """Nodes trained and validated per round, as Flower's FedAvg counts them under the built-in app's strategy."""
+
     def count(fraction: float, minimum: int) -> int:
         """FedAvg's sample size: the fraction of the nodes, at least the minimum; none at fraction 0."""
         return 0 if fraction == 0 else max(int(pool_size * fraction), minimum)
 
     evaluates = run_config["fraction-evaluate"] > 0 and run_config["val-ratio"] > 0  # as cifar10_app.strategy decides
-    return (count(run_config["fraction-train"], run_config["min-train-nodes"]),
-            count(run_config["fraction-evaluate"], run_config["min-evaluate-nodes"]) if evaluates else 0)
+    return (
+        count(run_config["fraction-train"], run_config["min-train-nodes"]),
+        count(run_config["fraction-evaluate"], run_config["min-evaluate-nodes"]) if evaluates else 0,
+    )
 
 
-def sampled_partitions(seed: int, pool_size: int, rounds: int, k_train: int,
-                       k_eval: int) -> list[tuple[list[int], list[int]]]:
+def sampled_partitions(
+    seed: int, pool_size: int, rounds: int, k_train: int, k_eval: int
+) -> list[tuple[list[int], list[int]]]:
     """The partitions the engine trains and validates each round: its NodeSampler's draws, train first then evaluate."""
     sampler = NodeSampler(seed)
     node_ids = [NODE_ID_OFFSET + p for p in range(pool_size)]
@@ -185,10 +193,18 @@ def tight_loop(run_config: dict, data, sampled: list[tuple[list[int], list[int]]
             for pid in train_ids:
                 images, labels = data.client_arrays(pid, "train")
                 model.load_state_dict(global_state)
-                train(model, to_tensor(images), torch.from_numpy(labels), epochs=rc["local-epochs"],
-                      batch_size=rc["batch-size"], lr=rc["lr"], momentum=rc["momentum"],
-                      weight_decay=rc["weight-decay"], augment=rc["augment"],
-                      generator=torch.Generator().manual_seed(client_seed(rc["seed"], server_round, pid)))
+                train(
+                    model,
+                    to_tensor(images),
+                    torch.from_numpy(labels),
+                    epochs=rc["local-epochs"],
+                    batch_size=rc["batch-size"],
+                    lr=rc["lr"],
+                    momentum=rc["momentum"],
+                    weight_decay=rc["weight-decay"],
+                    augment=rc["augment"],
+                    generator=torch.Generator().manual_seed(client_seed(rc["seed"], server_round, pid)),
+                )
                 updates.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, len(labels)))
             total = sum(n for _, n in updates)
             global_state = {k: sum(state[k] * n for state, n in updates) / total for k in global_state}  # FedAvg
@@ -200,9 +216,18 @@ def tight_loop(run_config: dict, data, sampled: list[tuple[list[int], list[int]]
             t2 = time.perf_counter()
             _, accuracy = evaluate(model, test_x, test_y, rc["eval-batch-size"])
             t3 = time.perf_counter()
-            rounds.append({"round": server_round, "seconds": t3 - t0, "train_seconds": t1 - t0,
-                           "fed_seconds": t2 - t1, "central_seconds": t3 - t2, "train_samples": total,
-                           "central_accuracy": accuracy, "weights": global_state})
+            rounds.append(
+                {
+                    "round": server_round,
+                    "seconds": t3 - t0,
+                    "train_seconds": t1 - t0,
+                    "fed_seconds": t2 - t1,
+                    "central_seconds": t3 - t2,
+                    "train_samples": total,
+                    "central_accuracy": accuracy,
+                    "weights": global_state,
+                }
+            )
         return rounds
     finally:
         torch.set_num_threads(threads)
@@ -219,9 +244,15 @@ def check_same_work(engine: RoundWeights, tight: list[dict]) -> list[dict]:
     for metrics, ours in zip(engine.metrics, tight):
         theirs = engine.weights[metrics["round"]]
         max_diff = max(float((ours["weights"][k].float() - theirs[k].float()).abs().max()) for k in theirs)
-        out.append({"round": metrics["round"], "engine_train_samples": metrics["train_samples"],
-                    "tight_train_samples": ours["train_samples"], "max_abs_weight_diff": max_diff,
-                    "central_accuracy_diff": abs(metrics["central_accuracy"] - ours["central_accuracy"])})
+        out.append(
+            {
+                "round": metrics["round"],
+                "engine_train_samples": metrics["train_samples"],
+                "tight_train_samples": ours["train_samples"],
+                "max_abs_weight_diff": max_diff,
+                "central_accuracy_diff": abs(metrics["central_accuracy"] - ours["central_accuracy"]),
+            }
+        )
     return out
 
 
@@ -272,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_fl_core",
         "versions": versions(),
         "machine": f"{cores} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "job": (f"{args.dataset}, 100 clients, {k_train}/round trained and {k_eval} validated, 1 epoch, batch 32, "
-                "lr 0.01, 1 CPU/client, central eval every round"),
+        "job": (
+            f"{args.dataset}, 100 clients, {k_train}/round trained and {k_eval} validated, 1 epoch, batch 32, "
+            "lr 0.01, 1 CPU/client, central eval every round"
+        ),
         "settings": vars(args),
         "run_config": run_config,
         "fedsweep_round_s": fed_round,
@@ -294,27 +327,40 @@ def main(argv: list[str] | None = None) -> int:
     last = f"2-{args.rounds}" if args.rounds > 1 else "1"
     print(f"fedsweep:   {fed_round:.3f} s/round  {samples / fed_round:,.0f} train samples/s (median of rounds {last})")
     print(f"tight loop: {tight_round:.3f} s/round in 1 thread  {samples / tight_round:,.0f} samples/s")
-    print(f"ideal over {workers_used} cores: {ideal:.3f} s/round -> fedsweep is {fed_round / ideal:.2f}x the ideal "
-          "(target <= 1.5)")
+    print(
+        f"ideal over {workers_used} cores: {ideal:.3f} s/round -> fedsweep is {fed_round / ideal:.2f}x the ideal "
+        "(target <= 1.5)"
+    )
     print(f"{'phase (median s)':>16} | {'fedsweep':>8} | {'tight loop':>10} | {f'tight / {workers_used}':>10}")
     for phase in PHASES:
-        print(f"{phase:>16} | {fed_phases[phase]:>8.3f} | {tight_phases[phase]:>10.3f} | "
-              f"{tight_phases[phase] / workers_used:>10.3f}")
+        print(
+            f"{phase:>16} | {fed_phases[phase]:>8.3f} | {tight_phases[phase]:>10.3f} | "
+            f"{tight_phases[phase] / workers_used:>10.3f}"
+        )
     worst = max(c["max_abs_weight_diff"] for c in same_work)
     samples_match = all(c["engine_train_samples"] == c["tight_train_samples"] for c in same_work)
-    print(f"same work: training samples per round {'match' if samples_match else 'DIFFER'}; global weights differ "
-          f"by {same_work[0]['max_abs_weight_diff']:.1e} after round 1, at most {worst:.1e} (round {args.rounds}); "
-          f"central accuracy by at most {max(c['central_accuracy_diff'] for c in same_work):.4f}")
+    print(
+        f"same work: training samples per round {'match' if samples_match else 'DIFFER'}; global weights differ "
+        f"by {same_work[0]['max_abs_weight_diff']:.1e} after round 1, at most {worst:.1e} (round {args.rounds}); "
+        f"central accuracy by at most {max(c['central_accuracy_diff'] for c in same_work):.4f}"
+    )
 
     memory = {}
     for pool in args.memory_pools:
         pool_app, pool_config, pool_settings = job(args, pool, args.memory_rounds)
         with WorkerMemory() as mem:
-            fl_core.run_app(pool_app, pool_config, pool_settings, shared_values=shared_values)  # pool 100 reuses its data
-        memory[pool] = {"peak_rss_mib": mem.peak_rss / 2**20, "peak_uss_mib": mem.peak_uss / 2**20,
-                        "workers": len(mem.workers)}
-        print(f"pool {pool:>4}: {len(mem.workers)} workers, peak RSS {mem.peak_rss / 2**20:.0f} MiB, "
-              f"peak USS (private) {mem.peak_uss / 2**20:.0f} MiB per worker")
+            fl_core.run_app(
+                pool_app, pool_config, pool_settings, shared_values=shared_values
+            )  # pool 100 reuses its data
+        memory[pool] = {
+            "peak_rss_mib": mem.peak_rss / 2**20,
+            "peak_uss_mib": mem.peak_uss / 2**20,
+            "workers": len(mem.workers),
+        }
+        print(
+            f"pool {pool:>4}: {len(mem.workers)} workers, peak RSS {mem.peak_rss / 2**20:.0f} MiB, "
+            f"peak USS (private) {mem.peak_uss / 2**20:.0f} MiB per worker"
+        )
     results["worker_memory"] = memory
     results["load_average_at_end"] = os.getloadavg()
     ray.shutdown()

@@ -75,7 +75,9 @@ LABELS = {"fedsweep": "fedsweep", "flower": "Flower", BUILTIN_ON_FLOWER: "built-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Benchmark options; the job's defaults are the seed job's (1 local epoch, lr 0.01), not the app's."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (for --dataset cifar10)")
     p.add_argument("--synthetic-size", type=int, default=6000, help="training images of --dataset synthetic")
@@ -92,8 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run the job once per seed on each side")
     p.add_argument("--out", default="results.json", help="where to write every side's results and the comparison")
     p.add_argument("--flower-python", default=sys.executable, help="Python interpreter for the Flower sides")
-    p.add_argument("--flower-engine-builtin", action="store_true",
-                   help=f"also run the built-in app under Flower's engine (side {BUILTIN_ON_FLOWER})")
+    p.add_argument(
+        "--flower-engine-builtin",
+        action="store_true",
+        help=f"also run the built-in app under Flower's engine (side {BUILTIN_ON_FLOWER})",
+    )
     p.add_argument("--only", choices=SIDES, help="run one side only (no comparison)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for each side")
     p.add_argument("--verbose", action="store_true", help="keep Flower's and Ray's info logging")
@@ -111,19 +116,23 @@ def job(args: argparse.Namespace, seed: int):
     import fl_core
 
     app = fl_core.load_app_folder(None)
-    run_config = fl_core.fuse_run_config(app, {
-        "dataset": args.dataset,
-        "data-dir": os.path.abspath(args.data_dir) if args.data_dir else "",
-        "synthetic-size": args.synthetic_size,
-        "num-server-rounds": args.rounds,
-        "fraction-train": args.fraction_train,
-        "fraction-evaluate": args.fraction_evaluate,
-        "local-epochs": args.local_epochs,
-        "batch-size": args.batch_size,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "seed": seed,
-    }, where="bench_flower")
+    run_config = fl_core.fuse_run_config(
+        app,
+        {
+            "dataset": args.dataset,
+            "data-dir": os.path.abspath(args.data_dir) if args.data_dir else "",
+            "synthetic-size": args.synthetic_size,
+            "num-server-rounds": args.rounds,
+            "fraction-train": args.fraction_train,
+            "fraction-evaluate": args.fraction_evaluate,
+            "local-epochs": args.local_epochs,
+            "batch-size": args.batch_size,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "seed": seed,
+        },
+        where="bench_flower",
+    )
     settings = fl_core.RunSettings(pool_size=args.pool_size, seed=seed, num_client_cpus=args.num_client_cpus)
     settings.validate(local_cpus=args.num_cpus, local_gpus=0)
     app.check(run_config, settings.pool_size)
@@ -133,12 +142,36 @@ def job(args: argparse.Namespace, seed: int):
 def side_argv(args: argparse.Namespace, side: str, seed: int, out_path: str) -> list[str]:
     """Command-line arguments that make a child process run one side of the job with one seed."""
     argv = [
-        "--dataset", args.dataset, "--synthetic-size", str(args.synthetic_size), "--rounds", str(args.rounds),
-        "--pool-size", str(args.pool_size), "--fraction-train", str(args.fraction_train),
-        "--fraction-evaluate", str(args.fraction_evaluate), "--local-epochs", str(args.local_epochs),
-        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--momentum", str(args.momentum),
-        "--num-client-cpus", str(args.num_client_cpus), "--num-cpus", str(args.num_cpus), "--seeds", str(seed),
-        "--side", side, "--side-out", out_path,
+        "--dataset",
+        args.dataset,
+        "--synthetic-size",
+        str(args.synthetic_size),
+        "--rounds",
+        str(args.rounds),
+        "--pool-size",
+        str(args.pool_size),
+        "--fraction-train",
+        str(args.fraction_train),
+        "--fraction-evaluate",
+        str(args.fraction_evaluate),
+        "--local-epochs",
+        str(args.local_epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--momentum",
+        str(args.momentum),
+        "--num-client-cpus",
+        str(args.num_client_cpus),
+        "--num-cpus",
+        str(args.num_cpus),
+        "--seeds",
+        str(seed),
+        "--side",
+        side,
+        "--side-out",
+        out_path,
     ]
     if args.data_dir:
         argv += ["--data-dir", os.path.abspath(args.data_dir)]
@@ -188,8 +221,17 @@ def run_fedsweep_side(args: argparse.Namespace) -> dict:
         total = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    keys = ("round", "seconds", "train_seconds", "fed_seconds", "central_seconds", "central_accuracy", "central_loss",
-            "train_samples", "samples_per_s")
+    keys = (
+        "round",
+        "seconds",
+        "train_seconds",
+        "fed_seconds",
+        "central_seconds",
+        "central_accuracy",
+        "central_loss",
+        "train_samples",
+        "samples_per_s",
+    )
     accuracy = end.client_evaluation.get("stats", {}).get("accuracy", {})
     return {
         "side": "fedsweep",
@@ -208,9 +250,8 @@ def run_flower_side(args: argparse.Namespace) -> dict:
 
     import flower_app
     import ray
-    from flwr.simulation import run_simulation
-
     from cifar10_app.data import load_data
+    from flwr.simulation import run_simulation
 
     quiet_logs(args.verbose)
     _, run_config, settings = job(args, args.seeds[0])
@@ -288,8 +329,9 @@ class StrategyLogRounds(logging.Handler):
         out = []
         for (server_round, start), end in zip(self.starts, ends):
             central = self.central.get(server_round, {})
-            out.append({"round": server_round, "seconds": end - start,
-                        **{f"central_{k}": v for k, v in central.items()}})
+            out.append(
+                {"round": server_round, "seconds": end - start, **{f"central_{k}": v for k, v in central.items()}}
+            )
         return out
 
 
@@ -326,7 +368,7 @@ def run_builtin_on_flower_side(args: argparse.Namespace) -> dict:
         "data_seconds_note": "the app loads its data inside the run: in the ServerApp and in every actor",
         "run_seconds": total,
         "run_seconds_note": "run_with_flower call: engine and actor start, data loading in every process, initial "
-                            "evaluation, rounds, final evaluation of every node, shutdown",
+        "evaluation, rounds, final evaluation of every node, shutdown",
         "run_seconds_per_round": total / args.rounds,
         "versions": versions(),
     }
@@ -365,7 +407,9 @@ def run_side_subprocess(python: str, side: str, seed: int, args: argparse.Namesp
         proc = subprocess.run(cmd, check=False, env=child_env(), cwd=REPO_ROOT, timeout=args.timeout)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not os.path.exists(out_path):
-            raise SystemExit(f"bench_flower: the {side} side failed (exit status {proc.returncode}); see its output above")
+            raise SystemExit(
+                f"bench_flower: the {side} side failed (exit status {proc.returncode}); see its output above"
+            )
         with open(out_path) as f:
             result = json.load(f)
     result["process_seconds"] = wall
@@ -437,25 +481,35 @@ def report_lines(run: dict) -> list[str]:
         name = LABELS[side]
         lines += [
             "",
-            (f"seconds per round, rounds {fs['steady_rounds']}: fedsweep mean {fs['mean_s_steady']:.3f} "
-             f"(median {fs['median_s_steady']:.3f}); {name} mean {ws['mean_s_steady']:.3f} "
-             f"(median {ws['median_s_steady']:.3f})"),
-            (f"fedsweep is {cmp['speedup_mean_steady']:.2f}x faster than {name} per round (means, rounds "
-             f"{fs['steady_rounds']}); {cmp['speedup_median_steady']:.2f}x (medians); {cmp['speedup_mean_all']:.2f}x "
-             f"(means, all rounds); {cmp['speedup_total_run']:.2f}x (whole run call); "
-             f"{cmp['speedup_whole_process']:.2f}x (whole process)"),
-            (f"central accuracy: final fedsweep {acc['final_fedsweep']:.4f} vs {name} {acc['final_other']:.4f} "
-             f"(|diff| {acc['final_abs_diff']:.4f}); per round |diff| max {acc['max_abs_diff']:.4f}, "
-             f"mean {acc['mean_abs_diff']:.4f}"),
+            (
+                f"seconds per round, rounds {fs['steady_rounds']}: fedsweep mean {fs['mean_s_steady']:.3f} "
+                f"(median {fs['median_s_steady']:.3f}); {name} mean {ws['mean_s_steady']:.3f} "
+                f"(median {ws['median_s_steady']:.3f})"
+            ),
+            (
+                f"fedsweep is {cmp['speedup_mean_steady']:.2f}x faster than {name} per round (means, rounds "
+                f"{fs['steady_rounds']}); {cmp['speedup_median_steady']:.2f}x (medians); "
+                f"{cmp['speedup_mean_all']:.2f}x "
+                f"(means, all rounds); {cmp['speedup_total_run']:.2f}x (whole run call); "
+                f"{cmp['speedup_whole_process']:.2f}x (whole process)"
+            ),
+            (
+                f"central accuracy: final fedsweep {acc['final_fedsweep']:.4f} vs {name} {acc['final_other']:.4f} "
+                f"(|diff| {acc['final_abs_diff']:.4f}); per round |diff| max {acc['max_abs_diff']:.4f}, "
+                f"mean {acc['mean_abs_diff']:.4f}"
+            ),
         ]
         if side == BUILTIN_ON_FLOWER:
-            lines.append(f"{name}: whole run_with_flower call {run[side]['run_seconds']:.1f} s = "
-                         f"{run[side]['run_seconds_per_round']:.3f} s per round (start-up and final evaluation included)")
+            lines.append(
+                f"{name}: whole run_with_flower call {run[side]['run_seconds']:.1f} s = "
+                f"{run[side]['run_seconds_per_round']:.3f} s per round (start-up and final evaluation included)"
+            )
     return lines
 
 
 def across_seeds(runs: list[dict], side: str) -> dict:
     """fedsweep and `side` over every seed: mean round times and their ratio, mean accuracy curves and their spread."""
+
     def curves(name: str) -> list[list[float]]:
         """Each seed's central accuracy per round on side `name`."""
         return [[r["central_accuracy"] for r in run[name]["rounds"]] for run in runs]
@@ -503,15 +557,22 @@ def summary_lines(summary: dict) -> list[str]:
         f"{'round':>5} | {'fedsweep':>17} | {name:>18} | {'|d mean|':>8}",
         "-" * 59,
     ]
-    for i, (a, sa, b, sb) in enumerate(zip(acc["fedsweep_mean"], acc["fedsweep_sd"], acc["other_mean"], acc["other_sd"]), 1):
+    for i, (a, sa, b, sb) in enumerate(
+        zip(acc["fedsweep_mean"], acc["fedsweep_sd"], acc["other_mean"], acc["other_sd"]), 1
+    ):
         lines.append(f"{i:>5} | {cell(a, sa):>17} | {cell(b, sb):>18} | {abs(a - b):>8.4f}")
     per_seed = ", ".join(f"{x:.2f}x" for x in summary["speedup_per_seed"])
     lines += [
         "",
-        (f"seconds per round (rounds 2..N, mean over seeds): fedsweep {summary['fedsweep_mean_s_steady']:.3f}, "
-         f"{name} {summary['other_mean_s_steady']:.3f}: {summary['speedup_mean_steady']:.2f}x (per seed: {per_seed})"),
-        (f"mean accuracy curves: |diff| max {acc['max_abs_diff_of_means']:.4f}, mean {acc['mean_abs_diff_of_means']:.4f}, "
-         f"final {acc['final_abs_diff_of_means']:.4f}"),
+        (
+            f"seconds per round (rounds 2..N, mean over seeds): fedsweep {summary['fedsweep_mean_s_steady']:.3f}, "
+            f"{name} {summary['other_mean_s_steady']:.3f}: {summary['speedup_mean_steady']:.2f}x (per seed: {per_seed})"
+        ),
+        (
+            f"mean accuracy curves: |diff| max {acc['max_abs_diff_of_means']:.4f}, mean "
+            f"{acc['mean_abs_diff_of_means']:.4f}, "
+            f"final {acc['final_abs_diff_of_means']:.4f}"
+        ),
     ]
     return lines
 

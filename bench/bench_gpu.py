@@ -46,14 +46,28 @@ from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Benchmark options (--smoke shrinks every size for a quick check)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: 2,000 images, 20 clients, 3 rounds")
-    p.add_argument("--gpu-fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125],
-                   help="GPU share per client worker; 1/share workers share the GPU")
-    p.add_argument("--fraction-train", "--fraction-fit", dest="fraction_train", type=float, nargs="+", default=[0.8],
-                   help="share of clients trained per round; several values: each is run (0.8 = 80 clients, "
-                   "a whole number of waves for 2, 4 and 8 workers)")
+    p.add_argument(
+        "--gpu-fractions",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.25, 0.125],
+        help="GPU share per client worker; 1/share workers share the GPU",
+    )
+    p.add_argument(
+        "--fraction-train",
+        "--fraction-fit",
+        dest="fraction_train",
+        type=float,
+        nargs="+",
+        default=[0.8],
+        help="share of clients trained per round; several values: each is run (0.8 = 80 clients, "
+        "a whole number of waves for 2, 4 and 8 workers)",
+    )
     p.add_argument("--fraction-evaluate", type=float, default=0.0, help="share of clients validated per round")
     p.add_argument("--synthetic-size", type=int, default=50_000)
     p.add_argument("--pool-size", type=int, default=100)
@@ -61,8 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-rounds", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--server-cpus", type=int, default=None,
-                   help="torch threads of the driver's central evaluation (default: fedsweep's, every core)")
+    p.add_argument(
+        "--server-cpus",
+        type=int,
+        default=None,
+        help="torch threads of the driver's central evaluation (default: fedsweep's, every core)",
+    )
     p.add_argument("--tight-samples", type=int, default=50_000, help="samples the tight loop trains on (one epoch)")
     p.add_argument("--time-budget", type=float, default=420, help="seconds; no new configuration starts after this")
     p.add_argument("--seed", type=int, default=0)
@@ -123,7 +141,6 @@ def tight_loop(synthetic_size: int, seed: int, samples: int, batch_size: int, de
     runs (`make_synthetic(size, seed)`) and reports the device it used.
     """
     import torch
-
     from cifar10_app.data import make_synthetic
     from cifar10_app.task import initial_model, place_model, to_tensor, train
 
@@ -132,7 +149,14 @@ def tight_loop(synthetic_size: int, seed: int, samples: int, batch_size: int, de
     images, labels = images[:samples], labels[:samples]
     x, y = to_tensor(images, device), torch.from_numpy(labels).to(device)
     model = place_model(initial_model(0), device)
-    common = {"epochs": 1, "batch_size": batch_size, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "augment": "none"}
+    common = {
+        "epochs": 1,
+        "batch_size": batch_size,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "augment": "none",
+    }
     warm = min(len(y), batch_size * 100)
     train(model, x[:warm], y[:warm], generator=torch.Generator().manual_seed(1), **common)
     sync(device)
@@ -165,16 +189,20 @@ def job(args: argparse.Namespace, share: float, fraction_train: float):
     workers = round(1 / share)
     on_gpu = args.device == "cuda"
     app = fl_core.load_app_folder(None)
-    run_config = fl_core.fuse_run_config(app, {
-        "dataset": "synthetic",
-        "synthetic-size": args.synthetic_size,
-        "num-server-rounds": args.rounds,
-        "fraction-train": fraction_train,
-        "fraction-evaluate": args.fraction_evaluate,
-        "local-epochs": args.local_epochs,
-        "batch-size": args.batch_size,
-        "seed": args.seed,
-    }, where="bench_gpu")
+    run_config = fl_core.fuse_run_config(
+        app,
+        {
+            "dataset": "synthetic",
+            "synthetic-size": args.synthetic_size,
+            "num-server-rounds": args.rounds,
+            "fraction-train": fraction_train,
+            "fraction-evaluate": args.fraction_evaluate,
+            "local-epochs": args.local_epochs,
+            "batch-size": args.batch_size,
+            "seed": args.seed,
+        },
+        where="bench_gpu",
+    )
     settings = fl_core.RunSettings(
         pool_size=args.pool_size,
         seed=args.seed,
@@ -211,13 +239,17 @@ def print_summary(payload: dict) -> None:
     """One line per configuration, against the tight loop."""
     tight = payload["tight_loop"]["samples_per_s"]
     print(f"\ntight loop (1 process, batch {payload['settings']['batch_size']}): {tight:,.0f} samples/s")
-    print(f"{'workers':>7} {'share':>6} {'clients/rd':>10} {'round s':>8} {'samples/s':>10} {'x tight':>7} "
-          f"{'train-phase/s':>13} {'x tight':>7}")
+    print(
+        f"{'workers':>7} {'share':>6} {'clients/rd':>10} {'round s':>8} {'samples/s':>10} {'x tight':>7} "
+        f"{'train-phase/s':>13} {'x tight':>7}"
+    )
     for r in payload["configs"]:
         s = r["summary"]
-        print(f"{r['workers']:>7} {r['share']:>6} {r['clients_per_round']:>10} {s['median_round_seconds']:>8.3f} "
-              f"{s['median_samples_per_s']:>10,.0f} {s['x_tight_loop']:>7.2f} "
-              f"{s['median_train_phase_samples_per_s']:>13,.0f} {s['train_phase_x_tight_loop']:>7.2f}")
+        print(
+            f"{r['workers']:>7} {r['share']:>6} {r['clients_per_round']:>10} {s['median_round_seconds']:>8.3f} "
+            f"{s['median_samples_per_s']:>10,.0f} {s['x_tight_loop']:>7.2f} "
+            f"{s['median_train_phase_samples_per_s']:>13,.0f} {s['train_phase_x_tight_loop']:>7.2f}"
+        )
 
 
 def plan(args: argparse.Namespace) -> list[tuple[float, float]]:
@@ -231,20 +263,32 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     check_device(args.device)
     import ray
+    from cifar10_app.strategy import clients_per_round
 
     import fl_core
-    from cifar10_app.strategy import clients_per_round
     from fl_core.runner import prepare_shared
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     for fraction_train, share in plan(args):  # bad settings fail here, before anything runs
         job(args, share, fraction_train)
     tight = tight_loop_in_child(args)
-    print(f"tight loop: {tight['samples_per_s']:,.0f} samples/s ({tight['samples']} samples in {tight['seconds']:.2f} s)",
-          flush=True)
-    environment = {**versions(), "device": tight["device"], **{k: tight[k] for k in ("gpu", "gpu_memory_gib") if k in tight}}
-    payload = {"benchmark": "bench_gpu", "environment": environment, "settings": vars(args),
-               "tight_loop": tight, "configs": [], "skipped": []}
+    print(
+        f"tight loop: {tight['samples_per_s']:,.0f} samples/s ({tight['samples']} samples in {tight['seconds']:.2f} s)",
+        flush=True,
+    )
+    environment = {
+        **versions(),
+        "device": tight["device"],
+        **{k: tight[k] for k in ("gpu", "gpu_memory_gib") if k in tight},
+    }
+    payload = {
+        "benchmark": "bench_gpu",
+        "environment": environment,
+        "settings": vars(args),
+        "tight_loop": tight,
+        "configs": [],
+        "skipped": [],
+    }
     app, run_config, settings = job(args, args.gpu_fractions[0], args.fraction_train[0])
     shared_values = prepare_shared(app, run_config, settings.pool_size)  # one data set for every configuration
     start_ray(args.device)
@@ -255,15 +299,29 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             app, run_config, settings = job(args, share, fraction_train)
             per_round = clients_per_round(run_config, settings.pool_size)
-            print(f"fedsweep: {round(1 / share)} workers at {settings.num_client_gpus:g} GPU and "
-                  f"{settings.num_client_cpus:g} CPU each, {per_round} clients per round ...", flush=True)
+            print(
+                f"fedsweep: {round(1 / share)} workers at {settings.num_client_gpus:g} GPU and "
+                f"{settings.num_client_cpus:g} CPU each, {per_round} clients per round ...",
+                flush=True,
+            )
             end = fl_core.run_app(app, run_config, settings, shared_values=shared_values)
             summary = summarise(end.history, args.local_epochs, args.warmup_rounds, tight["samples_per_s"])
-            print(f"  median {summary['median_samples_per_s']:,.0f} samples/s = {summary['x_tight_loop']:.2f}x tight loop",
-                  flush=True)
-            payload["configs"].append({"share": share, "workers": round(1 / share), "fraction_train": fraction_train,
-                                       "clients_per_round": per_round, "settings": settings.to_dict(),
-                                       "summary": summary, "rounds": end.history})
+            print(
+                f"  median {summary['median_samples_per_s']:,.0f} samples/s = "
+                f"{summary['x_tight_loop']:.2f}x tight loop",
+                flush=True,
+            )
+            payload["configs"].append(
+                {
+                    "share": share,
+                    "workers": round(1 / share),
+                    "fraction_train": fraction_train,
+                    "clients_per_round": per_round,
+                    "settings": settings.to_dict(),
+                    "summary": summary,
+                    "rounds": end.history,
+                }
+            )
             write_results(args.out, payload)
     finally:
         ray.shutdown()

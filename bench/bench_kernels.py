@@ -40,10 +40,14 @@ LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Benchmark options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="torch device to measure on")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads while training (a worker's CPUs)")
-    p.add_argument("--eval-threads", type=int, default=os.cpu_count(), help="torch threads while evaluating (the server's CPUs)")
+    p.add_argument(
+        "--eval-threads", type=int, default=os.cpu_count(), help="torch threads while evaluating (the server's CPUs)"
+    )
     p.add_argument("--client-samples", type=int, default=450, help="training samples of one client")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--test-samples", type=int, default=10_000)
@@ -93,8 +97,18 @@ def client_epoch(args: argparse.Namespace, device: torch.device, layout: str) ->
 
     def epoch() -> None:
         """One local epoch of the client."""
-        train(model, x, y, epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, weight_decay=0.0,
-              augment="none", generator=generator)
+        train(
+            model,
+            x,
+            y,
+            epochs=1,
+            batch_size=args.batch_size,
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=0.0,
+            augment="none",
+            generator=generator,
+        )
 
     return args.client_samples / best_seconds(epoch, device, args.repeats)
 
@@ -128,7 +142,9 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     def epoch() -> None:
         """One epoch of all k clients: a vmapped SGD step with momentum per batch index."""
         for start in range(0, args.client_samples, args.batch_size):
-            grads = batched_grad(params, buffers, x[:, start : start + args.batch_size], y[:, start : start + args.batch_size])
+            grads = batched_grad(
+                params, buffers, x[:, start : start + args.batch_size], y[:, start : start + args.batch_size]
+            )
             with torch.no_grad():
                 for name, g in grads.items():
                     momentum[name].mul_(0.9).add_(g)
@@ -141,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print a table and write --out."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    result = {"benchmark": "bench_kernels", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
-              "settings": vars(args), "versions": versions(), "client_epoch_samples_per_s": {},
-              "central_eval_seconds": {}, "vmap_samples_per_s": {}}
+    result = {
+        "benchmark": "bench_kernels",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_commit": git_commit(),
+        "settings": vars(args),
+        "versions": versions(),
+        "client_epoch_samples_per_s": {},
+        "central_eval_seconds": {},
+        "vmap_samples_per_s": {},
+    }
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
 
@@ -155,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     for layout in LAYOUTS:
         rate = result["client_epoch_samples_per_s"][layout] = client_epoch(args, device, layout)
         secs = result["central_eval_seconds"][layout] = central_eval(args, device, layout)
-        print(f"{layout:>13}: client epoch {rate:8.0f} samples/s ({args.train_threads} thread(s)); "
-              f"central eval {secs:.3f} s ({args.eval_threads} thread(s))", flush=True)
+        print(
+            f"{layout:>13}: client epoch {rate:8.0f} samples/s ({args.train_threads} thread(s)); "
+            f"central eval {secs:.3f} s ({args.eval_threads} thread(s))",
+            flush=True,
+        )
         save()
     for k in args.vmap_clients:
         rate = result["vmap_samples_per_s"][str(k)] = vmap_cohort(args, device, k)

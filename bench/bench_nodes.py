@@ -60,12 +60,35 @@ def run_one(pool: int, cohort: int, args) -> dict:
     from fl_core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
     with tempfile.TemporaryDirectory(prefix=f"bench-nodes-{pool}-") as out:
-        cmd = [sys.executable, "-m", "fl_core", "--dataset", "synthetic", "--synthetic-size", str(args.synthetic_size),
-               "--val-ratio", "0", "--pool-size", str(pool), "--fraction-train", repr(cohort / pool),
-               "--min-train-nodes", str(cohort), "--num-server-rounds", str(args.rounds), "--seed", str(args.seed),
-               "--checkpoint-dir", out]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled",
-               "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "apps", "cifar10")])}
+        cmd = [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            str(args.synthetic_size),
+            "--val-ratio",
+            "0",
+            "--pool-size",
+            str(pool),
+            "--fraction-train",
+            repr(cohort / pool),
+            "--min-train-nodes",
+            str(cohort),
+            "--num-server-rounds",
+            str(args.rounds),
+            "--seed",
+            str(args.seed),
+            "--checkpoint-dir",
+            out,
+        ]
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RAY_AUTH_MODE": "disabled",
+            "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "apps", "cifar10")]),
+        }
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         stop, peak = threading.Event(), []
@@ -96,11 +119,20 @@ def run_one(pool: int, cohort: int, args) -> dict:
         values = [float(r[key]) for r in rows[1:]] or [float(rows[0][key])]
         return statistics.median(values)
 
-    return {"pool": pool, "cohort": cohort, "round1_start_s": first_line - float(rows[0]["seconds"]),
-            "wall_s": wall, "round_s": steady("seconds"), "train_s": steady("train_seconds"),
-            "central_s": steady("central_seconds"), "round_s_all": [float(r["seconds"]) for r in rows],
-            "train_ms_per_client": 1000 * steady("train_seconds") / cohort, "driver_peak_rss_mb": peak[0] / 2**20,
-            "checkpoint_mb": size / 2**20, "checkpoint_write_s": write_s}
+    return {
+        "pool": pool,
+        "cohort": cohort,
+        "round1_start_s": first_line - float(rows[0]["seconds"]),
+        "wall_s": wall,
+        "round_s": steady("seconds"),
+        "train_s": steady("train_seconds"),
+        "central_s": steady("central_seconds"),
+        "round_s_all": [float(r["seconds"]) for r in rows],
+        "train_ms_per_client": 1000 * steady("train_seconds") / cohort,
+        "driver_peak_rss_mb": peak[0] / 2**20,
+        "checkpoint_mb": size / 2**20,
+        "checkpoint_write_s": write_s,
+    }
 
 
 def main(argv=None) -> int:
@@ -118,11 +150,14 @@ def main(argv=None) -> int:
         result = run_one(pool, cohort, args)
         payload["runs"].append(result)
         write_results(args.out, payload)
-        print(f"{pool:>7} nodes {cohort:>5} a round: round 1 starts at {result['round1_start_s']:.1f} s; "
-              f"round {result['round_s']:.2f} s (train {result['train_s']:.2f}, central {result['central_s']:.2f}, "
-              f"{result['train_ms_per_client']:.1f} ms a client); driver peak RSS {result['driver_peak_rss_mb']:.0f} MB; "
-              f"checkpoint {result['checkpoint_mb']:.2f} MB written in {result['checkpoint_write_s']:.3f} s; "
-              f"wall {result['wall_s']:.1f} s", flush=True)
+        print(
+            f"{pool:>7} nodes {cohort:>5} a round: round 1 starts at {result['round1_start_s']:.1f} s; "
+            f"round {result['round_s']:.2f} s (train {result['train_s']:.2f}, central {result['central_s']:.2f}, "
+            f"{result['train_ms_per_client']:.1f} ms a client); driver peak RSS {result['driver_peak_rss_mb']:.0f} MB; "
+            f"checkpoint {result['checkpoint_mb']:.2f} MB written in {result['checkpoint_write_s']:.3f} s; "
+            f"wall {result['wall_s']:.1f} s",
+            flush=True,
+        )
     print(f"results in {args.out}")
     return 0
 

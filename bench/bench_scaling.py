@@ -3,7 +3,8 @@
     python bench/bench_scaling.py --data-dir /work/data-cifar --out scaling.json --plot scaling.png
     python bench/bench_scaling.py --data-dir /work/data-cifar --measure 1,2 --out scaling.json   # + engine runs, K=1, 2
     python bench/bench_scaling.py --quick --out smoke.json --plot smoke.png    # synthetic data, about a minute
-    python bench/bench_scaling.py --data-dir DIR --costs-from scaling.json --measure 1 --measure-configs iid:commit:message
+    python bench/bench_scaling.py --data-dir DIR --costs-from scaling.json --measure 1 \
+        --measure-configs iid:commit:message
     RUN=scaling bash bench/run_gpu.sh                    # on the 16-core device machine: --measure 1,2,4,8,14
 
 A round of the built-in app (apps/cifar10) is: the fit phase (C sampled clients
@@ -113,15 +114,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [BENCH_DIR, REPO_ROOT, os.path.join(REPO_ROOT, "apps", "cifar10")]  # no install needed
-import numpy as np
-from provenance import median_time, versions, write_results
+import numpy as np  # noqa: E402  (after the environment and sys.path above)
+from provenance import median_time, versions, write_results  # noqa: E402
 
 MODES = ("today", "changes")
 PHASES = ("train_seconds", "fed_seconds", "central_seconds", "seconds")
 TODAY_COMMIT = "7eed9c4"  # the engine before central evaluation on the workers and LPT dispatch (b2aad04 added both)
 # partition:central:dispatch of the engine runs, in priority order (commit: the engine of --commit, today's).
-DEFAULT_CONFIGS = ("dirichlet:commit:message,dirichlet:workers:lpt,iid:commit:message,iid:workers:lpt,"
-                   "dirichlet:server:message,dirichlet:workers:message")
+DEFAULT_CONFIGS = (
+    "dirichlet:commit:message,dirichlet:workers:lpt,iid:commit:message,iid:workers:lpt,"
+    "dirichlet:server:message,dirichlet:workers:message"
+)
 
 # The engine run of one measured configuration; prints one JSON line (per-round metrics, load).
 ENGINE_RUN = r"""
@@ -145,7 +148,8 @@ class Rounds(Callback):
 app = load_app_folder(None)
 rc = fuse_run_config(app, args["run_config"], where="bench_scaling")
 ray.init(num_cpus=args["k"], include_dashboard=False, logging_level="WARNING")
-extra = {} if args["central"] == "commit" else {"central_eval_on": args["central"]}  # an earlier engine has no such setting
+# An earlier engine has no such setting.
+extra = {} if args["central"] == "commit" else {"central_eval_on": args["central"]}
 settings = RunSettings(pool_size=args["pool_size"], seed=args["seed"], max_parallel_clients=args["k"], server_cpus=1,
                        **extra)
 run_app(app, rc, settings, callbacks=[Rounds()])
@@ -169,8 +173,13 @@ def linear_fit(xs, ys) -> dict:
     pred = a + b * x
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-    return {"a": float(a), "b": float(b), "r2": r2, "max_rel_residual": float(np.max(np.abs(pred - y) / y)),
-            "points": len(x)}
+    return {
+        "a": float(a),
+        "b": float(b),
+        "r2": r2,
+        "max_rel_residual": float(np.max(np.abs(pred - y) / y)),
+        "points": len(x),
+    }
 
 
 def at(fit: dict, x: float) -> float:
@@ -375,8 +384,11 @@ class InProcess:
         from fl_core.grid import NODE_ID_OFFSET
 
         config = ConfigRecord({"lr": 0.01, "local-epochs": 1, "server-round": server_round})
-        message = Message(RecordDict({"arrays": self.arrays, "config": config}), NODE_ID_OFFSET + partition_id,
-                          MessageType.TRAIN if kind == "train" else MessageType.EVALUATE)
+        message = Message(
+            RecordDict({"arrays": self.arrays, "config": config}),
+            NODE_ID_OFFSET + partition_id,
+            MessageType.TRAIN if kind == "train" else MessageType.EVALUATE,
+        )
         self.sent += 1
         message.metadata.__dict__["_message_id"] = f"bench{self.sent}"
         return message
@@ -387,8 +399,13 @@ class InProcess:
 
         from fl_core.grid import NODE_ID_OFFSET
 
-        return Context(run_id=1, node_id=NODE_ID_OFFSET + partition_id, state=RecordDict(), run_config=run_config,
-                       node_config={"partition-id": partition_id, "num-partitions": self.pool_size})
+        return Context(
+            run_id=1,
+            node_id=NODE_ID_OFFSET + partition_id,
+            state=RecordDict(),
+            run_config=run_config,
+            node_config={"partition-id": partition_id, "num-partitions": self.pool_size},
+        )
 
     def call(self, partition_id: int, kind: str, run_config: dict) -> float:
         """Seconds of one ClientApp call for the node, in-process."""
@@ -417,15 +434,21 @@ def measure_client_costs(ip: InProcess, args, rc_dirichlet: dict, sizes: tuple[l
     """fit(n) and eval(n) of the ClientApp in-process on Dirichlet nodes of chosen sizes, and their a + b*n fits."""
     train_sizes, val_sizes = sizes
     out = {}
-    for kind, sizes_of, targets in (("fit", train_sizes, args.fit_sizes),
-                                    ("eval", val_sizes, [max(1, round(t * args.val_ratio)) for t in args.fit_sizes])):
+    for kind, sizes_of, targets in (
+        ("fit", train_sizes, args.fit_sizes),
+        ("eval", val_sizes, [max(1, round(t * args.val_ratio)) for t in args.fit_sizes]),
+    ):
         nodes = pick_nodes(sizes_of, targets)
         message_kind = "train" if kind == "fit" else "evaluate"
         ip.call(nodes[0], message_kind, rc_dirichlet)  # warm-up: data, imports (torch._dynamo on the first optimiser)
-        points = [(sizes_of[p], statistics.median(ip.call(p, message_kind, rc_dirichlet) for _ in range(args.repeats)))
-                  for p in nodes]
-        out[kind] = {"points": [{"partition": p, "n": n, "seconds": s} for p, (n, s) in zip(nodes, points)],
-                     "fit": linear_fit([n for n, _ in points], [s for _, s in points])}
+        points = [
+            (sizes_of[p], statistics.median(ip.call(p, message_kind, rc_dirichlet) for _ in range(args.repeats)))
+            for p in nodes
+        ]
+        out[kind] = {
+            "points": [{"partition": p, "n": n, "seconds": s} for p, (n, s) in zip(nodes, points)],
+            "fit": linear_fit([n for n, _ in points], [s for _, s in points]),
+        }
     return out
 
 
@@ -443,8 +466,10 @@ def app_sharded_evaluation(rc: dict, pool_size: int, num_test: int):
     known = {"run_config": rc, "num_nodes": pool_size, "num_test": num_test, "batch_size": rc["eval-batch-size"]}
     params = inspect.signature(server_app.central_evaluation).parameters
     if any(name not in known and p.default is inspect.Parameter.empty for name, p in params.items()):
-        raise RuntimeError(f"cifar10_app.server_app.central_evaluation{inspect.signature(server_app.central_evaluation)}"
-                           f": bench_scaling knows only the parameters {', '.join(known)}")
+        raise RuntimeError(
+            f"cifar10_app.server_app.central_evaluation{inspect.signature(server_app.central_evaluation)}"
+            f": bench_scaling knows only the parameters {', '.join(known)}"
+        )
     evaluation = server_app.central_evaluation(**{name: known[name] for name in params if name in known})
     return evaluation if isinstance(evaluation, ShardedEvaluation) else None
 
@@ -476,8 +501,12 @@ def measure_central(ip: InProcess, args, rc: dict) -> dict:
         def shards_in_turn() -> None:
             for shard in range(num_shards):
                 model.load_state_dict(ip.arrays.to_torch_state_dict())
-                evaluate(model, to_tensor(data.test_images[shard * batch:(shard + 1) * batch]),
-                         torch.tensor(data.test_labels[shard * batch:(shard + 1) * batch]), batch)
+                evaluate(
+                    model,
+                    to_tensor(data.test_images[shard * batch : (shard + 1) * batch]),
+                    torch.tensor(data.test_labels[shard * batch : (shard + 1) * batch]),
+                    batch,
+                )
 
     cores = os.cpu_count() or 1
     threads = list(range(1, min(cores, args.max_threads) + 1))
@@ -493,9 +522,16 @@ def measure_central(ip: InProcess, args, rc: dict) -> dict:
         torch.set_num_threads(1)
     shards_in_turn()
     in_turn = median_time(shards_in_turn, args.repeats)
-    return {"test_images": len(data.test_labels), "eval_batch_size": batch, "num_shards": num_shards,
-            "whole_by_threads": {str(t): s for t, s in by_threads.items()}, "whole_1_thread": by_threads[1],
-            "shards_in_turn_1_thread": in_turn, "shard_1_thread": in_turn / num_shards, "shard_function": how}
+    return {
+        "test_images": len(data.test_labels),
+        "eval_batch_size": batch,
+        "num_shards": num_shards,
+        "whole_by_threads": {str(t): s for t, s in by_threads.items()},
+        "whole_1_thread": by_threads[1],
+        "shards_in_turn_1_thread": in_turn,
+        "shard_1_thread": in_turn / num_shards,
+        "shard_function": how,
+    }
 
 
 def _configure(strategy, kind: str, arrays, grid, seed: int) -> list:
@@ -520,7 +556,9 @@ def _replies(messages: list, kind: str, weights) -> list:
     for i, message in enumerate(messages):
         message.metadata.__dict__["_message_id"] = f"agg{i}"
         if kind == "train":
-            content = RecordDict({"arrays": weights, "metrics": MetricRecord({"train_loss": 2.0, "num-examples": 400 + i})})
+            content = RecordDict(
+                {"arrays": weights, "metrics": MetricRecord({"train_loss": 2.0, "num-examples": 400 + i})}
+            )
         else:
             content = RecordDict({"metrics": MetricRecord({"loss": 2.0, "accuracy": 0.1, "num-examples": 40 + i})})
         out.append(Message(content, reply_to=message))
@@ -557,9 +595,15 @@ def measure_strategy(ip: InProcess, args, counts: list[int]) -> dict:
             aggregate = strategy.aggregate_train if kind == "train" else strategy.aggregate_evaluate
             replies = _replies(messages, kind, weights)
             rows[f"aggregate_{kind}"].append(
-                (len(messages), median_time(functools.partial(aggregate, 1, replies), args.repeats)))
-    return {name: {"points": [{"clients": c, "seconds": s} for c, s in pts],
-                   "fit": linear_fit([c for c, _ in pts], [s for _, s in pts])} for name, pts in rows.items()}
+                (len(messages), median_time(functools.partial(aggregate, 1, replies), args.repeats))
+            )
+    return {
+        name: {
+            "points": [{"clients": c, "seconds": s} for c, s in pts],
+            "fit": linear_fit([c for c, _ in pts], [s for _, s in pts]),
+        }
+        for name, pts in rows.items()
+    }
 
 
 def measure_overhead(ip: InProcess, args, rc: dict, nodes: list[int]) -> dict:
@@ -643,11 +687,18 @@ def central_call_overhead(ip: InProcess, args, rc: dict, grid) -> dict:
         whole = differences(sharded, args.overhead_repeats * 2 + 1) if sharded.num_shards > 1 else single
     except (AttributeError, TypeError) as exc:  # the engine's private call changed
         return {**fallback, "how": fallback["how"] + f"fl_core.central._on_workers failed ({exc})"}
-    per_shard = (max(0.0, (statistics.median(whole) - statistics.median(single)) / (sharded.num_shards - 1))
-                 if sharded.num_shards > 1 else 0.0)
-    return {"seconds": max(0.0, statistics.median(single) - per_shard), "per_shard_seconds": per_shard,
-            "one_shard_differences": single, "all_shards_differences": whole,
-            "how": "fl_core.central._on_workers on 1 worker minus the same in-process: one shard, and all shards"}
+    per_shard = (
+        max(0.0, (statistics.median(whole) - statistics.median(single)) / (sharded.num_shards - 1))
+        if sharded.num_shards > 1
+        else 0.0
+    )
+    return {
+        "seconds": max(0.0, statistics.median(single) - per_shard),
+        "per_shard_seconds": per_shard,
+        "one_shard_differences": single,
+        "all_shards_differences": whole,
+        "how": "fl_core.central._on_workers on 1 worker minus the same in-process: one shard, and all shards",
+    }
 
 
 def measure_costs(args) -> tuple[dict, dict]:
@@ -663,15 +714,23 @@ def measure_costs(args) -> tuple[dict, dict]:
     counts = sorted({sampled_count(pool_size, f) for f in args.fractions} | {2})
     strategy = measure_strategy(ip, args, counts)
     if args.overhead_ms is not None:
-        overhead = {k: {"seconds": v / 1000, "how": "--overhead-ms"} for k, v in
-                    zip(("train", "evaluate", "central_call"), args.overhead_ms)}
+        overhead = {
+            k: {"seconds": v / 1000, "how": "--overhead-ms"}
+            for k, v in zip(("train", "evaluate", "central_call"), args.overhead_ms)
+        }
     else:
         nodes = pick_nodes(sizes["dirichlet"][0], [50, 100, 150, 300, 450], percentiles=False)
         overhead = measure_overhead(ip, args, rc_dir, nodes)
         if "seconds" not in overhead["central_call"]:
             overhead["central_call"]["seconds"] = overhead["evaluate"]["seconds"]
-    costs = {"client": client, "central": central, "strategy": strategy, "overhead": overhead,
-             "seconds_to_measure": time.perf_counter() - t0, "load_after": os.getloadavg()}
+    costs = {
+        "client": client,
+        "central": central,
+        "strategy": strategy,
+        "overhead": overhead,
+        "seconds_to_measure": time.perf_counter() - t0,
+        "load_after": os.getloadavg(),
+    }
     return costs, sizes
 
 
@@ -681,20 +740,30 @@ def print_costs(costs: dict) -> None:
     for kind in ("fit", "eval"):
         f = c[kind]["fit"]
         pts = ", ".join(f"{p['n']}: {p['seconds'] * 1000:.1f}" for p in c[kind]["points"])
-        print(f"  {kind}(n) = {f['a'] * 1000:.2f} ms + {f['b'] * 1e6:.1f} us x n  (R^2 {f['r2']:.4f}, largest "
-              f"residual {f['max_rel_residual']:.1%}; n: ms = {pts})")
+        print(
+            f"  {kind}(n) = {f['a'] * 1000:.2f} ms + {f['b'] * 1e6:.1f} us x n  (R^2 {f['r2']:.4f}, largest "
+            f"residual {f['max_rel_residual']:.1%}; n: ms = {pts})"
+        )
     cen = costs["central"]
     curve = ", ".join(f"{t}: {s:.3f}" for t, s in cen["whole_by_threads"].items())
     print(f"  central, whole test set ({cen['test_images']} images): threads: s = {curve}")
-    print(f"  central, {cen['num_shards']} shards of {cen['eval_batch_size']} in turn at 1 thread "
-          f"({cen['shard_function']}): {cen['shards_in_turn_1_thread']:.3f} s, {cen['shard_1_thread'] * 1000:.1f} ms a shard")
+    print(
+        f"  central, {cen['num_shards']} shards of {cen['eval_batch_size']} in turn at 1 thread "
+        f"({cen['shard_function']}): {cen['shards_in_turn_1_thread']:.3f} s, "
+        f"{cen['shard_1_thread'] * 1000:.1f} ms a shard"
+    )
     o = costs["overhead"]
-    print(f"  overhead per call: train {o['train']['seconds'] * 1000:.1f} ms, evaluate {o['evaluate']['seconds'] * 1000:.1f}"
-          f" ms, central-evaluation call {o['central_call']['seconds'] * 1000:.1f} ms + "
-          f"{o['central_call'].get('per_shard_seconds', 0.0) * 1000:.1f} ms a shard on a worker")
+    print(
+        f"  overhead per call: train {o['train']['seconds'] * 1000:.1f} ms, evaluate "
+        f"{o['evaluate']['seconds'] * 1000:.1f}"
+        f" ms, central-evaluation call {o['central_call']['seconds'] * 1000:.1f} ms + "
+        f"{o['central_call'].get('per_shard_seconds', 0.0) * 1000:.1f} ms a shard on a worker"
+    )
     for name, v in costs["strategy"].items():
-        print(f"  {name}(C) = {v['fit']['a'] * 1000:.2f} ms + {v['fit']['b'] * 1000:.3f} ms x C  "
-              f"({', '.join('C={}: {:.2f} ms'.format(p['clients'], p['seconds'] * 1000) for p in v['points'])})")
+        print(
+            f"  {name}(C) = {v['fit']['a'] * 1000:.2f} ms + {v['fit']['b'] * 1000:.3f} ms x C  "
+            f"({', '.join('C={}: {:.2f} ms'.format(p['clients'], p['seconds'] * 1000) for p in v['points'])})"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -723,8 +792,11 @@ class Model:
         self.costs, self.lpt_knows = costs, lpt_knows
         cl, st, o = costs["client"], costs["strategy"], costs["overhead"]
         self.fit, self.eval = cl["fit"]["fit"], cl["eval"]["fit"]
-        self.o_train, self.o_eval, self.o_central = (o["train"]["seconds"], o["evaluate"]["seconds"],
-                                                     o["central_call"]["seconds"])
+        self.o_train, self.o_eval, self.o_central = (
+            o["train"]["seconds"],
+            o["evaluate"]["seconds"],
+            o["central_call"]["seconds"],
+        )
         self.o_shard = o["central_call"].get("per_shard_seconds", 0.0)
         self.st = {k: v["fit"] for k, v in st.items()}
         cen = costs["central"]
@@ -741,11 +813,14 @@ class Model:
             return self.whole_1
         if place == "server":
             return self.shard_seconds(list(range(self.num_shards)))
-        return max(self.shard_seconds(g) + len(g) * self.o_shard + self.o_central
-                   for g in shard_groups(self.num_shards, workers))
+        return max(
+            self.shard_seconds(g) + len(g) * self.o_shard + self.o_central
+            for g in shard_groups(self.num_shards, workers)
+        )
 
-    def rounds(self, sampled: list[tuple[list, list]], sizes: tuple[list, list], workers: int, central: str,
-               dispatch: str) -> list[dict]:
+    def rounds(
+        self, sampled: list[tuple[list, list]], sizes: tuple[list, list], workers: int, central: str, dispatch: str
+    ) -> list[dict]:
         """Predicted phases of each sampled round, in order (the sizes the engine knows grow with the replies)."""
         train_sizes, val_sizes = sizes
         seen_train, seen_val = set(), set()
@@ -753,8 +828,9 @@ class Model:
         for train_ids, eval_ids in sampled:
             phases = {}
             for kind, ids, size_of, seen, cost, overhead in (
-                    ("train", train_ids, train_sizes, seen_train, self.fit, self.o_train),
-                    ("fed", eval_ids, val_sizes, seen_val, self.eval, self.o_eval)):
+                ("train", train_ids, train_sizes, seen_train, self.fit, self.o_train),
+                ("fed", eval_ids, val_sizes, seen_val, self.eval, self.o_eval),
+            ):
                 durations = [at(cost, size_of[p]) + overhead for p in ids]
                 if dispatch == "message":
                     order = list(range(len(ids)))
@@ -764,8 +840,15 @@ class Model:
                 seen.update(ids)
                 st_kind = "train" if kind == "train" else "evaluate"
                 n = len(ids)
-                phases[f"{kind}_seconds"] = (at(self.st[f"configure_{st_kind}"], n) + makespan(durations, order, workers)
-                                             + at(self.st[f"aggregate_{st_kind}"], n)) if n else 0.0
+                phases[f"{kind}_seconds"] = (
+                    (
+                        at(self.st[f"configure_{st_kind}"], n)
+                        + makespan(durations, order, workers)
+                        + at(self.st[f"aggregate_{st_kind}"], n)
+                    )
+                    if n
+                    else 0.0
+                )
             phases["central_seconds"] = self.central(central, workers)
             phases["seconds"] = phases["train_seconds"] + phases["fed_seconds"] + phases["central_seconds"]
             out.append(phases)
@@ -787,8 +870,14 @@ def build_table(args, model: Model, sizes: dict) -> list[dict]:
             base = {}
             for k in args.workers:
                 w = min(k, max(c_train, c_eval))
-                row = {"clients": c_train, "clients_eval": c_eval, "pool_size": P, "partition": partition, "k": k,
-                       "workers": w}
+                row = {
+                    "clients": c_train,
+                    "clients_eval": c_eval,
+                    "pool_size": P,
+                    "partition": partition,
+                    "k": k,
+                    "workers": w,
+                }
                 for mode in MODES:
                     place, dispatch = MODE_SETTINGS[mode]
                     per_round = model.rounds(sampled, sizes[partition], w, place, dispatch)
@@ -804,23 +893,32 @@ def build_table(args, model: Model, sizes: dict) -> list[dict]:
 
 def print_table(rows: list[dict], args) -> None:
     """The predicted table, one block per (C, partition)."""
-    head = (f"{'K':>3} {'W':>3} | {'train':>6} {'fed':>6} {'centr':>6} {'round':>6} {'cen%':>5} {'xK1':>5} | "
-            f"{'train':>6} {'fed':>6} {'centr':>6} {'round':>6} {'cen%':>5} {'xK1':>5} | {'today/chg':>9}")
+    head = (
+        f"{'K':>3} {'W':>3} | {'train':>6} {'fed':>6} {'centr':>6} {'round':>6} {'cen%':>5} {'xK1':>5} | "
+        f"{'train':>6} {'fed':>6} {'centr':>6} {'round':>6} {'cen%':>5} {'xK1':>5} | {'today/chg':>9}"
+    )
     block = None
     for r in rows:
         if (r["clients"], r["partition"]) != block:
             block = (r["clients"], r["partition"])
-            print(f"\nC = {r['clients']} trained and {r['clients_eval']} validated of P = {r['pool_size']}, "
-                  f"{r['partition']}{' alpha ' + str(args.alpha) if r['partition'] == 'dirichlet' else ''}: "
-                  f"mean s/round over {args.sim_rounds} sampled rounds")
-            print(f"{'':>7} | {'today (central serial 1 thread, message order)':<44} | "
-                  f"{'with the changes (sharded central, LPT)':<44} |")
+            print(
+                f"\nC = {r['clients']} trained and {r['clients_eval']} validated of P = {r['pool_size']}, "
+                f"{r['partition']}{' alpha ' + str(args.alpha) if r['partition'] == 'dirichlet' else ''}: "
+                f"mean s/round over {args.sim_rounds} sampled rounds"
+            )
+            print(
+                f"{'':>7} | {'today (central serial 1 thread, message order)':<44} | "
+                f"{'with the changes (sharded central, LPT)':<44} |"
+            )
             print(head)
         t, c = r["today"], r["changes"]
-        print(f"{r['k']:>3} {r['workers']:>3} | {t['train_seconds']:>6.3f} {t['fed_seconds']:>6.3f} "
-              f"{t['central_seconds']:>6.3f} {t['seconds']:>6.3f} {t['central_share']:>5.0%} {t['speedup_vs_k1']:>5.2f} | "
-              f"{c['train_seconds']:>6.3f} {c['fed_seconds']:>6.3f} {c['central_seconds']:>6.3f} {c['seconds']:>6.3f} "
-              f"{c['central_share']:>5.0%} {c['speedup_vs_k1']:>5.2f} | {r['today_over_changes']:>9.2f}")
+        print(
+            f"{r['k']:>3} {r['workers']:>3} | {t['train_seconds']:>6.3f} {t['fed_seconds']:>6.3f} "
+            f"{t['central_seconds']:>6.3f} {t['seconds']:>6.3f} {t['central_share']:>5.0%} "
+            f"{t['speedup_vs_k1']:>5.2f} | "
+            f"{c['train_seconds']:>6.3f} {c['fed_seconds']:>6.3f} {c['central_seconds']:>6.3f} {c['seconds']:>6.3f} "
+            f"{c['central_share']:>5.0%} {c['speedup_vs_k1']:>5.2f} | {r['today_over_changes']:>9.2f}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -832,35 +930,60 @@ def parse_configs(text: str) -> list[tuple[str, str, str]]:
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if (len(parts) != 3 or parts[0] not in ("iid", "dirichlet") or parts[1] not in ("server", "workers", "commit")
-                or parts[2] not in ("lpt", "message") or (parts[1] == "commit" and parts[2] != "message")):
-            raise argparse.ArgumentTypeError(f"bad configuration {item!r}: partition:central:dispatch with partition "
-                                             "iid|dirichlet, central server|workers|commit (the engine of --commit: "
-                                             "today's), dispatch lpt|message (commit: message)")
+        if (
+            len(parts) != 3
+            or parts[0] not in ("iid", "dirichlet")
+            or parts[1] not in ("server", "workers", "commit")
+            or parts[2] not in ("lpt", "message")
+            or (parts[1] == "commit" and parts[2] != "message")
+        ):
+            raise argparse.ArgumentTypeError(
+                f"bad configuration {item!r}: partition:central:dispatch with partition "
+                "iid|dirichlet, central server|workers|commit (the engine of --commit: "
+                "today's), dispatch lpt|message (commit: message)"
+            )
         out.append(tuple(parts))
     return out
 
 
 def engine_run(args, partition: str, central: str, dispatch: str, k: int, tree: str = REPO_ROOT) -> dict:
     """One engine run in a fresh process (the engine and app of `tree`): per-round metrics and the load at its end."""
-    payload = {"run_config": job_config(args, partition, args.measure_fraction, args.measure_rounds), "k": k,
-               "pool_size": args.pool_size, "seed": args.seed, "central": central, "dispatch": dispatch}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.path.join(tree, "apps", "cifar10"),
-                                                        os.environ.get("PYTHONPATH", "")]),
-           "RAY_AUTH_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", MARKER: str(os.getpid())}
+    payload = {
+        "run_config": job_config(args, partition, args.measure_fraction, args.measure_rounds),
+        "k": k,
+        "pool_size": args.pool_size,
+        "seed": args.seed,
+        "central": central,
+        "dispatch": dispatch,
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([tree, os.path.join(tree, "apps", "cifar10"), os.environ.get("PYTHONPATH", "")]),
+        "RAY_AUTH_MODE": "disabled",
+        "CUDA_VISIBLE_DEVICES": "",
+        MARKER: str(os.getpid()),
+    }
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", ENGINE_RUN, json.dumps(payload)], check=False, cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=args.run_timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_RUN, json.dumps(payload)],
+        check=False,
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=args.run_timeout,
+    )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("ROUNDS ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"engine run {partition}:{central}:{dispatch} K={k} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(line[len("ROUNDS "):])
+    result = json.loads(line[len("ROUNDS ") :])
     result["wall_s"] = time.perf_counter() - t0
     return result
 
 
-def compare(args, model: Model, sizes: dict, partition: str, central: str, dispatch: str, k: int,
-            measured: dict) -> dict:
+def compare(
+    args, model: Model, sizes: dict, partition: str, central: str, dispatch: str, k: int, measured: dict
+) -> dict:
     """Measured (median of rounds 2..N) against predicted for the same sampled rounds, per phase."""
     P = args.pool_size
     c = sampled_count(P, args.measure_fraction)
@@ -900,8 +1023,9 @@ def run_measurements(args, model: Model, sizes: dict, t_start: float, results: d
 def export_commit(commit: str) -> str:
     """A temporary folder holding the files of `commit` (git archive: no worktree, the repository untouched)."""
     tree = tempfile.mkdtemp(prefix="bench-scaling-commit-")
-    archive = subprocess.run(["git", "-C", REPO_ROOT, "archive", "--format=tar", commit], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", REPO_ROOT, "archive", "--format=tar", commit], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
     return tree
 
@@ -912,8 +1036,9 @@ def tree_commit(commit: str) -> str | None:
     return done.stdout.strip() or None
 
 
-def _run_measurements(args, model: Model, sizes: dict, t_start: float, results: dict, rows: list, cores: int,
-                      tree: str | None) -> list[dict]:
+def _run_measurements(
+    args, model: Model, sizes: dict, t_start: float, results: dict, rows: list, cores: int, tree: str | None
+) -> list[dict]:
     """The loop of run_measurements."""
     foreign = ForeignCpu()
     for partition, central, dispatch in args.measure_configs:
@@ -928,19 +1053,38 @@ def _run_measurements(args, model: Model, sizes: dict, t_start: float, results: 
                 measured = engine_run(args, partition, central, dispatch, k, tree if central == "commit" else REPO_ROOT)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"  {partition}:{central}:{dispatch} K={k}: FAILED {exc}", flush=True)
-                rows.append({"partition": partition, "central": central, "dispatch": dispatch, "k": k,
-                             "error": str(exc)[-2000:]})
+                rows.append(
+                    {
+                        "partition": partition,
+                        "central": central,
+                        "dispatch": dispatch,
+                        "k": k,
+                        "error": str(exc)[-2000:],
+                    }
+                )
                 continue
             cmp = compare(args, model, sizes, partition, central, dispatch, k, measured)
             busy_during = foreign.stop()
             if central == "commit" and any(measured.get("engine_has", {}).values()):
-                note += (f"  [the engine of --commit {args.commit} already has {measured['engine_has']}: "
-                         "not today's engine]")
-            row = {"partition": partition, "central": central, "dispatch": dispatch, "k": k, "workers": min(k, args.pool_size),
-                   "phases": cmp, "rounds": measured["rounds"], "load_at_end": measured["load"],
-                   "wall_s": measured["wall_s"], "contended": k + 1 > cores, "waited_for_quiet_s": waited,
-                   "other_cores_busy_before": busy_before, "other_cores_busy_during": busy_during,
-                   "engine_has": measured.get("engine_has")}
+                note += (
+                    f"  [the engine of --commit {args.commit} already has {measured['engine_has']}: not today's engine]"
+                )
+            row = {
+                "partition": partition,
+                "central": central,
+                "dispatch": dispatch,
+                "k": k,
+                "workers": min(k, args.pool_size),
+                "phases": cmp,
+                "rounds": measured["rounds"],
+                "load_at_end": measured["load"],
+                "wall_s": measured["wall_s"],
+                "contended": k + 1 > cores,
+                "waited_for_quiet_s": waited,
+                "other_cores_busy_before": busy_before,
+                "other_cores_busy_during": busy_during,
+                "engine_has": measured.get("engine_has"),
+            }
             rows.append(row)
             if busy_during is not None and busy_during >= 0.3:
                 note += f"  [OTHER WORK kept {busy_during:.1f} cores busy during this run: not a clean figure]"
@@ -957,8 +1101,14 @@ def print_comparison(row: dict, note: str = "") -> None:
         cells.append(f"{name} {v['measured']:.3f}/{v['predicted']:.3f} ({v['rel_error']:+.0%})")
     load = row["load_at_end"][0]
     other = row.get("other_cores_busy_during")
-    print(f"  {row['partition']:<9} {row['central']:<7} {row['dispatch']:<7} K={row['k']:<2} | " + "  ".join(cells)
-          + f" | load {load:.2f}" + ("" if other is None else f", other work {other:.2f} cores") + note, flush=True)
+    print(
+        f"  {row['partition']:<9} {row['central']:<7} {row['dispatch']:<7} K={row['k']:<2} | "
+        + "  ".join(cells)
+        + f" | load {load:.2f}"
+        + ("" if other is None else f", other work {other:.2f} cores")
+        + note,
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -983,21 +1133,44 @@ def plot(path: str, rows: list[dict], measured: list[dict], args) -> None:
             sel = [r for r in rows if r["clients"] == c and r["partition"] == partition]
             ks = [r["k"] for r in sel]
             for mode in MODES:
-                ax.plot(ks, [r[mode]["seconds"] for r in sel], styles[partition], color=colors[mode], marker="o",
-                        markersize=3, label=f"{labels[mode]}, {partition}")
-            ax.plot(ks, [r["changes"]["train_seconds"] + r["changes"]["fed_seconds"] for r in sel], ":",
-                    color="gray", linewidth=1, label="fit + federated evaluation alone (with the changes)")
+                ax.plot(
+                    ks,
+                    [r[mode]["seconds"] for r in sel],
+                    styles[partition],
+                    color=colors[mode],
+                    marker="o",
+                    markersize=3,
+                    label=f"{labels[mode]}, {partition}",
+                )
+            ax.plot(
+                ks,
+                [r["changes"]["train_seconds"] + r["changes"]["fed_seconds"] for r in sel],
+                ":",
+                color="gray",
+                linewidth=1,
+                label="fit + federated evaluation alone (with the changes)",
+            )
         if c == sampled_count(args.pool_size, args.measure_fraction):
-            markers = {("commit", "message"): ("D", "tab:red"), ("server", "message"): ("s", "tab:orange"),
-                       ("workers", "lpt"): ("^", "tab:blue"),
-                       ("server", "lpt"): ("s", "tab:brown"), ("workers", "message"): ("v", "tab:purple")}
+            markers = {
+                ("commit", "message"): ("D", "tab:red"),
+                ("server", "message"): ("s", "tab:orange"),
+                ("workers", "lpt"): ("^", "tab:blue"),
+                ("server", "lpt"): ("s", "tab:brown"),
+                ("workers", "message"): ("v", "tab:purple"),
+            }
             for m in measured:
                 if "phases" not in m:
                     continue
                 shape, color = markers[(m["central"], m["dispatch"])]
-                ax.scatter([m["k"]], [m["phases"]["seconds"]["measured"]], marker=shape, color=color,
-                           facecolors="none" if m["partition"] == "iid" else color, zorder=5,
-                           label=f"measured {m['partition']} {m['central']} {m['dispatch']}")
+                ax.scatter(
+                    [m["k"]],
+                    [m["phases"]["seconds"]["measured"]],
+                    marker=shape,
+                    color=color,
+                    facecolors="none" if m["partition"] == "iid" else color,
+                    zorder=5,
+                    label=f"measured {m['partition']} {m['central']} {m['dispatch']}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         for axis in (ax.yaxis,):
@@ -1012,8 +1185,10 @@ def plot(path: str, rows: list[dict], measured: list[dict], args) -> None:
         handles, names = ax.get_legend_handles_labels()
         unique = dict(zip(names, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=6, loc="best", framealpha=0.7)
-    fig.suptitle(f"bench_scaling: predicted round time ({args.dataset}; costs measured at 1 thread on "
-                 f"{os.cpu_count()} cores)", fontsize=10)
+    fig.suptitle(
+        f"bench_scaling: predicted round time ({args.dataset}; costs measured at 1 thread on {os.cpu_count()} cores)",
+        fontsize=10,
+    )
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -1031,48 +1206,88 @@ def int_list(text: str) -> list[int]:
 
 def parse_args(argv):
     """Options; --quick shrinks everything for a smoke run on synthetic data."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (needed for --dataset cifar10)")
-    p.add_argument("--synthetic-size", type=int, default=50_000,
-                   help="training images of --dataset synthetic (test set: a fifth; 50,000 gives CIFAR-10's sizes)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: synthetic 6,000 images whatever --dataset says, 1 repeat, 20 simulated rounds, "
-                   "3 measured rounds")
+    p.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=50_000,
+        help="training images of --dataset synthetic (test set: a fifth; 50,000 gives CIFAR-10's sizes)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: synthetic 6,000 images whatever --dataset says, 1 repeat, 20 simulated rounds, "
+        "3 measured rounds",
+    )
     p.add_argument("--pool-size", type=int, default=100, help="P, the nodes")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5],
-                   help="fraction-train (= fraction-evaluate) of each table block: C = P x fraction")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5],
+        help="fraction-train (= fraction-evaluate) of each table block: C = P x fraction",
+    )
     p.add_argument("--workers", type=int_list, default="1,2,4,8,16,32,64", help="K values of the table")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     p.add_argument("--val-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit-sizes", type=int_list, default="50,150,450,1000,2000",
-                   help="partition sizes to time fit at (nearest Dirichlet nodes; eval at a tenth of them)")
+    p.add_argument(
+        "--fit-sizes",
+        type=int_list,
+        default="50,150,450,1000,2000",
+        help="partition sizes to time fit at (nearest Dirichlet nodes; eval at a tenth of them)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timings per cost point (median)")
     p.add_argument("--max-threads", type=int, default=16, help="central evaluation timed at 1 .. min(cores, this)")
     p.add_argument("--overhead-repeats", type=int, default=2, help="passes over the overhead nodes")
-    p.add_argument("--overhead-ms", type=float, nargs=3, metavar=("TRAIN", "EVALUATE", "CENTRAL"),
-                   help="per-call overheads to use instead of measuring them (no Ray in the cost phase)")
+    p.add_argument(
+        "--overhead-ms",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "EVALUATE", "CENTRAL"),
+        help="per-call overheads to use instead of measuring them (no Ray in the cost phase)",
+    )
     p.add_argument("--sim-rounds", type=int, default=50, help="sampled rounds the table averages")
-    p.add_argument("--lpt-knows", choices=("replies", "partitions"), default="replies",
-                   help="the sizes largest-first dispatch knows: of each node's earlier replies (fl_core.grid now), "
-                   "or every partition's from the start")
-    p.add_argument("--measure", type=int_list, default="", help="K values to run the engine at, e.g. 1,2 (default none)")
-    p.add_argument("--measure-configs", type=parse_configs, default=DEFAULT_CONFIGS,
-                   help="partition:central:dispatch of the engine runs, in priority order")
-    p.add_argument("--commit", default=TODAY_COMMIT,
-                   help="the engine of central 'commit' configurations: today's (serial central evaluation in the "
-                   "server, message order), run from a git archive of it; the default is the last commit before "
-                   "both changes")
+    p.add_argument(
+        "--lpt-knows",
+        choices=("replies", "partitions"),
+        default="replies",
+        help="the sizes largest-first dispatch knows: of each node's earlier replies (fl_core.grid now), "
+        "or every partition's from the start",
+    )
+    p.add_argument(
+        "--measure", type=int_list, default="", help="K values to run the engine at, e.g. 1,2 (default none)"
+    )
+    p.add_argument(
+        "--measure-configs",
+        type=parse_configs,
+        default=DEFAULT_CONFIGS,
+        help="partition:central:dispatch of the engine runs, in priority order",
+    )
+    p.add_argument(
+        "--commit",
+        default=TODAY_COMMIT,
+        help="the engine of central 'commit' configurations: today's (serial central evaluation in the "
+        "server, message order), run from a git archive of it; the default is the last commit before "
+        "both changes",
+    )
     p.add_argument("--measure-rounds", type=int, default=6, help="rounds per engine run (median of 2..N)")
     p.add_argument("--measure-fraction", type=float, default=0.1, help="fraction-train/evaluate of the engine runs")
-    p.add_argument("--time-budget", type=float, default=3600,
-                   help="seconds since the start after which no new engine run starts")
+    p.add_argument(
+        "--time-budget", type=float, default=3600, help="seconds since the start after which no new engine run starts"
+    )
     p.add_argument("--run-timeout", type=float, default=600, help="seconds one engine run may take")
-    p.add_argument("--wait-quiet", type=float, default=0,
-                   help="before each engine run (and the costs), wait up to this many seconds until other processes "
-                   "keep under 0.3 of a core busy (needs psutil; 0: do not wait, only record it)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="before each engine run (and the costs), wait up to this many seconds until other processes "
+        "keep under 0.3 of a core busy (needs psutil; 0: do not wait, only record it)",
+    )
     p.add_argument("--costs-from", help="take the costs from this earlier results file instead of measuring them")
     p.add_argument("--out", default="bench_scaling.json")
     p.add_argument("--plot", help="write the plot here (PNG)")
@@ -1100,9 +1315,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_scaling: this engine lacks {missing}: --measure needs both engine changes", file=sys.stderr)
             return 2
     cores = os.cpu_count() or 1
-    results = {"benchmark": "bench_scaling", "versions": versions(), "settings": {
-        k: (v if not isinstance(v, list) or not v or not isinstance(v[0], tuple) else [":".join(t) for t in v])
-        for k, v in vars(args).items()}, "load_at_start": os.getloadavg()}
+    results = {
+        "benchmark": "bench_scaling",
+        "versions": versions(),
+        "settings": {
+            k: (v if not isinstance(v, list) or not v or not isinstance(v[0], tuple) else [":".join(t) for t in v])
+            for k, v in vars(args).items()
+        },
+        "load_at_start": os.getloadavg(),
+    }
     foreign = ForeignCpu()
     if args.wait_quiet:
         waited, busy = wait_quiet(foreign, args.wait_quiet)
@@ -1119,37 +1340,61 @@ def main(argv: list[str] | None = None) -> int:
         costs, sizes = measure_costs(args)
         costs["other_cores_busy_during"] = foreign.stop()
     results["costs"] = costs
-    results["partitions"] = {p: {"train_min": min(t), "train_mean": statistics.mean(t), "train_max": max(t),
-                                 "val_min": min(v), "val_max": max(v), "train_sizes": t, "val_sizes": v}
-                             for p, (t, v) in sizes.items()}
+    results["partitions"] = {
+        p: {
+            "train_min": min(t),
+            "train_mean": statistics.mean(t),
+            "train_max": max(t),
+            "val_min": min(v),
+            "val_max": max(v),
+            "train_sizes": t,
+            "val_sizes": v,
+        }
+        for p, (t, v) in sizes.items()
+    }
     other = costs.get("other_cores_busy_during")
-    print(f"costs ({costs['seconds_to_measure']:.0f} s to measure; {load_line()}"
-          + ("" if other is None else f"; other processes kept {other:.2f} cores busy meanwhile") + "):")
+    print(
+        f"costs ({costs['seconds_to_measure']:.0f} s to measure; {load_line()}"
+        + ("" if other is None else f"; other processes kept {other:.2f} cores busy meanwhile")
+        + "):"
+    )
     print_costs(costs)
     for p, s in results["partitions"].items():
-        print(f"  partitions {p}: train sizes min {s['train_min']} / mean {s['train_mean']:.0f} / max {s['train_max']}; "
-              f"validation {s['val_min']}..{s['val_max']}")
+        print(
+            f"  partitions {p}: train sizes min {s['train_min']} / mean {s['train_mean']:.0f} / max {s['train_max']}; "
+            f"validation {s['val_min']}..{s['val_max']}"
+        )
     model = Model(costs, args.lpt_knows)
     rows = build_table(args, model, sizes)
     results["table"] = rows
     print_table(rows, args)
-    print("\n(K: worker CPUs; W: workers the engine starts, min(K, clients a round uses); xK1: speedup against K = 1 "
-          "of the same mode; cen%: central evaluation's share of the round; today/chg: round today over round with "
-          f"the changes. LPT knows the sizes of {args.lpt_knows}.)")
+    print(
+        "\n(K: worker CPUs; W: workers the engine starts, min(K, clients a round uses); xK1: speedup against K = 1 "
+        "of the same mode; cen%: central evaluation's share of the round; today/chg: round today over round with "
+        f"the changes. LPT knows the sizes of {args.lpt_knows}.)"
+    )
     write_results(args.out, results)
     measured = []
     if args.measure:
-        print(f"\nmeasured (median of rounds 2..{args.measure_rounds}) / predicted (same sampled clients) seconds, "
-              f"relative error of the prediction; {cores} cores here, {load_line()} before:", flush=True)
+        print(
+            f"\nmeasured (median of rounds 2..{args.measure_rounds}) / predicted (same sampled clients) seconds, "
+            f"relative error of the prediction; {cores} cores here, {load_line()} before:",
+            flush=True,
+        )
         if max(args.measure) + 1 > cores:
-            print(f"  note: K workers plus the driver need K + 1 cores; this machine has {cores}, so the runs with "
-                  f"K >= {cores} share cores (the driver idles during the phases, but not during aggregation and "
-                  "the server's central evaluation) and Ray's own processes take some too", flush=True)
+            print(
+                f"  note: K workers plus the driver need K + 1 cores; this machine has {cores}, so the runs with "
+                f"K >= {cores} share cores (the driver idles during the phases, but not during aggregation and "
+                "the server's central evaluation) and Ray's own processes take some too",
+                flush=True,
+            )
         measured = run_measurements(args, model, sizes, t_start, results)
         errors = [abs(m["phases"]["seconds"]["rel_error"]) for m in measured if "phases" in m]
         if errors:
-            print(f"  round time: |relative error| median {statistics.median(errors):.0%}, largest {max(errors):.0%} "
-                  f"over {len(errors)} runs")
+            print(
+                f"  round time: |relative error| median {statistics.median(errors):.0%}, largest {max(errors):.0%} "
+                f"over {len(errors)} runs"
+            )
     results["load_at_end"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - t_start
     write_results(args.out, results)

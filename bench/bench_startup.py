@@ -52,8 +52,20 @@ from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.
 
 # Imports timed alone: the engine's dependencies, fedsweep's own modules, what a client worker imports, and
 # torch._dynamo, which torch imports on the first optimizer a process builds (a worker's first training call).
-IMPORTS = ("torch", "torch._dynamo", "flwr.serverapp", "flwr.clientapp", "ray", "pandas", "datasets",
-           "flwr_datasets.partitioner", "fl_core", "fl_core.cli", "cifar10_app.client_app", "cifar10_app.server_app")
+IMPORTS = (
+    "torch",
+    "torch._dynamo",
+    "flwr.serverapp",
+    "flwr.clientapp",
+    "ray",
+    "pandas",
+    "datasets",
+    "flwr_datasets.partitioner",
+    "fl_core",
+    "fl_core.cli",
+    "cifar10_app.client_app",
+    "cifar10_app.server_app",
+)
 ROUND_LINE = re.compile(r"^round\s+(\d+)/(\d+)")
 SUMMARY_LINE = re.compile(r"^\d+ clients; train samples per client")
 DONE_LINE = re.compile(r"^done: (\d+) rounds in ([\d.]+) s(?:; final test accuracy ([\d.]+))?")
@@ -61,15 +73,19 @@ DONE_LINE = re.compile(r"^done: (\d+) rounds in ([\d.]+) s(?:; final test accura
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Benchmark options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (the command's --data-dir)")
     p.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10")
     p.add_argument("--rounds", type=int, help="--num-server-rounds for the command (default: the app's, 10)")
-    p.add_argument("--repeats", type=int, default=1, help="runs of the command and of the step-by-step child "
-                   "(tables show medians)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs of the command and of the step-by-step child (tables show medians)"
+    )
     p.add_argument("--import-repeats", type=int, default=2, help="fresh interpreters per import timed (best kept)")
-    p.add_argument("--skip", nargs="*", default=[], choices=("command", "pieces", "imports"),
-                   help="measurements to leave out")
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=("command", "pieces", "imports"), help="measurements to leave out"
+    )
     p.add_argument("--out", default="startup.json")
     # Internal: the step-by-step measurement, in a child process.
     p.add_argument("--pieces-child", help=argparse.SUPPRESS)
@@ -109,8 +125,9 @@ def run_command(args: argparse.Namespace) -> dict:
     lines, done = [], None
     try:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                cwd=REPO_ROOT, env=child_env())
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=REPO_ROOT, env=child_env()
+        )
         for line in proc.stdout:
             now = time.perf_counter() - t0
             line = line.rstrip("\n")
@@ -142,7 +159,9 @@ def run_command(args: argparse.Namespace) -> dict:
         "final_accuracy": history[-1].get("central_accuracy"),
         "round_seconds": [m["seconds"] for m in history],
         "round_1": {k: history[0][k] for k in ("seconds", "train_seconds", "fed_seconds", "central_seconds")},
-        "median_round_s_after_first": statistics.median(m["seconds"] for m in history[1:]) if len(history) > 1 else None,
+        "median_round_s_after_first": statistics.median(m["seconds"] for m in history[1:])
+        if len(history) > 1
+        else None,
         "output": lines,
     }
 
@@ -177,7 +196,6 @@ def partition_by_slice(labels, num_partitions: int, seed: int) -> list:
     """
     import datasets
     import numpy as np
-
     from cifar10_app.data import _make_partitioner
 
     datasets.disable_progress_bars()
@@ -202,6 +220,7 @@ def pieces_child(args: argparse.Namespace) -> int:
         t = now
 
     import fl_core.cli as cli
+
     step("import fl_core.cli")
     checkpoint_dir = tempfile.mkdtemp(prefix="bench-startup-pieces-")
     try:
@@ -218,6 +237,7 @@ def pieces_child(args: argparse.Namespace) -> int:
     values = prepare_shared(app, run_config, settings.pool_size)
     step("data: read + partition (prepare_shared -> load_data)")
     import ray
+
     step("import ray")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)  # as cli._start_ray
     step("ray.init")
@@ -235,9 +255,9 @@ def pieces_child(args: argparse.Namespace) -> int:
     step("workers shut down")
 
     import torch
-
     from cifar10_app.data import load_data
     from cifar10_app.task import evaluate, initial_model, place_model, to_tensor
+
     from fl_core.runner import server_threads
 
     data = next(v.value for v in values if v.function == load_data.name)
@@ -256,10 +276,16 @@ def pieces_child(args: argparse.Namespace) -> int:
     first = _FirstRound(t0)
     short = {**run_config, "num-server-rounds": 2}
     end = fl_core.run_app(app, short, settings, shared_values=values, callbacks=[first])
-    run = {"round_1_end_s": first.round_1_end, "round_1_start_s": first.round_1_end - first.metrics[0]["seconds"],
-           "total_s": time.perf_counter() - t0, "run_end_seconds": end.seconds,
-           "rounds": [{k: m[k] for k in ("round", "seconds", "train_seconds", "fed_seconds", "central_seconds")}
-                      for m in first.metrics]}
+    run = {
+        "round_1_end_s": first.round_1_end,
+        "round_1_start_s": first.round_1_end - first.metrics[0]["seconds"],
+        "total_s": time.perf_counter() - t0,
+        "run_end_seconds": end.seconds,
+        "rounds": [
+            {k: m[k] for k in ("round", "seconds", "train_seconds", "fed_seconds", "central_seconds")}
+            for m in first.metrics
+        ],
+    }
     t = time.perf_counter()
     ray.shutdown()
     step("ray.shutdown (after run_app)")
@@ -286,8 +312,17 @@ def pieces_child(args: argparse.Namespace) -> int:
         parts["partition_indices, index column read in one slice"] = time.perf_counter() - t
         parts["slice gives identical partitions"] = float(all((a == b).all() for a, b in zip(indices, sliced)))
     with open(args.pieces_child, "w") as f:
-        json.dump({"entered_at": entered, "steps_s": steps, "workers": workers, "run_app_2_rounds": run,
-                   "data_parts_s": parts}, f, indent=1)
+        json.dump(
+            {
+                "entered_at": entered,
+                "steps_s": steps,
+                "workers": workers,
+                "run_app_2_rounds": run,
+                "data_parts_s": parts,
+            },
+            f,
+            indent=1,
+        )
     return 0
 
 
@@ -314,13 +349,17 @@ def time_imports(repeats: int) -> dict:
     """Seconds to import each of IMPORTS alone in a fresh interpreter (best of `repeats`), and the bare interpreter."""
     out = {}
     for module in ("",) + IMPORTS:
-        code = ("import time; t = time.perf_counter(); " + (f"import {module}; " if module else "")
-                + "print(time.perf_counter() - t)")
+        code = (
+            "import time; t = time.perf_counter(); "
+            + (f"import {module}; " if module else "")
+            + "print(time.perf_counter() - t)"
+        )
         best, best_wall = float("inf"), float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                                  cwd=REPO_ROOT, env=child_env())
+            done = subprocess.run(
+                [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO_ROOT, env=child_env()
+            )
             best_wall = min(best_wall, time.perf_counter() - t0)
             best = min(best, float(done.stdout.strip().splitlines()[-1]))
         if module:
@@ -361,20 +400,33 @@ def report(payload: dict) -> list[str]:
             "run_done": "'done:' (after the final evaluation of every node)",
             "exit": "process exit (after ray.shutdown)",
         }
-        lines += ["", f"python {first['command']}   ({len(runs)} run(s): median, range)",
-                  f"{'landmark':>52} | {'s since spawn':>13}", "-" * 68]
-        lines += [f"{labels[k]:>52} | {marks[k]:>13.2f}{spread([r['marks_s'] for r in runs], k)}"
-                  for k in labels if k in marks]
+        lines += [
+            "",
+            f"python {first['command']}   ({len(runs)} run(s): median, range)",
+            f"{'landmark':>52} | {'s since spawn':>13}",
+            "-" * 68,
+        ]
+        lines += [
+            f"{labels[k]:>52} | {marks[k]:>13.2f}{spread([r['marks_s'] for r in runs], k)}"
+            for k in labels
+            if k in marks
+        ]
         for run in runs:
             run_s = run["run_seconds"] or float("nan")
-            lines.append(f"final test accuracy {run['final_accuracy']:.4f}; run_app {run_s:.1f} s; "
-                         f"round 1 {run['round_1']['seconds']:.2f} s, median of the others "
-                         f"{run['median_round_s_after_first'] or float('nan'):.2f} s")
+            lines.append(
+                f"final test accuracy {run['final_accuracy']:.4f}; run_app {run_s:.1f} s; "
+                f"round 1 {run['round_1']['seconds']:.2f} s, median of the others "
+                f"{run['median_round_s_after_first'] or float('nan'):.2f} s"
+            )
     pieces = payload.get("pieces")
     if pieces:
         runs = pieces["runs"]
-        lines += ["", f"step by step, the CLI's code path (a fresh process each; {len(runs)} run(s): median, range)",
-                  f"{'step':>66} | {'s':>7}", "-" * 76]
+        lines += [
+            "",
+            f"step by step, the CLI's code path (a fresh process each; {len(runs)} run(s): median, range)",
+            f"{'step':>66} | {'s':>7}",
+            "-" * 76,
+        ]
         steps = [r["steps_s"] for r in runs]
         lines += [f"{name:>66} | {s:>7.3f}{spread(steps, name)}" for name, s in pieces["median_steps_s"].items()]
         for run in runs:
@@ -382,17 +434,25 @@ def report(payload: dict) -> list[str]:
             lines.append(f"{'run_app, 2 rounds: round 1 started after':>66} | {app_run['round_1_start_s']:>7.3f}")
             lines.append(f"{'run_app, 2 rounds: round 1 ended after':>66} | {app_run['round_1_end_s']:>7.3f}")
             for r in app_run["rounds"]:
-                lines.append(f"{'round %d: seconds / train / fed / central' % r['round']:>66} | {r['seconds']:>7.3f}"
-                             f"  {r['train_seconds']:.3f} / {r['fed_seconds']:.3f} / {r['central_seconds']:.3f}")
+                lines.append(
+                    f"{'round %d: seconds / train / fed / central' % r['round']:>66} | {r['seconds']:>7.3f}"
+                    f"  {r['train_seconds']:.3f} / {r['fed_seconds']:.3f} / {r['central_seconds']:.3f}"
+                )
         lines += ["", "the data step's parts (median)"]
         parts = [r["data_parts_s"] for r in runs]
         lines += [f"{name:>66} | {s:>7.3f}{spread(parts, name)}" for name, s in medians(parts).items()]
     imports = payload.get("imports")
     if imports:
-        lines += ["", "each import alone, fresh interpreter (best of the repeats)", f"{'module':>34} | {'s':>6}", "-" * 43]
+        lines += [
+            "",
+            "each import alone, fresh interpreter (best of the repeats)",
+            f"{'module':>34} | {'s':>6}",
+            "-" * 43,
+        ]
         lines += [f"{m:>34} | {s:>6.3f}" for m, s in imports.items()]
-    lines.append(f"\nload average at the start {payload['load_average_at_start']}, at the end "
-                 f"{payload['load_average_at_end']}")
+    lines.append(
+        f"\nload average at the start {payload['load_average_at_start']}, at the end {payload['load_average_at_end']}"
+    )
     return lines
 
 
@@ -402,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.pieces_child:
         return pieces_child(args)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    payload = {"benchmark": "bench_startup", "versions": versions(), "settings": vars(args),
-               "load_average_at_start": os.getloadavg()}
+    payload = {
+        "benchmark": "bench_startup",
+        "versions": versions(),
+        "settings": vars(args),
+        "load_average_at_start": os.getloadavg(),
+    }
 
     def save() -> None:
         """Write what was measured so far."""

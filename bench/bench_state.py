@@ -94,8 +94,12 @@ def run_state_app(size: int, nodes: int, rounds: int, max_parallel: int | None) 
 
 def state_bytes(node_states: dict) -> int:
     """Bytes of array data in the nodes' states (what the driver holds for them, headers included)."""
-    return sum(len(array.data) for state in node_states.values() for record in state.array_records.values()
-               for array in record.values())
+    return sum(
+        len(array.data)
+        for state in node_states.values()
+        for record in state.array_records.values()
+        for array in record.values()
+    )
 
 
 def call_cost(size: int, nodes: int, rounds: int) -> dict:
@@ -104,9 +108,13 @@ def call_cost(size: int, nodes: int, rounds: int) -> dict:
     steady = end.history[1:] or end.history
     per_call = [row["train_seconds"] / row["train_clients"] for row in steady]
     app = [row["train_app_seconds"] for row in steady]
-    return {"call_s": statistics.median(per_call), "app_s": statistics.median(app),
-            "rounds": [{k: row[k] for k in ("round", "train_seconds", "train_clients", "train_app_seconds")}
-                       for row in end.history]}
+    return {
+        "call_s": statistics.median(per_call),
+        "app_s": statistics.median(app),
+        "rounds": [
+            {k: row[k] for k in ("round", "train_seconds", "train_clients", "train_app_seconds")} for row in end.history
+        ],
+    }
 
 
 def driver_memory(size: int, nodes: int) -> dict:
@@ -121,10 +129,16 @@ def driver_memory(size: int, nodes: int) -> dict:
         save_checkpoint(end.state, folder)
         seconds = time.perf_counter() - t0
         file_bytes = os.path.getsize(os.path.join(folder, CHECKPOINT_FILE))
-    return {"nodes": nodes, "nodes_with_state": len(end.state.node_states), "state_mib": held / MIB,
-            "rss_growth_mib": (after - before) / MIB, "uss_growth_mib": (after_uss - before_uss) / MIB,
-            "peak_rss_growth_mib": (max(memory.peak, after) - before) / MIB,
-            "checkpoint_s": seconds, "checkpoint_mib": file_bytes / MIB}
+    return {
+        "nodes": nodes,
+        "nodes_with_state": len(end.state.node_states),
+        "state_mib": held / MIB,
+        "rss_growth_mib": (after - before) / MIB,
+        "uss_growth_mib": (after_uss - before_uss) / MIB,
+        "peak_rss_growth_mib": (max(memory.peak, after) - before) / MIB,
+        "checkpoint_s": seconds,
+        "checkpoint_mib": file_bytes / MIB,
+    }
 
 
 def main() -> int:
@@ -134,8 +148,12 @@ def main() -> int:
     ap.add_argument("--call-nodes", type=int, default=10, help="nodes of the per-call timing runs")
     ap.add_argument("--rounds", type=int, default=4, help="rounds of the per-call timing runs (median of 2..)")
     ap.add_argument("--memory-nodes", type=int, default=100, help="nodes of the driver-memory runs")
-    ap.add_argument("--memory-max-gib", type=float, default=8.0,
-                    help="skip the memory run of sizes whose states would exceed this (the machine may be shared)")
+    ap.add_argument(
+        "--memory-max-gib",
+        type=float,
+        default=8.0,
+        help="skip the memory run of sizes whose states would exceed this (the machine may be shared)",
+    )
     ap.add_argument("--out", default=os.path.join("results", "bench_state.json"))
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -153,14 +171,19 @@ def main() -> int:
         "sizes": {},
     }
     for size in sizes:
-        entry = {"float32_numbers": size, "mib_per_node": size * 4 / MIB,
-                 **call_cost(size, args.call_nodes, args.rounds)}
+        entry = {
+            "float32_numbers": size,
+            "mib_per_node": size * 4 / MIB,
+            **call_cost(size, args.call_nodes, args.rounds),
+        }
         if size * 4 * args.memory_nodes <= args.memory_max_gib * 2**30:
             entry["memory"] = driver_memory(size, args.memory_nodes)
         else:
             entry["memory"] = None
-            print(f"size {size:,}: memory run skipped ({args.memory_nodes} nodes would hold "
-                  f"{size * 4 * args.memory_nodes / 2**30:.1f} GiB > --memory-max-gib {args.memory_max_gib})")
+            print(
+                f"size {size:,}: memory run skipped ({args.memory_nodes} nodes would hold "
+                f"{size * 4 * args.memory_nodes / 2**30:.1f} GiB > --memory-max-gib {args.memory_max_gib})"
+            )
         results["sizes"][str(size)] = entry
         write_results(args.out, results)  # after every size: a run cut short keeps what it measured
     results["load_average_at_end"] = os.getloadavg()
@@ -168,20 +191,31 @@ def main() -> int:
     write_results(args.out, results)
 
     base = results["sizes"].get("0", {}).get("call_s")
-    print(f"\nper client call: {args.call_nodes} nodes, 1 worker, median of rounds 2-{args.rounds}; "
-          f"memory: {args.memory_nodes} nodes, 2 rounds")
-    print(f"{'numbers/node':>13} {'MiB/node':>9} | {'ms/call':>8} {'in app':>7} {'vs 0':>7} | "
-          f"{'state MiB':>9} {'USS +MiB':>9} {'RSS +MiB':>9} {'peak RSS':>9} {'ckpt s':>7} {'ckpt MiB':>8}")
+    print(
+        f"\nper client call: {args.call_nodes} nodes, 1 worker, median of rounds 2-{args.rounds}; "
+        f"memory: {args.memory_nodes} nodes, 2 rounds"
+    )
+    print(
+        f"{'numbers/node':>13} {'MiB/node':>9} | {'ms/call':>8} {'in app':>7} {'vs 0':>7} | "
+        f"{'state MiB':>9} {'USS +MiB':>9} {'RSS +MiB':>9} {'peak RSS':>9} {'ckpt s':>7} {'ckpt MiB':>8}"
+    )
     for size, entry in results["sizes"].items():
         extra = f"{(entry['call_s'] - base) * 1e3:>7.1f}" if base is not None else f"{'':>7}"
         mem = entry["memory"]
-        memory = (f"{mem['state_mib']:>9.1f} {mem['uss_growth_mib']:>9.1f} {mem['rss_growth_mib']:>9.1f} "
-                  f"{mem['peak_rss_growth_mib']:>9.1f} {mem['checkpoint_s']:>7.2f} {mem['checkpoint_mib']:>8.1f}"
-                  if mem else f"{'skipped':>9}")
-        print(f"{int(size):>13,} {entry['mib_per_node']:>9.2f} | {entry['call_s'] * 1e3:>8.1f} "
-              f"{entry['app_s'] * 1e3:>7.1f} {extra} | {memory}")
-    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in results['load_average_at_end'])}; "
-          f"results written to {args.out}")
+        memory = (
+            f"{mem['state_mib']:>9.1f} {mem['uss_growth_mib']:>9.1f} {mem['rss_growth_mib']:>9.1f} "
+            f"{mem['peak_rss_growth_mib']:>9.1f} {mem['checkpoint_s']:>7.2f} {mem['checkpoint_mib']:>8.1f}"
+            if mem
+            else f"{'skipped':>9}"
+        )
+        print(
+            f"{int(size):>13,} {entry['mib_per_node']:>9.2f} | {entry['call_s'] * 1e3:>8.1f} "
+            f"{entry['app_s'] * 1e3:>7.1f} {extra} | {memory}"
+        )
+    print(
+        f"load average at the end: {', '.join(f'{x:.1f}' for x in results['load_average_at_end'])}; "
+        f"results written to {args.out}"
+    )
     return 0
 
 

@@ -48,7 +48,6 @@ from fl_sweep.resources import client_slots, server_bundle_cpus, trial_bundles  
 from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import execute  # noqa: E402
 
-
 PHASES = ("train_seconds", "fed_seconds", "central_seconds")  # the engine's timing keys, in round order
 
 
@@ -83,8 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fraction-train", type=float, default=0.2, help="client fraction (default 0.2)")
     p.add_argument("--synthetic-size", type=int, default=10000, help="synthetic training images (default 10000)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="tune_search's --checkpoint-every (default 1)")
-    p.add_argument("--snapshot-s", help="TUNE_GLOBAL_CHECKPOINT_S, Tune's experiment snapshot period (default: "
-                   "tune_search's own)")
+    p.add_argument(
+        "--snapshot-s", help="TUNE_GLOBAL_CHECKPOINT_S, Tune's experiment snapshot period (default: tune_search's own)"
+    )
     p.add_argument("--storage-path", help="where the sweep is written (default: a temp folder)")
     p.add_argument("--out", help="write the figures as JSON here")
     return p.parse_args(argv)
@@ -92,14 +92,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sweep_argv(args: argparse.Namespace, storage: str) -> list[str]:
     """tune_search arguments of the 4-trial sweep."""
-    data = (["--set", "dataset=cifar10", "--set", f"data-dir={args.data_dir}"] if args.data_dir
-            else ["--set", "dataset=synthetic", "--set", f"synthetic-size={args.synthetic_size}"])
+    data = (
+        ["--set", "dataset=cifar10", "--set", f"data-dir={args.data_dir}"]
+        if args.data_dir
+        else ["--set", "dataset=synthetic", "--set", f"synthetic-size={args.synthetic_size}"]
+    )
     return data + [
-        "--set", f"pool_size={args.pool_size}", "--set", f"fraction-train={args.fraction_train}",
-        "--set", f"num-server-rounds={args.rounds}", "--set", "fraction-evaluate=0.2",
-        "--grid", "local-epochs=1,2", "--grid", "lr=0.01,0.02",
-        "--checkpoint-every", str(args.checkpoint_every),
-        "--storage-path", storage, "--name", time.strftime("bench-%Y%m%d-%H%M%S"),
+        "--set",
+        f"pool_size={args.pool_size}",
+        "--set",
+        f"fraction-train={args.fraction_train}",
+        "--set",
+        f"num-server-rounds={args.rounds}",
+        "--set",
+        "fraction-evaluate=0.2",
+        "--grid",
+        "local-epochs=1,2",
+        "--grid",
+        "lr=0.01,0.02",
+        "--checkpoint-every",
+        str(args.checkpoint_every),
+        "--storage-path",
+        storage,
+        "--name",
+        time.strftime("bench-%Y%m%d-%H%M%S"),
     ]
 
 
@@ -126,8 +142,9 @@ def timed_trial(log_path: str):
             t0 = time.perf_counter()
             report(metrics, *args, **kwargs)
             with open(log_path, "a") as f:
-                f.write(f"{trial_id},{metrics['round']},{t0},{time.perf_counter() - t0},"
-                        f"{saved.pop() if saved else 0.0}\n")
+                f.write(
+                    f"{trial_id},{metrics['round']},{t0},{time.perf_counter() - t0},{saved.pop() if saved else 0.0}\n"
+                )
 
         tune.report, fl_core.save_checkpoint = timed_report, timed_save
         try:
@@ -157,8 +174,15 @@ def run_sweep(args: argparse.Namespace, storage: str) -> dict:
     trials = pd.read_csv(os.path.join(experiment, "trials.csv"))
     rounds = pd.read_csv(os.path.join(experiment, "rounds.csv"))
     reports = pd.read_csv(log_path, names=["trial_id", "round", "t", "report_s", "checkpoint_s"])
-    return {"spec": spec, "experiment": experiment, "timings": timings, "shared": shared_values, "trials": trials,
-            "rounds": rounds, "reports": reports}
+    return {
+        "spec": spec,
+        "experiment": experiment,
+        "timings": timings,
+        "shared": shared_values,
+        "trials": trials,
+        "rounds": rounds,
+        "reports": reports,
+    }
 
 
 def packing(sweep: dict) -> dict:
@@ -272,12 +296,16 @@ def print_tables(pack: dict, over: dict) -> None:
         ("whole run (s)", over["tune_trial_s"], over["alone_run_s"]),
     ):
         print(f"  {label:<34} {t:>9.3f} {a:>14.3f} {t - a:>+11.3f}")
-    print(f"  per-round overhead of Tune: {over['overhead_per_round_s'] * 1000:.0f} ms "
-          f"({over['overhead_per_round_pct']:.1f}% of a round)")
-    print(f"  inside the trials: tune.report {over['report_s_per_round'] * 1000:.1f} ms + checkpoint write "
-          f"{over['checkpoint_write_s_per_round'] * 1000:.1f} ms per round ({over['reporting_pct_of_round']:.1f}% "
-          f"of a round); the last round's report came {over['last_round_wall_s']:.2f} s after the one before "
-          "(it waits for the all-node evaluation)")
+    print(
+        f"  per-round overhead of Tune: {over['overhead_per_round_s'] * 1000:.0f} ms "
+        f"({over['overhead_per_round_pct']:.1f}% of a round)"
+    )
+    print(
+        f"  inside the trials: tune.report {over['report_s_per_round'] * 1000:.1f} ms + checkpoint write "
+        f"{over['checkpoint_write_s_per_round'] * 1000:.1f} ms per round ({over['reporting_pct_of_round']:.1f}% "
+        f"of a round); the last round's report came {over['last_round_wall_s']:.2f} s after the one before "
+        "(it waits for the all-node evaluation)"
+    )
 
 
 def main(argv=None) -> int:

@@ -66,12 +66,18 @@ print("ROUNDS " + json.dumps(rows))
 def run_side(code: str, tree: str, data_dir: str, rounds: int) -> list[float]:
     """Per-round seconds of one run of `code` with the engine of the checkout `tree` first on the path."""
     env = {**os.environ, "PYTHONPATH": tree, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "-c", code, data_dir, str(rounds)], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-c", code, data_dir, str(rounds)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("ROUNDS ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"run in {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(line[len("ROUNDS "):])
+    return json.loads(line[len("ROUNDS ") :])
 
 
 def main(argv=None) -> int:
@@ -84,8 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench_vs_commit.json")
     args = p.parse_args(argv)
     tree = tempfile.mkdtemp(prefix="fedsweep-earlier-")
-    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", tree, args.commit], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", REPO, "worktree", "add", "--detach", tree, args.commit], check=True, capture_output=True
+    )
     results = {"current": [], "earlier": []}
     try:
         for repeat in range(args.repeats):
@@ -93,17 +100,31 @@ def main(argv=None) -> int:
             for side, code, where in (("earlier", earlier_code, tree), ("current", CURRENT, REPO)):
                 seconds = run_side(code, where, args.data_dir, args.rounds)
                 results[side].append(statistics.median(seconds[1:]))
-                print(f"repeat {repeat + 1}: {side:<8} {results[side][-1]:.3f} s/round (median of rounds 2..{args.rounds})",
-                      flush=True)
+                print(
+                    f"repeat {repeat + 1}: {side:<8} {results[side][-1]:.3f} s/round (median of rounds "
+                    f"2..{args.rounds})",
+                    flush=True,
+                )
     finally:
         subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
         shutil.rmtree(tree, ignore_errors=True)
     summary = {side: {"runs_s_per_round": runs, "mean": statistics.mean(runs)} for side, runs in results.items()}
     ratio = summary["current"]["mean"] / summary["earlier"]["mean"]
-    print(f"mean s/round: earlier {summary['earlier']['mean']:.3f}, current {summary['current']['mean']:.3f} "
-          f"(current / earlier = {ratio:.3f})")
-    write_results(args.out, {"commit": git_commit(), "earlier_commit": args.commit, "versions": versions(),
-                             "settings": vars(args), "results": summary, "current_over_earlier": ratio})
+    print(
+        f"mean s/round: earlier {summary['earlier']['mean']:.3f}, current {summary['current']['mean']:.3f} "
+        f"(current / earlier = {ratio:.3f})"
+    )
+    write_results(
+        args.out,
+        {
+            "commit": git_commit(),
+            "earlier_commit": args.commit,
+            "versions": versions(),
+            "settings": vars(args),
+            "results": summary,
+            "current_over_earlier": ratio,
+        },
+    )
     return 0
 
 

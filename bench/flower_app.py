@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 import torch
+from cifar10_app.task import initial_model
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -34,8 +35,6 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize, ToTensor
-
-from cifar10_app.task import initial_model
 
 TRANSFORMS = Compose([ToTensor(), Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
 CENTRAL_EVAL_BATCH = 128  # the template's central test loader batch size

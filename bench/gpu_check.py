@@ -44,8 +44,9 @@ CONFIGS = {
 
 def smi(query: str) -> list[list[str]]:
     """Rows of an nvidia-smi CSV query (no header, no units)."""
-    out = subprocess.run(["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30
+    ).stdout
     return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
 
 
@@ -78,9 +79,23 @@ def run_config(name: str, flags: dict, args) -> dict:
     before = used_mib()
     poller = Poller()
     with tempfile.TemporaryDirectory(prefix=f"gpu-check-{name}-") as out:
-        cmd = [sys.executable, "-m", "fl_core", "--dataset", "synthetic", "--synthetic-size", "20000",
-               "--pool-size", "40", "--fraction-train", "0.5", "--num-server-rounds", str(args.rounds),
-               "--checkpoint-dir", out] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "20000",
+            "--pool-size",
+            "40",
+            "--fraction-train",
+            "0.5",
+            "--num-server-rounds",
+            str(args.rounds),
+            "--checkpoint-dir",
+            out,
+        ] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
         # Every worker's device line, not Ray's "repeated 3x across cluster" in their place.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
         poller.start()
@@ -108,10 +123,20 @@ def run_config(name: str, flags: dict, args) -> dict:
         "no_process_of_the_run_left_on_gpu": None if seen is None else not (set(left) & (set(workers) | {server})),
         "memory_back_within_64_MiB": after - before <= 64,
     }
-    return {"flags": flags, "wall_s": wall, "returncode": proc.returncode, "server_pid": server,
-            "device_lines": {str(k): v for k, v in lines.items()}, "expected_client_workers": expected,
-            "gpu_mib_per_process": {str(k): v for k, v in poller.per_pid.items()}, "used_mib_before": before,
-            "used_mib_peak": poller.peak_used, "used_mib_after": after, "processes_left": left, "checks": checks}
+    return {
+        "flags": flags,
+        "wall_s": wall,
+        "returncode": proc.returncode,
+        "server_pid": server,
+        "device_lines": {str(k): v for k, v in lines.items()},
+        "expected_client_workers": expected,
+        "gpu_mib_per_process": {str(k): v for k, v in poller.per_pid.items()},
+        "used_mib_before": before,
+        "used_mib_peak": poller.peak_used,
+        "used_mib_after": after,
+        "processes_left": left,
+        "checks": checks,
+    }
 
 
 def main(argv=None) -> int:
@@ -128,9 +153,12 @@ def main(argv=None) -> int:
         payload["configs"][name] = result
         write_results(args.out, payload)
         ok &= all(v is not False for v in result["checks"].values())
-        print(f"gpu_check {name}: {result['wall_s']:.1f} s; MiB per process {result['gpu_mib_per_process']}; "
-              f"device used {result['used_mib_before']} -> peak {result['used_mib_peak']} -> "
-              f"{result['used_mib_after']} MiB; checks {result['checks']}", flush=True)
+        print(
+            f"gpu_check {name}: {result['wall_s']:.1f} s; MiB per process {result['gpu_mib_per_process']}; "
+            f"device used {result['used_mib_before']} -> peak {result['used_mib_peak']} -> "
+            f"{result['used_mib_after']} MiB; checks {result['checks']}",
+            flush=True,
+        )
     return 0 if ok else 1
 
 

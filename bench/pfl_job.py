@@ -51,12 +51,15 @@ class PflNet(Net):
         """Summed loss and correct predictions of a batch, weighted by its size (pfl adds them over batches)."""
         self.eval() if eval else self.train()
         logits = self(x)
-        return {"loss": Weighted(F.cross_entropy(logits, y, reduction="sum").item(), len(y)),
-                "accuracy": Weighted((logits.argmax(1) == y).sum().item(), len(y))}
+        return {
+            "loss": Weighted(F.cross_entropy(logits, y, reduction="sum").item(), len(y)),
+            "accuracy": Weighted((logits.argmax(1) == y).sum().item(), len(y)),
+        }
 
 
 def read_cifar(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels) from the pickled batches; images uint8 NCHW."""
+
     def read(name):
         with open(os.path.join(folder, name), "rb") as f:
             batch = pickle.load(f, encoding="latin1")
@@ -116,9 +119,19 @@ class RoundClock(TrainingProcessCallback):
 def main() -> int:
     """Build the federated data, model and FedAvg from the flags and run it."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for flag, kind in (("data-dir", str), ("clients", int), ("per-client", int), ("cohort", int), ("epochs", int),
-                       ("batch-size", int), ("lr", float), ("rounds", int), ("eval-every", int),
-                       ("eval-batch-size", int), ("seed", int)):
+    for flag, kind in (
+        ("data-dir", str),
+        ("clients", int),
+        ("per-client", int),
+        ("cohort", int),
+        ("epochs", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("rounds", int),
+        ("eval-every", int),
+        ("eval-batch-size", int),
+        ("seed", int),
+    ):
         p.add_argument(f"--{flag}", type=kind, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)  # one thread a process, one process a core (FIELD-NOTES: oversubscription)
@@ -129,30 +142,47 @@ def main() -> int:
     train_x, train_y, test_x, test_y = read_cifar(os.path.join(args.data_dir, "cifar-10-batches-py"))
     order = np.random.default_rng(args.seed).permutation(len(train_y))[: args.clients * args.per_client]
     images, labels = to_tensor(train_x[order]), torch.from_numpy(train_y[order])
-    users = {u: [images[u * args.per_client:(u + 1) * args.per_client],
-                 labels[u * args.per_client:(u + 1) * args.per_client]] for u in range(args.clients)}
+    users = {
+        u: [
+            images[u * args.per_client : (u + 1) * args.per_client],
+            labels[u * args.per_client : (u + 1) * args.per_client],
+        ]
+        for u in range(args.clients)
+    }
     # minimize_reuse: no client twice in a cohort (pfl's documented choice; fedsweep samples without replacement too).
     train_data = FederatedDataset.from_slices(users, get_user_sampler("minimize_reuse", list(range(args.clients))))
     central = Dataset(raw_data=[to_tensor(test_x), torch.from_numpy(test_y)])
 
     net = PflNet()
     net.load_state_dict(initial_model(args.seed).state_dict())
-    model = PyTorchModel(model=net, local_optimizer_create=torch.optim.SGD,  # plain SGD: momentum 0, no decay
-                         central_optimizer=torch.optim.SGD(net.parameters(), lr=1.0))  # FedAvg: apply the mean delta
+    model = PyTorchModel(
+        model=net,
+        local_optimizer_create=torch.optim.SGD,  # plain SGD: momentum 0, no decay
+        central_optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+    )  # FedAvg: apply the mean delta
     # val_data is required but unused: no validation cohorts.
     backend = SimulatedBackend(training_data=train_data, val_data=train_data, postprocessors=[WeightByDatapoints()])
     eval_params = NNEvalHyperParams(local_batch_size=args.eval_batch_size)
-    params = NNAlgorithmParams(central_num_iterations=args.rounds,
-                               # pfl scores each trained user before and after training in "evaluation" rounds:
-                               # only round 1 here (skipped in the medians), as the job has no federated evaluation.
-                               evaluation_frequency=args.rounds + 1,
-                               train_cohort_size=args.cohort, val_cohort_size=0)
+    params = NNAlgorithmParams(
+        central_num_iterations=args.rounds,
+        # pfl scores each trained user before and after training in "evaluation" rounds:
+        # only round 1 here (skipped in the medians), as the job has no federated evaluation.
+        evaluation_frequency=args.rounds + 1,
+        train_cohort_size=args.cohort,
+        val_cohort_size=0,
+    )
     callbacks = [CentralEvaluation(central, eval_params, args.eval_every, args.rounds), RoundClock()]
-    FederatedAveraging().run(algorithm_params=params, backend=backend, model=model,
-                             model_train_params=NNTrainHyperParams(local_learning_rate=args.lr,
-                                                                   local_num_epochs=args.epochs,
-                                                                   local_batch_size=args.batch_size),
-                             model_eval_params=eval_params, callbacks=callbacks, send_metrics_to_platform=False)
+    FederatedAveraging().run(
+        algorithm_params=params,
+        backend=backend,
+        model=model,
+        model_train_params=NNTrainHyperParams(
+            local_learning_rate=args.lr, local_num_epochs=args.epochs, local_batch_size=args.batch_size
+        ),
+        model_eval_params=eval_params,
+        callbacks=callbacks,
+        send_metrics_to_platform=False,
+    )
     return 0
 
 

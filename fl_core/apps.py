@@ -83,8 +83,9 @@ class FlowerApp:
             return load_app(reference, ConfigError, self.directory)
         except (ImportError, ConfigError) as exc:  # Flower's ConfigError goes on with a paragraph on the form
             reason = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"cannot import [tool.fedsweep] {key} {reference} of {self.directory}: "
-                              f"{reason}") from None
+            raise ConfigError(
+                f"cannot import [tool.fedsweep] {key} {reference} of {self.directory}: {reason}"
+            ) from None
 
     def check(self, run_config: dict, num_partitions: int) -> None:
         """Run the app's own run-config check, if it declares one; ConfigError with its message."""
@@ -119,9 +120,11 @@ class FlowerApp:
         if result.num_partitions != num_partitions:
             raise ConfigError(f"{where} made {result.num_partitions} partitions for a run of {num_partitions} nodes")
         if self.partition_by not in result.dataset.column_names:
-            raise ConfigError(f"{where}: its dataset has no column {self.partition_by!r} (columns: "
-                              f"{', '.join(result.dataset.column_names)}); name the label column with "
-                              "[tool.fedsweep] partition-by")
+            raise ConfigError(
+                f"{where}: its dataset has no column {self.partition_by!r} (columns: "
+                f"{', '.join(result.dataset.column_names)}); name the label column with "
+                "[tool.fedsweep] partition-by"
+            )
         return result
 
 
@@ -146,11 +149,12 @@ def load_app_folder(directory: str | None) -> FlowerApp:
         raise ConfigError(f"--app {folder}: [tool.fedsweep] resume-may-change must be a list of run-config keys")
     hook = ours.get("partitioner")
     if hook is not None and not (isinstance(hook, str) and all(hook.partition(":")[::2])):
-        raise ConfigError(f"--app {folder}: [tool.fedsweep] partitioner must be \"module:function\", got {hook!r}")
+        raise ConfigError(f'--app {folder}: [tool.fedsweep] partitioner must be "module:function", got {hook!r}')
     partition_by = ours.get("partition-by", DEFAULT_PARTITION_BY)
     if not isinstance(partition_by, str) or not partition_by:
-        raise ConfigError(f"--app {folder}: [tool.fedsweep] partition-by must name the label column, "
-                          f"got {partition_by!r}")
+        raise ConfigError(
+            f"--app {folder}: [tool.fedsweep] partition-by must name the label column, got {partition_by!r}"
+        )
     return FlowerApp(
         directory=folder,
         name=str(project["project"]["name"]),
@@ -172,8 +176,10 @@ def parse_run_config(texts: list[str]) -> dict:
     for text in texts:  # Flower's parser skips what is not KEY=VALUE: refuse it instead
         rest = [] if text.endswith(".toml") else _PAIR.sub(" ", text).split()
         if rest:
-            raise ConfigError(f"--run-config {text!r}: {rest[0]!r} is not KEY=VALUE; write overrides as "
-                              "'key1=123 key2=0.5 key3=\"text\"'")
+            raise ConfigError(
+                f"--run-config {text!r}: {rest[0]!r} is not KEY=VALUE; write overrides as "
+                "'key1=123 key2=0.5 key3=\"text\"'"
+            )
     try:
         return parse_config_args(list(texts))
     except Exception as exc:  # click's exception for bad TOML values, OSError for a missing .toml file
@@ -220,12 +226,14 @@ def coerce(key: str, value, default, what: str = "run-config key"):
             raise ValueError
         return value.strip() if kind is str else value
     except (TypeError, ValueError):
-        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            kind, kind.__name__
+        )
         raise ConfigError(f"{what} {key} expects {expected}, got {value!r}") from None
 
 
 def bind_seed(app: FlowerApp, run_config: dict, seed: int) -> dict:
-    """The run config with the app's run-config key `seed` (if it has one) set to the engine's seed: one seed per run."""
+    """The run config with the app's run-config key `seed` (if it has one) set to the engine's seed: one per run."""
     return {**run_config, "seed": seed} if "seed" in app.defaults else dict(run_config)
 
 

@@ -85,8 +85,9 @@ class ProgressPrinter(Callback):
         # From round times only: start-up (Ray workers, data) would inflate the first estimates.
         self._round_seconds += m["seconds"]
         # Values carried from an earlier round (--central-eval-every) were not measured now: not shown.
-        values = "  ".join(f"{_short(k)} {v:.4f}" for k, v in model_metrics(m).items()
-                           if scored_round(m, k) == m["round"])
+        values = "  ".join(
+            f"{_short(k)} {v:.4f}" for k, v in model_metrics(m).items() if scored_round(m, k) == m["round"]
+        )
         total = "" if event.num_rounds is None else f"/{event.num_rounds}"
         eta = ""
         if event.num_rounds is not None:
@@ -94,8 +95,10 @@ class ProgressPrinter(Callback):
             eta = f"  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
         faults = [f"{k.replace('_', ' ')} {m[k]}" for k in ("retries", "train_dropped", "fed_dropped") if m.get(k)]
         faults_note = f"  ({', '.join(faults)})" if faults else ""
-        self.print(f"round {event.round:>3}{total}  {values}  {m['seconds']:.2f} s  "
-                   f"{m.get('samples_per_s', 0):,.0f} samples/s{eta}{faults_note}")
+        self.print(
+            f"round {event.round:>3}{total}  {values}  {m['seconds']:.2f} s  "
+            f"{m.get('samples_per_s', 0):,.0f} samples/s{eta}{faults_note}"
+        )
 
     def on_run_end(self, event: RunEnd) -> None:
         """Print the final summary."""
@@ -105,13 +108,17 @@ class ProgressPrinter(Callback):
             pick = min if "loss" in metric else max  # as tune_search's default --mode
             best = pick((m for m in event.history if metric in m), key=lambda m: m[metric])
             name = "test accuracy" if metric == "central_accuracy" else metric
-            line += (f"; final {name} {event.history[-1][metric]:.4f} "
-                     f"(best {best[metric]:.4f} at round {scored_round(best, metric)})")
+            line += (
+                f"; final {name} {event.history[-1][metric]:.4f} "
+                f"(best {best[metric]:.4f} at round {scored_round(best, metric)})"
+            )
         self.print(line)
         ce = event.client_evaluation
         for metric, stats in ce.get("stats", {}).items():
-            self.print(f"per-client {metric} over {ce['num_clients']} clients: mean {stats['mean']:.4f}  "
-                       f"min {stats['min']:.4f}  p10 {stats['p10']:.4f}  max {stats['max']:.4f}")
+            self.print(
+                f"per-client {metric} over {ce['num_clients']} clients: mean {stats['mean']:.4f}  "
+                f"min {stats['min']:.4f}  p10 {stats['p10']:.4f}  max {stats['max']:.4f}"
+            )
 
 
 class CheckpointWriter(Callback):
@@ -169,8 +176,13 @@ def round_values(metrics: dict) -> dict:
     """The finite numbers of a round's metrics for a tracker: the round and central_round left out (they are the
     step), and a model metric carried from an earlier round (--central-eval-every) left out too."""
     model = model_metrics(metrics)
-    return finite_numbers({k: v for k, v in metrics.items() if k not in ("round", CENTRAL_ROUND)
-                           and (k not in model or scored_round(metrics, k) == metrics["round"])})
+    return finite_numbers(
+        {
+            k: v
+            for k, v in metrics.items()
+            if k not in ("round", CENTRAL_ROUND) and (k not in model or scored_round(metrics, k) == metrics["round"])
+        }
+    )
 
 
 def last_round(event: RunEnd) -> int:
@@ -180,8 +192,11 @@ def last_round(event: RunEnd) -> int:
 
 def finite_numbers(values: dict) -> dict:
     """The finite numbers of `values` as floats (bools and anything else left out)."""
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 class TensorBoardWriter(Callback):

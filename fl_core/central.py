@@ -33,8 +33,12 @@ from fl_core.failures import FailureReporter, raise_first_failure
 class ShardedEvaluation:
     """A central evaluation in fixed shards, which fedsweep spreads over the client workers."""
 
-    def __init__(self, evaluate_shard: Callable[[int, ArrayRecord, int], dict], num_shards: int,
-                 combine: Callable[[list[dict]], MetricRecord]) -> None:
+    def __init__(
+        self,
+        evaluate_shard: Callable[[int, ArrayRecord, int], dict],
+        num_shards: int,
+        combine: Callable[[list[dict]], MetricRecord],
+    ) -> None:
         """`evaluate_shard(server_round, arrays, shard)` scores shard 0 .. num_shards-1 of the model `arrays` and
         returns plain numbers (sums, counts).
 
@@ -60,7 +64,9 @@ def is_due(server_round: int, num_rounds: int, every: int) -> bool:
 
 def run_shards(evaluate_shard, server_round: int, arrays: ArrayRecord, shards: list[int], seeds: list[int]) -> list:
     """`evaluate_shard` on each of `shards` in this process, the global generators seeded with its seed first."""
-    return [seeding.seeded_call(seed, evaluate_shard, server_round, arrays, shard) for shard, seed in zip(shards, seeds)]
+    return [
+        seeding.seeded_call(seed, evaluate_shard, server_round, arrays, shard) for shard, seed in zip(shards, seeds)
+    ]
 
 
 def place(settings, workers: int, server_threads: int) -> str:
@@ -83,11 +89,14 @@ def evaluate(run, evaluate_fn, server_round: int, arrays: ArrayRecord) -> Metric
     if not isinstance(evaluate_fn, ShardedEvaluation):
         with run.seeded(server_round, seeding.CENTRAL):
             return evaluate_fn(server_round, arrays)
-    seeds = [seeding.derive_seed(run.settings.seed, server_round, seeding.CENTRAL, shard)
-             for shard in range(evaluate_fn.num_shards)]
+    seeds = [
+        seeding.derive_seed(run.settings.seed, server_round, seeding.CENTRAL, shard)
+        for shard in range(evaluate_fn.num_shards)
+    ]
     if run.central_on == "server":
-        results = run_shards(evaluate_fn.evaluate_shard, server_round, arrays, list(range(evaluate_fn.num_shards)),
-                             seeds)
+        results = run_shards(
+            evaluate_fn.evaluate_shard, server_round, arrays, list(range(evaluate_fn.num_shards)), seeds
+        )
     else:
         results = _on_workers(run.grid, evaluate_fn, arrays, seeds, server_round)
     return evaluate_fn.combine(results)
@@ -97,6 +106,10 @@ def _on_workers(grid, sharded: ShardedEvaluation, arrays: ArrayRecord, seeds: li
     """The shards' results, in shard order, computed by the pool's live workers side by side (contiguous groups)."""
     name = f"shard {{}} of {sharded.num_shards}, round {server_round}".format
     report = FailureReporter("central evaluation", name, grid.pool.retries, "the run stops after {attempts} attempt(s)")
-    results = grid.pool.run(list(zip(range(sharded.num_shards), seeds)), report, method="apply",
-                            common=(sharded.evaluate_shard, server_round, arrays))
+    results = grid.pool.run(
+        list(zip(range(sharded.num_shards), seeds)),
+        report,
+        method="apply",
+        common=(sharded.evaluate_shard, server_round, arrays),
+    )
     return raise_first_failure(results, lambda shard: f"central evaluation of {name(shard)}")

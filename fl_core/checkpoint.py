@@ -78,8 +78,12 @@ class _Encoder:
             return {"bytes": self._array(np.frombuffer(value, dtype=np.uint8))}
         if isinstance(value, ArrayRecord):
             return {"ArrayRecord": [[k, self._array(a.numpy())] for k, a in value.items()]}
-        for tag, kind in (("MetricRecord", MetricRecord), ("ConfigRecord", ConfigRecord), ("RecordDict", RecordDict),
-                          ("StrategyState", StrategyState)):
+        for tag, kind in (
+            ("MetricRecord", MetricRecord),
+            ("ConfigRecord", ConfigRecord),
+            ("RecordDict", RecordDict),
+            ("StrategyState", StrategyState),
+        ):
             if isinstance(value, kind):
                 return {tag: [[k, self.encode(v)] for k, v in value.items()]}
         if isinstance(value, (list, tuple)):
@@ -95,7 +99,7 @@ def _decode(value, arrays):
         return value
     if isinstance(value, list) or not isinstance(value, dict) or len(value) != 1:
         raise ValueError(f"unexpected entry {str(value)[:80]!r}")
-    (tag, body), = value.items()
+    ((tag, body),) = value.items()
     if tag == "ndarray":
         return arrays[body]
     if tag == "scalar":
@@ -104,8 +108,12 @@ def _decode(value, arrays):
         return arrays[body].tobytes()
     if tag == "ArrayRecord":
         return ArrayRecord({k: Array(arrays[key]) for k, key in body})
-    records = {"MetricRecord": MetricRecord, "ConfigRecord": ConfigRecord, "RecordDict": RecordDict,
-               "StrategyState": StrategyState}
+    records = {
+        "MetricRecord": MetricRecord,
+        "ConfigRecord": ConfigRecord,
+        "RecordDict": RecordDict,
+        "StrategyState": StrategyState,
+    }
     if tag in records:
         return records[tag]({k: _decode(v, arrays) for k, v in body})
     if tag in ("list", "tuple"):
@@ -236,17 +244,33 @@ def load_checkpoint(path: str) -> ServerState:
             if not all(isinstance(row, dict) for row in history):
                 raise ValueError("history rows must be objects")
             state = ServerState(
-                round=_typed(meta, "round", int), arrays=arrays, strategy=_typed(meta, "strategy", str),
-                strategy_state=strategy_state, node_states=node_states, history=history,
-                app=_typed(meta, "app", str), app_dir=_typed(meta, "app_dir", str), run_config=_typed(meta, "run_config", dict),
-                settings=_check_settings(_typed(meta, "settings", dict)), extra=_typed(meta, "extra", dict),
+                round=_typed(meta, "round", int),
+                arrays=arrays,
+                strategy=_typed(meta, "strategy", str),
+                strategy_state=strategy_state,
+                node_states=node_states,
+                history=history,
+                app=_typed(meta, "app", str),
+                app_dir=_typed(meta, "app_dir", str),
+                run_config=_typed(meta, "run_config", dict),
+                settings=_check_settings(_typed(meta, "settings", dict)),
+                extra=_typed(meta, "extra", dict),
             )
             if state.round < 1:
                 raise ValueError(f"round {state.round}")
     except CheckpointError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile,
-            UnicodeDecodeError) as exc:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+    ) as exc:
         raise CheckpointError(f"checkpoint {file} is corrupt or not a fedsweep checkpoint ({exc})") from None
     return state
 
@@ -254,12 +278,15 @@ def load_checkpoint(path: str) -> ServerState:
 def check_app(state: ServerState, app) -> None:
     """Refuse to resume `state` with another app, or one that cannot take the checkpoint's run config."""
     if state.app != app.name:
-        raise CheckpointError(f"the checkpoint is of app {state.app!r}, not {app.name!r}: resume it with --app of that app")
+        raise CheckpointError(
+            f"the checkpoint is of app {state.app!r}, not {app.name!r}: resume it with --app of that app"
+        )
     try:
         fuse_run_config(app, state.run_config, "its run config")
     except ConfigError as exc:
-        raise CheckpointError(f"the checkpoint does not fit app {app.name}: {exc}; resume it with the version of the "
-                              "app that made it") from None
+        raise CheckpointError(
+            f"the checkpoint does not fit app {app.name}: {exc}; resume it with the version of the app that made it"
+        ) from None
 
 
 def check_resume(state: ServerState, app, run_config: dict, settings) -> list[str]:
@@ -274,16 +301,24 @@ def check_resume(state: ServerState, app, run_config: dict, settings) -> list[st
     differing = [k for k in keys if state.run_config.get(k) != run_config.get(k) and k not in app.resume_may_change]
     differing += [k for k in RESUME_FIXED_SETTINGS if state.settings.get(k) != getattr(settings, k)]
     if differing:
-        detail = ", ".join(f"{k}: checkpoint {_value(state, k)!r} vs now {_current(run_config, settings, k)!r}"
-                           for k in differing)
-        raise CheckpointError(f"the checkpoint was made with other settings ({detail}); resume it with its own settings")
+        detail = ", ".join(
+            f"{k}: checkpoint {_value(state, k)!r} vs now {_current(run_config, settings, k)!r}" for k in differing
+        )
+        raise CheckpointError(
+            f"the checkpoint was made with other settings ({detail}); resume it with its own settings"
+        )
     rounds = run_config.get(ROUNDS_KEY)
     if isinstance(rounds, int) and state.round > rounds:
-        raise CheckpointError(f"the checkpoint is of round {state.round}, past {ROUNDS_KEY} {rounds}: resume it with "
-                              f"--{ROUNDS_KEY} {state.round} or more")
-    return [f"{k} changed from {state.settings.get(k)} to {getattr(settings, k)}: the results from here on are not "
-            "bit-identical to an uninterrupted run (other thread counts sum in another order)"
-            for k in THREAD_SETTINGS if k in state.settings and state.settings[k] != getattr(settings, k)]
+        raise CheckpointError(
+            f"the checkpoint is of round {state.round}, past {ROUNDS_KEY} {rounds}: resume it with "
+            f"--{ROUNDS_KEY} {state.round} or more"
+        )
+    return [
+        f"{k} changed from {state.settings.get(k)} to {getattr(settings, k)}: the results from here on are not "
+        "bit-identical to an uninterrupted run (other thread counts sum in another order)"
+        for k in THREAD_SETTINGS
+        if k in state.settings and state.settings[k] != getattr(settings, k)
+    ]
 
 
 def _value(state: ServerState, key: str):

@@ -20,8 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
-from fl_core.settings import (SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources,
-                              setting_type)
+from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources, setting_type
 from fl_core.tracking import add_tracking_flags
 
 PROG = "python -m fl_core"
@@ -89,32 +88,60 @@ def _flag(name: str) -> str:
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every invocation has: app, run config, output, resume, cluster, engine."""
-    parser.add_argument("--app", metavar="DIR", help="Flower app folder (its pyproject.toml); default: the built-in "
-                        "CIFAR-10 app, apps/cifar10")
-    parser.add_argument("--run-config", action="append", default=[], metavar="'K=V ...'",
-                        help="run-config overrides as `flwr run --run-config` takes them (repeatable)")
-    parser.add_argument("--checkpoint-dir", help="folder for the checkpoint and metrics (default: results/run-<time>, "
-                        "or the resumed checkpoint's folder)")
-    parser.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (file or its folder); "
-                        "settings and run config default to the checkpoint's")
-    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="rounds between checkpoints; the last "
-                        "round always has one. A killed run redoes at most N-1 rounds, with the same results "
-                        "(default 1)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set (as in a Ray Job), "
-                        "else start a local Ray in-process")
-    parser.add_argument("--engine", choices=("fedsweep", "flower"), default="fedsweep",
-                        help="flower: run the app under Flower's own simulation engine instead, for comparison "
-                        "(no checkpoints, no resume)")
+    parser.add_argument(
+        "--app",
+        metavar="DIR",
+        help="Flower app folder (its pyproject.toml); default: the built-in CIFAR-10 app, apps/cifar10",
+    )
+    parser.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="'K=V ...'",
+        help="run-config overrides as `flwr run --run-config` takes them (repeatable)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="folder for the checkpoint and metrics (default: results/run-<time>, or the resumed checkpoint's folder)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a checkpoint (file or its folder); settings and run config default to the checkpoint's",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="rounds between checkpoints; the last "
+        "round always has one. A killed run redoes at most N-1 rounds, with the same results "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join this Ray cluster (e.g. auto); default: $RAY_ADDRESS when set (as in a Ray Job), "
+        "else start a local Ray in-process",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("fedsweep", "flower"),
+        default="fedsweep",
+        help="flower: run the app under Flower's own simulation engine instead, for comparison "
+        "(no checkpoints, no resume)",
+    )
     add_tracking_flags(parser, "the run", "the app", "the run's folder")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
 
 
 def build_parser(app: FlowerApp) -> argparse.ArgumentParser:
     """Parser of the run flags, the engine settings and one flag per run-config key of `app`."""
-    parser = _Parser(prog=PROG, description="Run a Flower app with fedsweep's engine on Ray: a worker pool sized to "
-                     "the run, data shared through the object store, a checkpoint every round, exact resume.",
-                     argument_default=argparse.SUPPRESS)
+    parser = _Parser(
+        prog=PROG,
+        description="Run a Flower app with fedsweep's engine on Ray: a worker pool sized to "
+        "the run, data shared through the object store, a checkpoint every round, exact resume.",
+        argument_default=argparse.SUPPRESS,
+    )
     _run_flags(parser)
     engine = parser.add_argument_group("engine settings")
     defaults = RunSettings()
@@ -122,8 +149,16 @@ def build_parser(app: FlowerApp) -> argparse.ArgumentParser:
         kind, _ = setting_type(name)
         shown = "(see text)" if getattr(defaults, name) is None else getattr(defaults, name)
         engine.add_argument(_flag(name), type=kind, help=f"{SETTING_HELP[name]} (default: {shown})")
-    taken = {_flag(name) for name in SETTING_NAMES} | {"--app", "--run-config", "--checkpoint-dir", "--resume",
-                                                        "--checkpoint-every", "--address", "--engine", "--verbose"}
+    taken = {_flag(name) for name in SETTING_NAMES} | {
+        "--app",
+        "--run-config",
+        "--checkpoint-dir",
+        "--resume",
+        "--checkpoint-every",
+        "--address",
+        "--engine",
+        "--verbose",
+    }
     keys = parser.add_argument_group(f"run config of app {app.name} (same as --run-config KEY=VALUE)")
     for key, default in app.defaults.items():
         if "--" + key not in taken:
@@ -144,8 +179,14 @@ def prepare(argv: list[str]):
 
     Returns (app, run_config, settings, resume state or None, output folder, args).
     """
-    from fl_core.checkpoint import (CHECKPOINT_FILE, CheckpointError, check_app, check_resume, checkpoint_path,
-                                    load_checkpoint)
+    from fl_core.checkpoint import (
+        CHECKPOINT_FILE,
+        CheckpointError,
+        check_app,
+        check_resume,
+        checkpoint_path,
+        load_checkpoint,
+    )
 
     early = _pre_parse(argv)
     resume = load_checkpoint(early.resume) if early.resume is not None else None
@@ -157,8 +198,12 @@ def prepare(argv: list[str]):
     args, unknown = build_parser(app).parse_known_args(argv)
     if unknown:
         notes = [renamed(flag) for flag in unknown if flag.startswith("--") and renamed(flag)]
-        raise ConfigError("; ".join(notes) if notes else f"unrecognized arguments: {' '.join(unknown)} "
-                          f"(app {app.name} has no such run-config key; see {PROG} --help)")
+        raise ConfigError(
+            "; ".join(notes)
+            if notes
+            else f"unrecognized arguments: {' '.join(unknown)} "
+            f"(app {app.name} has no such run-config key; see {PROG} --help)"
+        )
     values = vars(args)
     overrides = parse_run_config(values["run_config"])
     overrides.update({k[3:]: v for k, v in values.items() if k.startswith("rc:")})
@@ -187,8 +232,9 @@ def prepare(argv: list[str]):
     else:
         out_dir = out_dir or os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S"))
         if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
-            raise ConfigError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
-                              "or pick another --checkpoint-dir")
+            raise ConfigError(
+                f"{out_dir} already holds a run: continue it with --resume {out_dir}, or pick another --checkpoint-dir"
+            )
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--checkpoint-dir {out_dir} is a file, not a folder")
     check_can_create(out_dir, "--checkpoint-dir")
@@ -285,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         where = f"resuming after round {resume.round}" if resume else "starting"
         print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
-        describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config,
-                    "settings": settings.to_dict()}
+        describe = {"app": app.name, "app_dir": app.directory, "run_config": run_config, "settings": settings.to_dict()}
         # The checkpoint first: with one every round, a round printed is a round saved. The trackers (MLflow,
         # W&B) last: they log the files the others write.
-        callbacks = [CheckpointWriter(out_dir, args["checkpoint_every"]), ProgressPrinter(),
-                     MetricsWriter(out_dir, describe), TensorBoardWriter(out_dir), MetricsPlotter(out_dir, app.name)]
+        callbacks = [
+            CheckpointWriter(out_dir, args["checkpoint_every"]),
+            ProgressPrinter(),
+            MetricsWriter(out_dir, describe),
+            TensorBoardWriter(out_dir),
+            MetricsPlotter(out_dir, app.name),
+        ]
         trackers = []
         if args.get("mlflow_experiment") or args.get("wandb_mode"):
             from fl_core.tracking import MlflowLogger, WandbLogger, run_params
@@ -317,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ClientAppError, NodeLostError) as exc:  # the fault policy stopped the run: say where to go on
             print(f"fl_core: run stopped: {exc}", file=sys.stderr)
             if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
-                print(f"fl_core: its last checkpoint is in {out_dir}: continue with {PROG} --resume {out_dir}",
-                      file=sys.stderr)
+                print(
+                    f"fl_core: its last checkpoint is in {out_dir}: continue with {PROG} --resume {out_dir}",
+                    file=sys.stderr,
+                )
             return 1
         finally:
             if owns_ray:

@@ -24,8 +24,9 @@ class CallFailure:
 
     def error(self, what: str) -> ClientAppError:
         """The error that stops the run, for the call described by `what`."""
-        return ClientAppError(f"{what} failed {self.attempts} time(s) ({self.kind}, last on {self.worker}):\n"
-                              f"{self.detail}")
+        return ClientAppError(
+            f"{what} failed {self.attempts} time(s) ({self.kind}, last on {self.worker}):\n{self.detail}"
+        )
 
 
 @dataclass
@@ -66,8 +67,9 @@ class FailureReporter:
         """Report one failed attempt of call `index` (the pool's report signature)."""
         outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
         first = detail.strip().splitlines()[-1] if detail.strip() else kind
-        print(f"fl_core: {self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}",
-              file=sys.stderr)
+        print(
+            f"fl_core: {self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}", file=sys.stderr
+        )
         if kind == "raised" and index not in self._shown:  # retries would repeat it
             self._shown.add(index)
             print(_indent(detail), file=sys.stderr)

@@ -24,7 +24,7 @@ class _ClientAppWithRunConfig(ClientApp):
         self.inner, self.run_config = inner, run_config
 
     def __call__(self, message, context):
-        """Run the wrapped ClientApp with the run config filled in (Flower refuses a Context whose run config changed)."""
+        """Run the wrapped ClientApp with the run config filled in (Flower refuses a Context whose config changed)."""
         original, context.run_config = context.run_config, dict(self.run_config)
         try:
             return self.inner(message, context)

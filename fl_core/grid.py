@@ -39,8 +39,11 @@ NODE_ID_OFFSET = 1000  # node ids are NODE_ID_OFFSET + partition-id (Flower's se
 
 
 # Flower's error code for a dropped call, by what its last attempt did.
-DROPPED_CODES = {"raised": ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "worker died": ErrorCode.CLIENT_APP_CRASHED,
-                 "timed out": ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
+DROPPED_CODES = {
+    "raised": ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+    "worker died": ErrorCode.CLIENT_APP_CRASHED,
+    "timed out": ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+}
 
 
 def message_round(message: Message) -> int | None:
@@ -56,9 +59,18 @@ def message_round(message: Message) -> int | None:
 class RayGrid(Grid):
     """Sends messages to the ClientApps hosted by a `WorkerPool`; holds every node's Context."""
 
-    def __init__(self, pool, *, num_nodes: int, run_config: dict, seed: int, run_id: int,
-                 node_states: dict[int, RecordDict] | None = None, on_client_failure: str = "abort",
-                 min_reply_share: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool,
+        *,
+        num_nodes: int,
+        run_config: dict,
+        seed: int,
+        run_id: int,
+        node_states: dict[int, RecordDict] | None = None,
+        on_client_failure: str = "abort",
+        min_reply_share: float = 0.5,
+    ) -> None:
         """Nodes NODE_ID_OFFSET .. +num_nodes-1; `node_states` restores states a checkpoint held."""
         self.pool = pool
         self.seed = seed
@@ -95,8 +107,9 @@ class RayGrid(Grid):
         """The run this grid operates in."""
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         """A new message (Flower deprecates this in favour of the `Message` constructor)."""
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
@@ -152,17 +165,20 @@ class RayGrid(Grid):
         server_round = message_round(message)
         if server_round is None:  # no round in the message: its position in the run keys it
             server_round = 1_000_000 + self._sent
-        return derive_seed(self.seed, server_round, message.metadata.dst_node_id,
-                           message_phase(message.metadata.message_type))
+        return derive_seed(
+            self.seed, server_round, message.metadata.dst_node_id, message_phase(message.metadata.message_type)
+        )
 
     def _execute(self, message_ids: list[str]) -> None:
         """Run the pushed messages on the pool; store replies and node states, applying the failure policy."""
         messages = [self._pushed.pop(i) for i in message_ids]
         items = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
 
-        final = ("dropped from the round after {attempts} attempt(s) (--on-client-failure drop)"
-                 if self.on_client_failure == "drop" else
-                 "the run stops after {attempts} attempt(s) (--on-client-failure abort)")
+        final = (
+            "dropped from the round after {attempts} attempt(s) (--on-client-failure drop)"
+            if self.on_client_failure == "drop"
+            else "the run stops after {attempts} attempt(s) (--on-client-failure abort)"
+        )
         report = FailureReporter("client", lambda i: describe(messages[i]), self.pool.retries, final)
         results = self.pool.run(items, report, sizes=[self._sizes.get(_work_key(m)) for m in messages])
         ok = 0
@@ -171,8 +187,9 @@ class RayGrid(Grid):
             if isinstance(result, CallFailure):
                 if self.on_client_failure != "drop":
                     raise result.error(f"the ClientApp of {describe(message)}")
-                reply = Message(Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"),
-                                reply_to=message)
+                reply = Message(
+                    Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"), reply_to=message
+                )
             else:
                 reply, self.contexts[node_id].state = result
                 ok += not reply.has_error()
@@ -182,8 +199,10 @@ class RayGrid(Grid):
             reply.metadata.__dict__["_message_id"] = f"r{message.metadata.message_id}"
             self._replies[message.metadata.message_id] = reply
         if ok < self.min_reply_share * len(messages):
-            raise ClientAppError(f"only {ok} of {len(messages)} clients replied to {describe(messages[0], node=False)}, "
-                                 f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops")
+            raise ClientAppError(
+                f"only {ok} of {len(messages)} clients replied to {describe(messages[0], node=False)}, "
+                f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops"
+            )
 
 
 def num_examples(reply: Message) -> float | None:
@@ -211,4 +230,3 @@ def describe(message: Message, node: bool = True) -> str:
         return where
     node_id = message.metadata.dst_node_id
     return f"node {node_id} (partition-id {node_id - NODE_ID_OFFSET}), {where}"
-

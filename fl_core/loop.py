@@ -42,9 +42,16 @@ from fl_core.metrics import CENTRAL_ROUND, Phase, prefixed, round_row
 from fl_core.strategies import innermost, restore_strategy_state, strategy_state
 
 
-def start(strategy, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-          train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-          evaluate_fn=None) -> Result:
+def start(
+    strategy,
+    grid,
+    initial_arrays: ArrayRecord,
+    num_rounds: int = 3,
+    timeout: float = 3600,
+    train_config: ConfigRecord | None = None,
+    evaluate_config: ConfigRecord | None = None,
+    evaluate_fn=None,
+) -> Result:
     """Drop-in for `strategy.start(grid=grid, initial_arrays=..., ...)`: fedsweep runs the rounds when it hosts the app.
 
     Returns Flower's `Result`. After a resume it holds the rounds run in this
@@ -52,11 +59,25 @@ def start(strategy, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, time
     """
     run = running_here(grid)
     if run is None:
-        return strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
-                              train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
-    return run_rounds(run, strategy, initial_arrays, num_rounds, timeout,
-                      ConfigRecord() if train_config is None else train_config,
-                      ConfigRecord() if evaluate_config is None else evaluate_config, evaluate_fn)
+        return strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
+    return run_rounds(
+        run,
+        strategy,
+        initial_arrays,
+        num_rounds,
+        timeout,
+        ConfigRecord() if train_config is None else train_config,
+        ConfigRecord() if evaluate_config is None else evaluate_config,
+        evaluate_fn,
+    )
 
 
 def running_here(grid):
@@ -75,12 +96,20 @@ def strategy_start_runs_here():
     """
     flower_start = Strategy.start
 
-    def start_here(self, grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-                   train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-                   evaluate_fn=None) -> Result:
+    def start_here(
+        self,
+        grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+    ) -> Result:
         if running_here(grid) is None:
-            return flower_start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
-                                evaluate_fn)
+            return flower_start(
+                self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn
+            )
         return start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
 
     start_here.__doc__, start_here.__wrapped__ = flower_start.__doc__, flower_start
@@ -96,12 +125,15 @@ def check_same_model(saved: ArrayRecord, initial: ArrayRecord) -> None:
 
     (Not the dtypes: strategies may change them; Flower's FedAdam returns float64.)
     """
+
     def layout(record: ArrayRecord) -> list:
         return [(k, tuple(a.shape)) for k, a in record.items()]
 
     if layout(saved) != layout(initial):
-        raise CheckpointError("the checkpoint holds another model than the app builds (array names or shapes "
-                              "differ): resume it with the code that made it")
+        raise CheckpointError(
+            "the checkpoint holds another model than the app builds (array names or shapes "
+            "differ): resume it with the code that made it"
+        )
 
 
 def latest_central(history: list[dict], initial: MetricRecord | None) -> dict:
@@ -116,12 +148,22 @@ def latest_central(history: list[dict], initial: MetricRecord | None) -> dict:
     return {} if initial is None else {**prefixed("central_", initial), CENTRAL_ROUND: 0}
 
 
-def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, timeout: float,
-               train_config: ConfigRecord, evaluate_config: ConfigRecord, evaluate_fn) -> Result:
+def run_rounds(
+    run,
+    strategy,
+    initial_arrays: ArrayRecord,
+    num_rounds: int,
+    timeout: float,
+    train_config: ConfigRecord,
+    evaluate_config: ConfigRecord,
+    evaluate_fn,
+) -> Result:
     """The resumable loop over `strategy`'s rounds on `run`'s grid (see the module doc)."""
     if run.rounds_started:
-        raise RuntimeError("the ServerApp started its rounds twice (strategy.start or fl_core.start): fedsweep runs "
-                           "(and resumes) one start per run")
+        raise RuntimeError(
+            "the ServerApp started its rounds twice (strategy.start or fl_core.start): fedsweep runs "
+            "(and resumes) one start per run"
+        )
     run.rounds_started = True
     run.observer.active = False  # the loop reports the rounds itself
     grid = run.grid
@@ -130,8 +172,10 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
         saved = run.resume
         check_same_model(saved.arrays, initial_arrays)
         if saved.strategy != type(strategy).__name__:
-            raise CheckpointError(f"the checkpoint was made with strategy {saved.strategy}, the app now builds "
-                                  f"{type(strategy).__name__}: resume it with its own settings")
+            raise CheckpointError(
+                f"the checkpoint was made with strategy {saved.strategy}, the app now builds "
+                f"{type(strategy).__name__}: resume it with its own settings"
+            )
         restore_strategy_state(strategy, saved.strategy_state)
         arrays, first = saved.arrays, saved.round + 1
     else:
@@ -175,21 +219,43 @@ def run_rounds(run, strategy, initial_arrays: ArrayRecord, num_rounds: int, time
                 result.evaluate_metrics_serverapp[server_round] = scored
                 latest = {**prefixed("central_", scored), CENTRAL_ROUND: server_round}
         t3 = time.perf_counter()
-        metrics = round_row(server_round, train, fed, latest, retries=grid.failed_attempts - failed_before,
-                            seconds=t3 - t0, epochs=epochs, central_seconds=t3 - t2)
+        metrics = round_row(
+            server_round,
+            train,
+            fed,
+            latest,
+            retries=grid.failed_attempts - failed_before,
+            seconds=t3 - t0,
+            epochs=epochs,
+            central_seconds=t3 - t2,
+        )
         run.history.append(metrics)
         state = ServerState(
-            round=server_round, arrays=arrays, strategy=type(strategy).__name__,
-            strategy_state=strategy_state(strategy), node_states=grid.node_states(), history=list(run.history),
-            app=run.app.name, app_dir=run.app.directory, run_config=dict(run.run_config), settings=run.settings.to_dict(),
+            round=server_round,
+            arrays=arrays,
+            strategy=type(strategy).__name__,
+            strategy_state=strategy_state(strategy),
+            node_states=grid.node_states(),
+            history=list(run.history),
+            app=run.app.name,
+            app_dir=run.app.directory,
+            run_config=dict(run.run_config),
+            settings=run.settings.to_dict(),
         )
         run.round_done(server_round, num_rounds, first, metrics, state)
     return result
 
 
-def evaluate_all_nodes(grid, arrays: ArrayRecord, config: ConfigRecord | None = None, *, server_round: int = 0,
-                       weighted_by_key: str = "num-examples", arrayrecord_key: str = "arrays",
-                       configrecord_key: str = "config") -> dict:
+def evaluate_all_nodes(
+    grid,
+    arrays: ArrayRecord,
+    config: ConfigRecord | None = None,
+    *,
+    server_round: int = 0,
+    weighted_by_key: str = "num-examples",
+    arrayrecord_key: str = "arrays",
+    configrecord_key: str = "config",
+) -> dict:
     """Every node evaluates `arrays`; returns {"num_clients", "stats": {metric: {mean, min, p10, max}}, "per_client"}.
 
     `per_client` maps node ids (as strings) to each node's metrics. Nodes that
@@ -198,23 +264,30 @@ def evaluate_all_nodes(grid, arrays: ArrayRecord, config: ConfigRecord | None = 
     """
     content = ConfigRecord(dict(config or {}))
     content["server-round"] = server_round
-    messages = [Message(RecordDict({arrayrecord_key: arrays, configrecord_key: content}), node_id, MessageType.EVALUATE)
-                for node_id in grid.get_node_ids()]
+    messages = [
+        Message(RecordDict({arrayrecord_key: arrays, configrecord_key: content}), node_id, MessageType.EVALUATE)
+        for node_id in grid.get_node_ids()
+    ]
     run = running_here(grid)
-    with (run.observer.paused() if run is not None else _nothing()):
+    with run.observer.paused() if run is not None else _nothing():
         replies = grid.send_and_receive(messages)
     per_client = {}
     for reply in replies:
         if reply.has_error():
             continue
         record = next(iter(reply.content.metric_records.values()), {})
-        per_client[str(reply.metadata.src_node_id)] = {k: float(v) for k, v in record.items()
-                                                       if isinstance(v, (int, float)) and k != weighted_by_key}
+        per_client[str(reply.metadata.src_node_id)] = {
+            k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k != weighted_by_key
+        }
     stats = {}
     for metric in sorted({k for values in per_client.values() for k in values}):
         values = np.array([v[metric] for v in per_client.values() if metric in v])
-        stats[metric] = {"mean": float(values.mean()), "min": float(values.min()),
-                         "p10": float(np.percentile(values, 10)), "max": float(values.max())}
+        stats[metric] = {
+            "mean": float(values.mean()),
+            "min": float(values.min()),
+            "p10": float(np.percentile(values, 10)),
+            "max": float(values.max()),
+        }
     summary = {"num_clients": len(per_client), "stats": stats, "per_client": per_client}
     if run is not None:
         run.client_evaluation = summary

@@ -31,8 +31,12 @@ PROVENANCE_KEYS = (CENTRAL_ROUND,)
 
 def is_model_metric(key: str) -> bool:
     """Whether a round's key is a metric of the model (not a count or a timing)."""
-    return (key.startswith(MODEL_PREFIXES) and key not in COUNT_KEYS and key not in MACHINE_KEYS
-            and key not in PROVENANCE_KEYS)
+    return (
+        key.startswith(MODEL_PREFIXES)
+        and key not in COUNT_KEYS
+        and key not in MACHINE_KEYS
+        and key not in PROVENANCE_KEYS
+    )
 
 
 def scored_round(rounds, key: str):
@@ -44,13 +48,18 @@ def scored_round(rounds, key: str):
 
 def model_metrics(metrics: dict) -> dict:
     """The metrics of a round that describe the model: central_*, then fed_*, then train_*."""
-    return {k: v for prefix in MODEL_PREFIXES for k, v in metrics.items() if k.startswith(prefix) and is_model_metric(k)}
+    return {
+        k: v for prefix in MODEL_PREFIXES for k, v in metrics.items() if k.startswith(prefix) and is_model_metric(k)
+    }
 
 
 def client_evaluation_metrics(client_evaluation: dict) -> dict:
     """The all-node evaluation's statistics (fl_core.evaluate_all_nodes) as flat metrics."""
-    return {f"{CLIENTS_PREFIX}{metric}_{stat}": value
-            for metric, stats in client_evaluation.get("stats", {}).items() for stat, value in stats.items()}
+    return {
+        f"{CLIENTS_PREFIX}{metric}_{stat}": value
+        for metric, stats in client_evaluation.get("stats", {}).items()
+        for stat, value in stats.items()
+    }
 
 
 def prefixed(prefix: str, record) -> dict:
@@ -92,13 +101,33 @@ class Phase:
         return cls(prefixed(prefix, record), clients, len(replies) - clients, samples, seconds)
 
 
-def round_row(server_round: int, train: Phase, fed: Phase, central: dict, *, retries: int, seconds: float,
-              epochs: float, central_seconds: float | None = None) -> dict:
+def round_row(
+    server_round: int,
+    train: Phase,
+    fed: Phase,
+    central: dict,
+    *,
+    retries: int,
+    seconds: float,
+    epochs: float,
+    central_seconds: float | None = None,
+) -> dict:
     """One round's metrics, as metrics.csv, the callbacks and Tune get them (central_seconds where it was timed)."""
-    row = {"round": server_round, **train.metrics, **fed.metrics, **central,
-           "train_clients": train.clients, "fed_clients": fed.clients, "train_samples": train.samples,
-           "train_dropped": train.dropped, "fed_dropped": fed.dropped, "retries": retries,
-           "seconds": seconds, "train_seconds": train.seconds, "fed_seconds": fed.seconds}
+    row = {
+        "round": server_round,
+        **train.metrics,
+        **fed.metrics,
+        **central,
+        "train_clients": train.clients,
+        "fed_clients": fed.clients,
+        "train_samples": train.samples,
+        "train_dropped": train.dropped,
+        "fed_dropped": fed.dropped,
+        "retries": retries,
+        "seconds": seconds,
+        "train_seconds": train.seconds,
+        "fed_seconds": fed.seconds,
+    }
     if central_seconds is not None:
         row["central_seconds"] = central_seconds
     row["samples_per_s"] = train.samples * epochs / train.seconds if train.seconds else 0.0

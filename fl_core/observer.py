@@ -21,13 +21,17 @@ def own_loop_note() -> str:
     while frame is not None and not isinstance(frame.f_locals.get("self"), Strategy):
         frame = frame.f_back
     if frame is None:
-        return ("the ServerApp sends its round messages itself, not through a Flower strategy's start, so this run "
-                "has no checkpoints, no --resume and no central metrics; fedsweep runs and checkpoints the rounds "
-                "of strategy.start(grid=grid, ...) or fl_core.start(strategy, grid, ...)")
+        return (
+            "the ServerApp sends its round messages itself, not through a Flower strategy's start, so this run "
+            "has no checkpoints, no --resume and no central metrics; fedsweep runs and checkpoints the rounds "
+            "of strategy.start(grid=grid, ...) or fl_core.start(strategy, grid, ...)"
+        )
     name = type(frame.f_locals["self"]).__name__
-    return (f"strategy {name} overrides Strategy.start with its own round loop, so this run has no checkpoints, "
-            f"no --resume and no central metrics; to have fedsweep run and checkpoint the rounds, drop {name}.start "
-            "or have it call super().start(...), and keep the extras in the strategy's other methods or evaluate_fn")
+    return (
+        f"strategy {name} overrides Strategy.start with its own round loop, so this run has no checkpoints, "
+        f"no --resume and no central metrics; to have fedsweep run and checkpoint the rounds, drop {name}.start "
+        "or have it call super().start(...), and keep the extras in the strategy's other methods or evaluate_fn"
+    )
 
 
 class RoundObserver:
@@ -91,10 +95,17 @@ class RoundObserver:
         if self.current is None:
             return
         current, self.current = self.current, None
-        metrics = round_row(current["round"], current.get("train", Phase()), current.get("fed", Phase()), {},
-                            retries=current["retries"], seconds=time.perf_counter() - current["t0"],
-                            epochs=current.get("epochs", 1.0))
+        metrics = round_row(
+            current["round"],
+            current.get("train", Phase()),
+            current.get("fed", Phase()),
+            {},
+            retries=current["retries"],
+            seconds=time.perf_counter() - current["t0"],
+            epochs=current.get("epochs", 1.0),
+        )
         self.run.history.append(metrics)
         rounds = self.run.run_config.get(ROUNDS_KEY)
-        self.run.round_done(current["round"], rounds if isinstance(rounds, int) else None, self.first_round, metrics,
-                            None)
+        self.run.round_done(
+            current["round"], rounds if isinstance(rounds, int) else None, self.first_round, metrics, None
+        )

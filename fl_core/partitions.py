@@ -17,10 +17,22 @@ from flwr_datasets.metrics import compute_counts
 
 # Partitioners whose load_partition(i) is `self.dataset.select(self._partition_id_to_indices[i])`
 # (flwr-datasets 0.6). A subclass that overrides load_partition is read the slow way.
-_SELECTING = tuple(getattr(fp, name) for name in (
-    "DirichletPartitioner", "PathologicalPartitioner", "ShardPartitioner", "InnerDirichletPartitioner",
-    "IdToSizeFncPartitioner", "SizePartitioner", "NaturalIdPartitioner", "GroupedNaturalIdPartitioner",
-    "DistributionPartitioner", "ContinuousPartitioner") if hasattr(fp, name))
+_SELECTING = tuple(
+    getattr(fp, name)
+    for name in (
+        "DirichletPartitioner",
+        "PathologicalPartitioner",
+        "ShardPartitioner",
+        "InnerDirichletPartitioner",
+        "IdToSizeFncPartitioner",
+        "SizePartitioner",
+        "NaturalIdPartitioner",
+        "GroupedNaturalIdPartitioner",
+        "DistributionPartitioner",
+        "ContinuousPartitioner",
+    )
+    if hasattr(fp, name)
+)
 
 
 def partition_rows(partitioner) -> list[np.ndarray] | None:

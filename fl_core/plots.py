@@ -100,9 +100,9 @@ def label_distribution(partitioner, label_column: str, title: str):
     """
     from datasets import ClassLabel
     from flwr_datasets.visualization import plot_label_distributions
+    from matplotlib.figure import Figure
 
     from fl_core.partitions import label_counts
-    from matplotlib.figure import Figure
 
     total = partitioner.num_partitions
     shown = min(total, MAX_PLOTTED_PARTITIONS)
@@ -116,9 +116,19 @@ def label_distribution(partitioner, label_column: str, title: str):
     if shown < total:
         title += f", the first {shown} shown"
     _, _, counts = plot_label_distributions(
-        partitioner, label_column, size_unit="absolute", max_num_partitions=shown, partition_id_axis="x",
-        axis=axis, title=title, cmap=cmap, legend=True, legend_title=label_column, verbose_labels=verbose,
-        legend_kwargs={"loc": "outside right center", "bbox_to_anchor": None})
+        partitioner,
+        label_column,
+        size_unit="absolute",
+        max_num_partitions=shown,
+        partition_id_axis="x",
+        axis=axis,
+        title=title,
+        cmap=cmap,
+        legend=True,
+        legend_title=label_column,
+        verbose_labels=verbose,
+        legend_kwargs={"loc": "outside right center", "bbox_to_anchor": None},
+    )
     if shown > 20:  # Flower Datasets labels every other bar: still a blur at 100, so every 10th
         step = 10 if shown > 50 else 5
         axis.set_xticks(range(0, shown, step), [str(i) for i in range(0, shown, step)])
@@ -127,8 +137,9 @@ def label_distribution(partitioner, label_column: str, title: str):
     return counts.rename_axis("partition-id"), figure
 
 
-def write_partition_files(app, run_config: dict, num_partitions: int, directory: str,
-                          stem: str = PARTITIONS_STEM) -> list[str] | None:
+def write_partition_files(
+    app, run_config: dict, num_partitions: int, directory: str, stem: str = PARTITIONS_STEM
+) -> list[str] | None:
     """Write `<stem>.csv` and `<stem>.png`, the label distribution of the partitions the app's clients get.
 
     The partitions come from the app's `[tool.fedsweep] partitioner` hook,

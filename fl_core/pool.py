@@ -161,7 +161,7 @@ def plan_groups(indices, sizes: list | None, workers: int, most: int | None = No
     if not known:
         length, longer = divmod(len(indices), groups)  # the first `longer` groups hold one more
         starts = [g * length + min(g, longer) for g in range(groups + 1)]
-        return [indices[starts[g]:starts[g + 1]] for g in range(groups)]
+        return [indices[starts[g] : starts[g + 1]] for g in range(groups)]
     mean = sum(known) / len(known)
     work = [mean if sizes[i] is None else sizes[i] for i in indices]
     capacity = most or len(indices)
@@ -188,10 +188,16 @@ class WorkerPool:
         self.workers = []
         for i in range(size):
             # max_restarts=-1: Ray restarts a dead worker in its place; our own retries bound the faults per call.
-            options = {"num_cpus": settings.num_client_cpus, "num_gpus": settings.num_client_gpus,
-                       "max_restarts": -1, "max_task_retries": 0}
+            options = {
+                "num_cpus": settings.num_client_cpus,
+                "num_gpus": settings.num_client_gpus,
+                "max_restarts": -1,
+                "max_task_retries": 0,
+            }
             if pg is not None:
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=i + 1
+                )
             self.workers.append(worker_cls.options(**options).remote(app, settings.num_client_cpus, run_id))
         self._ready_refs = [w.ready.remote(self._shared) for w in self.workers]
         self.devices: list[str] | None = None
@@ -231,8 +237,9 @@ class WorkerPool:
         """Workers not retired (some may be restarting)."""
         return self.size - len(self.retired)
 
-    def run(self, items: list, report=None, *, method: str = "handle", common: tuple = (),
-            sizes: list | None = None) -> list:
+    def run(
+        self, items: list, report=None, *, method: str = "handle", common: tuple = (), sizes: list | None = None
+    ) -> list:
         """Results of `worker.<method>(*common, group)` for every item, in the order of `items`.
 
         The items go to the workers in groups (`plan_groups`: one group per live
@@ -271,7 +278,7 @@ class WorkerPool:
             worker, group, position, _ = running.pop(stream)
             if position == len(group):  # it had answered every item (and died before its call ended): none failed
                 return
-            rest = group[position + 1:]
+            rest = group[position + 1 :]
             if rest:
                 waiting.extendleft(reversed(plan_groups(rest, None, max(1, self.live_size()), self.nodes_per_call)))
             failed(group[position], worker, kind, detail)
@@ -353,7 +360,9 @@ class WorkerPool:
             _, self.where[worker], self.nodes[worker] = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
             if exc.actor_init_failed:  # the restarted process could not load the app: no use asking again
-                raise RuntimeError(f"client {self.describe(worker)} was restarted but cannot load the app: {exc}") from None
+                raise RuntimeError(
+                    f"client {self.describe(worker)} was restarted but cannot load the app: {exc}"
+                ) from None
             self._probe(worker, deadline)
             return None
         return worker
@@ -380,8 +389,10 @@ class WorkerPool:
         if lost and self.in_placement_group:
             # A trial that goes on after its placement group lost a bundle slows down (bench/README.md, "Faults
             # change nothing"); a run alone does not: Tune's retry from the checkpoint instead.
-            raise NodeLostError(f"client {self.describe(lost[0])} was lost with its node {self.nodes[lost[0]]}: the "
-                                "trial stops here, for Tune to retry it from its last checkpoint")
+            raise NodeLostError(
+                f"client {self.describe(lost[0])} was lost with its node {self.nodes[lost[0]]}: the "
+                "trial stops here, for Tune to retry it from its last checkpoint"
+            )
         for worker in lost:
             for ref, (restarting, _) in list(self._restarting.items()):
                 if restarting == worker:
@@ -395,10 +406,15 @@ class WorkerPool:
         self.retired.add(worker)
         left = self.size - len(self.retired)
         if left == 0:
-            raise NodeLostError(f"client {self.describe(worker)} {why}, and no client worker is left: the run stops "
-                                "here (inside Tune the trial is retried from its last checkpoint)")
-        print(f"fl_core: client {self.describe(worker)} {why}; the run goes on with {left} worker(s), "
-              "its results unchanged", file=sys.stderr)
+            raise NodeLostError(
+                f"client {self.describe(worker)} {why}, and no client worker is left: the run stops "
+                "here (inside Tune the trial is retried from its last checkpoint)"
+            )
+        print(
+            f"fl_core: client {self.describe(worker)} {why}; the run goes on with {left} worker(s), "
+            "its results unchanged",
+            file=sys.stderr,
+        )
 
     def shutdown(self) -> None:
         """Stop every worker (their resources go back to the cluster or trial)."""

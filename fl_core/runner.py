@@ -25,6 +25,7 @@ from fl_core.settings import ConfigError, RunSettings
 RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at a time
 SERVER_NODE_ID = 0  # the ServerApp's Context.node_id, as in Flower's simulation
 
+
 class ActiveRun:
     """What the round loop and the grid's observer need of the run in progress."""
 
@@ -48,8 +49,9 @@ class ActiveRun:
         seeding.seed_globals(seeding.derive_seed(self.settings.seed, server_round, phase))
         yield
 
-    def round_done(self, server_round: int, num_rounds: int | None, first: int, metrics: dict,
-                   state: ServerState | None) -> None:
+    def round_done(
+        self, server_round: int, num_rounds: int | None, first: int, metrics: dict, state: ServerState | None
+    ) -> None:
         """Tell every callback a round ended."""
         self.last_state = state
         event = RoundEnd(server_round, num_rounds, first, metrics, state)
@@ -129,17 +131,27 @@ def reserve_server_gpus(settings: RunSettings) -> tuple[object | None, str | Non
     here = ray.get_runtime_context().get_node_id()
     node_gpus = next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == here and n["Alive"]), 0)
     if node_gpus < settings.server_gpus:
-        raise ConfigError(f"--server-gpus {settings.server_gpus:g}: the server's machine has {node_gpus:g} GPUs in "
-                          "Ray; use --server-gpus 0 or run fl_core on a machine with a GPU")
-    holder = ray.remote(GpuHolder).options(
-        num_cpus=0, num_gpus=settings.server_gpus,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        raise ConfigError(
+            f"--server-gpus {settings.server_gpus:g}: the server's machine has {node_gpus:g} GPUs in "
+            "Ray; use --server-gpus 0 or run fl_core on a machine with a GPU"
+        )
+    holder = (
+        ray.remote(GpuHolder)
+        .options(
+            num_cpus=0,
+            num_gpus=settings.server_gpus,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        )
+        .remote()
+    )
     try:
         ids = ray.get(holder.gpu_ids.remote(), timeout=120)
     except ray.exceptions.GetTimeoutError:
         ray.kill(holder)
-        raise RuntimeError(f"--server-gpus {settings.server_gpus:g}: Ray could not hold that much GPU on the "
-                           "server's machine within 120 s (other work holds its GPUs)") from None
+        raise RuntimeError(
+            f"--server-gpus {settings.server_gpus:g}: Ray could not hold that much GPU on the "
+            "server's machine within 120 s (other work holds its GPUs)"
+        ) from None
     return holder, ",".join(ids)
 
 
@@ -169,8 +181,15 @@ def server_process(settings: RunSettings, visible: str | None):
                 os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
-def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callbacks: list[Callback] | tuple = (),
-            resume: ServerState | None = None, shared_values: list | None = None) -> RunEnd:
+def run_app(
+    app: FlowerApp,
+    run_config: dict,
+    settings: RunSettings,
+    *,
+    callbacks: list[Callback] | tuple = (),
+    resume: ServerState | None = None,
+    shared_values: list | None = None,
+) -> RunEnd:
     """Run (or continue, from `resume`) the app on the connected Ray cluster; returns the run's history.
 
     `shared_values` are @shared results computed already (prepare_shared, or a
@@ -202,18 +221,36 @@ def run_app(app: FlowerApp, run_config: dict, settings: RunSettings, *, callback
             ray.kill(holder)
         raise
     try:
-        grid = RayGrid(pool, num_nodes=settings.pool_size, run_config=run_config, seed=settings.seed, run_id=RUN_ID,
-                       node_states=resume.node_states if resume is not None else None,
-                       on_client_failure=settings.on_client_failure, min_reply_share=settings.min_reply_share)
+        grid = RayGrid(
+            pool,
+            num_nodes=settings.pool_size,
+            run_config=run_config,
+            seed=settings.seed,
+            run_id=RUN_ID,
+            node_states=resume.node_states if resume is not None else None,
+            on_client_failure=settings.on_client_failure,
+            min_reply_share=settings.min_reply_share,
+        )
         run = ActiveRun(app, settings, run_config, grid, callbacks, resume)
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
         grid.active_run = run  # what fl_core.start and Strategy.start find on the grid the ServerApp gets
-        with server_process(settings, server_visible), seeding.seeded_node_sampling(run.sampler), \
-                strategy_start_runs_here():
+        with (
+            server_process(settings, server_visible),
+            seeding.seeded_node_sampling(run.sampler),
+            strategy_start_runs_here(),
+        ):
             seeding.seed_globals(seeding.derive_seed(settings.seed, 0, seeding.MAIN))
-            server_app(grid, Context(run_id=RUN_ID, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
-                                     run_config=dict(run_config)))
+            server_app(
+                grid,
+                Context(
+                    run_id=RUN_ID,
+                    node_id=SERVER_NODE_ID,
+                    node_config={},
+                    state=RecordDict(),
+                    run_config=dict(run_config),
+                ),
+            )
         run.observer.flush()
         state = run.last_state if run.last_state is not None else resume
         if state is not None and run.client_evaluation:

@@ -57,6 +57,7 @@ class RunSettings:
         `local_cpus`/`local_gpus` are the resources of the local Ray cluster about
         to be started (None when joining an existing cluster, checked once joined).
         """
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
@@ -64,34 +65,59 @@ class RunSettings:
         need(self.pool_size >= 1, f"--pool-size must be at least 1, got {self.pool_size}")
         need(self.num_client_cpus > 0, f"--num-client-cpus must be positive, got {self.num_client_cpus}")
         need(self.num_client_gpus >= 0, f"--num-client-gpus must be >= 0, got {self.num_client_gpus}")
-        need(self.server_cpus is None or self.server_cpus >= 1, f"--server-cpus must be at least 1, got {self.server_cpus}")
-        need(self.server_gpus >= 0 and math.isfinite(self.server_gpus), f"--server-gpus must be >= 0, got {self.server_gpus}")
+        need(
+            self.server_cpus is None or self.server_cpus >= 1,
+            f"--server-cpus must be at least 1, got {self.server_cpus}",
+        )
+        need(
+            self.server_gpus >= 0 and math.isfinite(self.server_gpus),
+            f"--server-gpus must be >= 0, got {self.server_gpus}",
+        )
         for flag, gpus in (("--num-client-gpus", self.num_client_gpus), ("--server-gpus", self.server_gpus)):
-            need(gpus <= 1 or gpus == int(gpus),  # Ray's rule: a share of one GPU, or whole GPUs
-                 f"{flag} {gpus:g}: Ray hands out a share of one GPU (at most 1) or whole GPUs; use 1 or {math.ceil(gpus)}")
-        need(self.max_parallel_clients is None or self.max_parallel_clients >= 1,
-             f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}")
-        need(self.nodes_per_call is None or self.nodes_per_call >= 1,
-             f"--nodes-per-call must be at least 1, got {self.nodes_per_call}")
+            need(
+                gpus <= 1 or gpus == int(gpus),  # Ray's rule: a share of one GPU, or whole GPUs
+                f"{flag} {gpus:g}: Ray hands out a share of one GPU (at most 1) or whole GPUs; use 1 or "
+                f"{math.ceil(gpus)}",
+            )
+        need(
+            self.max_parallel_clients is None or self.max_parallel_clients >= 1,
+            f"--max-parallel-clients must be at least 1, got {self.max_parallel_clients}",
+        )
+        need(
+            self.nodes_per_call is None or self.nodes_per_call >= 1,
+            f"--nodes-per-call must be at least 1, got {self.nodes_per_call}",
+        )
         need(self.client_retries >= 0, f"--client-retries must be 0 or more, got {self.client_retries}")
-        need(self.client_timeout is None or (self.client_timeout > 0 and math.isfinite(self.client_timeout)),
-             f"--client-timeout must be a positive number of seconds, got {self.client_timeout}")
-        need(self.on_client_failure in FAILURE_POLICIES,
-             f"--on-client-failure must be one of {', '.join(FAILURE_POLICIES)}, got {self.on_client_failure!r}")
+        need(
+            self.client_timeout is None or (self.client_timeout > 0 and math.isfinite(self.client_timeout)),
+            f"--client-timeout must be a positive number of seconds, got {self.client_timeout}",
+        )
+        need(
+            self.on_client_failure in FAILURE_POLICIES,
+            f"--on-client-failure must be one of {', '.join(FAILURE_POLICIES)}, got {self.on_client_failure!r}",
+        )
         need(0 < self.min_reply_share <= 1, f"--min-reply-share must be in (0, 1], got {self.min_reply_share}")
-        need(self.central_eval_on in CENTRAL_EVAL_PLACES,
-             f"--central-eval-on must be one of {', '.join(CENTRAL_EVAL_PLACES)}, got {self.central_eval_on!r}")
+        need(
+            self.central_eval_on in CENTRAL_EVAL_PLACES,
+            f"--central-eval-on must be one of {', '.join(CENTRAL_EVAL_PLACES)}, got {self.central_eval_on!r}",
+        )
         need(self.central_eval_every >= 1, f"--central-eval-every must be at least 1, got {self.central_eval_every}")
         if local_cpus is not None:
-            need(self.num_client_cpus <= local_cpus,
-                 f"--num-client-cpus {self.num_client_cpus} is more than this machine's {local_cpus} CPUs: "
-                 "lower it, or join a larger cluster with --address")
+            need(
+                self.num_client_cpus <= local_cpus,
+                f"--num-client-cpus {self.num_client_cpus} is more than this machine's {local_cpus} CPUs: "
+                "lower it, or join a larger cluster with --address",
+            )
         if local_gpus is not None:
-            need(self.num_client_gpus == 0 or self.num_client_gpus <= local_gpus,
-                 f"--num-client-gpus {self.num_client_gpus} asks for more GPUs than this machine's {local_gpus}: "
-                 "use --num-client-gpus 0 or join a cluster with GPUs via --address")
-            need(self.server_gpus == 0 or self.server_gpus <= local_gpus,
-                 f"--server-gpus {self.server_gpus} asks for more GPUs than this machine's {local_gpus}")
+            need(
+                self.num_client_gpus == 0 or self.num_client_gpus <= local_gpus,
+                f"--num-client-gpus {self.num_client_gpus} asks for more GPUs than this machine's {local_gpus}: "
+                "use --num-client-gpus 0 or join a cluster with GPUs via --address",
+            )
+            need(
+                self.server_gpus == 0 or self.server_gpus <= local_gpus,
+                f"--server-gpus {self.server_gpus} asks for more GPUs than this machine's {local_gpus}",
+            )
         return self
 
 
@@ -120,7 +146,7 @@ def local_resources() -> tuple[int, int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         devices = [d.strip() for d in visible.split(",") if d.strip()]
-        return os.cpu_count() or 1, len(devices[:devices.index("-1")] if "-1" in devices else devices)
+        return os.cpu_count() or 1, len(devices[: devices.index("-1")] if "-1" in devices else devices)
     driver = "/proc/driver/nvidia/gpus"
     return os.cpu_count() or 1, len(os.listdir(driver)) if os.path.isdir(driver) else 0
 
@@ -137,7 +163,10 @@ def check_can_create(folder: str, flag: str) -> None:
 
 
 # Flower's template run-config keys of client sampling: phase -> (fraction key, minimum key).
-SAMPLING_KEYS = {"train": ("fraction-train", "min-train-nodes"), "evaluate": ("fraction-evaluate", "min-evaluate-nodes")}
+SAMPLING_KEYS = {
+    "train": ("fraction-train", "min-train-nodes"),
+    "evaluate": ("fraction-evaluate", "min-evaluate-nodes"),
+}
 
 
 def sampled_nodes(run_config: dict, pool_size: int, phase: str) -> int:

@@ -92,8 +92,9 @@ class SharedValue:
         """Whether calling the function with these arguments would give this value."""
         if num_partitions != self.num_partitions:
             return False
-        return all(key in run_config and _canonical(run_config[key]) == _canonical(value)
-                   for key, value in self.inputs.items())
+        return all(
+            key in run_config and _canonical(run_config[key]) == _canonical(value) for key, value in self.inputs.items()
+        )
 
     def get(self):
         """The value, fetched from the object store on first use in this process."""

@@ -53,7 +53,7 @@ DP_WRAPPERS: dict[str, tuple[type, str] | None] = {
 def table(run_config: Mapping, name: str) -> dict:
     """The run-config table `name` as keyword arguments: `fedadam.beta-1` -> `beta_1`."""
     prefix = name + "."
-    return {k[len(prefix):].replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}
+    return {k[len(prefix) :].replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}
 
 
 def accepted_parameters(cls: type) -> set[str]:
@@ -81,8 +81,9 @@ def _construct(cls: type, where: str, kwargs: dict):
         raise ConfigError(f"{where}: {cls.__name__} refused its parameters ({exc})") from None
 
 
-def from_run_config(run_config: Mapping, *, num_sampled_clients: int, strategies: Mapping[str, type] = STRATEGIES,
-                     **common):
+def from_run_config(
+    run_config: Mapping, *, num_sampled_clients: int, strategies: Mapping[str, type] = STRATEGIES, **common
+):
     """The strategy a run config names, with `common` arguments (fractions, minimums...) where it takes them.
 
     `num_sampled_clients` is what the DP wrappers need: clients trained per
@@ -100,9 +101,11 @@ def from_run_config(run_config: Mapping, *, num_sampled_clients: int, strategies
         raise ConfigError(f"dp must be one of {', '.join(DP_WRAPPERS)}, got {dp!r}")
     if DP_WRAPPERS[dp] is not None:
         wrapper, params = DP_WRAPPERS[dp]
-        strategy = _construct(wrapper, f"run-config table {params}",
-                              {"strategy": strategy, "num_sampled_clients": num_sampled_clients,
-                               **table(run_config, params)})
+        strategy = _construct(
+            wrapper,
+            f"run-config table {params}",
+            {"strategy": strategy, "num_sampled_clients": num_sampled_clients, **table(run_config, params)},
+        )
     return strategy
 
 

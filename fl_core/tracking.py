@@ -36,12 +36,20 @@ from fl_core.settings import ConfigError
 
 def add_tracking_flags(parser, what: str, named_after: str, where: str) -> None:
     """--mlflow and --wandb on `parser`: `what` is logged, its MLflow experiment `named_after`, offline W&B `where`."""
-    parser.add_argument("--mlflow", metavar="URI", help=f"log {what} to MLflow, in an experiment named after "
-                        f"{named_after}: a tracking URI (http://host:5000, sqlite:///file.db, ...) or a folder (a "
-                        "SQLite store in it). Needs pip install 'fedsweep[mlflow]'")
-    parser.add_argument("--wandb", metavar="PROJECT", help=f"log {what} to this Weights & Biases project: online "
-                        f"with an API key and a reachable server, else offline into {where} (wandb sync uploads it "
-                        "later). Needs pip install 'fedsweep[wandb]'")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help=f"log {what} to MLflow, in an experiment named after "
+        f"{named_after}: a tracking URI (http://host:5000, sqlite:///file.db, ...) or a folder (a "
+        "SQLite store in it). Needs pip install 'fedsweep[mlflow]'",
+    )
+    parser.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help=f"log {what} to this Weights & Biases project: online "
+        f"with an API key and a reachable server, else offline into {where} (wandb sync uploads it "
+        "later). Needs pip install 'fedsweep[wandb]'",
+    )
 
 
 RUN_FILE = "mlflow_run.json"  # in a run's folder: the MLflow run a resumed run goes on logging to
@@ -114,8 +122,10 @@ def open_experiment(value: str, name: str):
             return client, experiment.experiment_id
     except Exception as exc:  # MLflow raises many kinds: connection, permission, a store it cannot read
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"--mlflow {value}: the MLflow tracking store {uri} cannot be used ({first}): start the "
-                          "server, or give a reachable URI or a folder") from None
+        raise ConfigError(
+            f"--mlflow {value}: the MLflow tracking store {uri} cannot be used ({first}): start the "
+            "server, or give a reachable URI or a folder"
+        ) from None
 
 
 class MlflowLogger(Callback):
@@ -145,9 +155,11 @@ class MlflowLogger(Callback):
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id,
-                              metrics=[Metric(k, v, now, step) for k, v in finite_numbers(metrics or {}).items()],
-                              params=[Param(k, str(v)) for k, v in (params or {}).items()])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, v, now, step) for k, v in finite_numbers(metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        )
 
     def on_round_end(self, event: RoundEnd) -> None:
         """Log the round's numbers at step = round."""
@@ -217,9 +229,16 @@ class WandbLogger(Callback):
         self.directory = directory
         saved = os.path.join(directory, WANDB_RUN_FILE)
         run_id = previous_run(saved, "project", project)
-        self.run = wandb.init(project=project, dir=directory, name=os.path.basename(os.path.abspath(directory)),
-                              id=run_id, resume="allow" if run_id else None, config=params, mode=mode,
-                              settings=wandb.Settings(silent=True))
+        self.run = wandb.init(
+            project=project,
+            dir=directory,
+            name=os.path.basename(os.path.abspath(directory)),
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=params,
+            mode=mode,
+            settings=wandb.Settings(silent=True),
+        )
         remember_run(saved, "project", project, self.run.id)
 
     def on_round_end(self, event: RoundEnd) -> None:

@@ -60,45 +60,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = p.add_argument_group("app, settings and search space")
     s.add_argument("--app", metavar="DIR", help="Flower app folder (default: the built-in CIFAR-10 app, apps/cifar10)")
-    s.add_argument("--config", metavar="FILE", help="YAML/JSON file with sections fixed: {key: value} and "
-                   "search: {key: {grid|choice: [..]} or {uniform|loguniform: [lo, hi]}}; flags override it")
+    s.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML/JSON file with sections fixed: {key: value} and "
+        "search: {key: {grid|choice: [..]} or {uniform|loguniform: [lo, hi]}}; flags override it",
+    )
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a setting (repeatable)")
     for kind, shape in (("grid", "V1,V2,..."), ("choice", "V1,V2,..."), ("uniform", "LO,HI"), ("loguniform", "LO,HI")):
-        s.add_argument(f"--{kind}", action="append", default=[], metavar=f"KEY={shape}",
-                       help=f"sweep KEY with tune.{kind if kind != 'grid' else 'grid_search'} (repeatable)")
-    s.add_argument("--num-samples", type=int, help="repeats of the grid (grid search) or trials drawn "
-                   "(random/optuna); default 1 for grid, 10 otherwise")
-    s.add_argument("--search", choices=SEARCH_ALGS, help="grid: grid values are crossed; random: grid values become "
-                   "choices; optuna: OptunaSearch (needs optuna; no grid values). Default grid")
+        s.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar=f"KEY={shape}",
+            help=f"sweep KEY with tune.{kind if kind != 'grid' else 'grid_search'} (repeatable)",
+        )
+    s.add_argument(
+        "--num-samples",
+        type=int,
+        help="repeats of the grid (grid search) or trials drawn (random/optuna); default 1 for grid, 10 otherwise",
+    )
+    s.add_argument(
+        "--search",
+        choices=SEARCH_ALGS,
+        help="grid: grid values are crossed; random: grid values become "
+        "choices; optuna: OptunaSearch (needs optuna; no grid values). Default grid",
+    )
     s.add_argument("--search-seed", type=int, help="seed of random/optuna sampling")
-    s.add_argument("--metric", help="per-round metric to optimise, as fl_core reports it: central_* (the app's central "
-                   "evaluation), fed_* (federated evaluation), train_* (default central_accuracy)")
+    s.add_argument(
+        "--metric",
+        help="per-round metric to optimise, as fl_core reports it: central_* (the app's central "
+        "evaluation), fed_* (federated evaluation), train_* (default central_accuracy)",
+    )
     s.add_argument("--mode", choices=("min", "max"), help="default: min for losses, max for anything else")
     s.add_argument("--scheduler", choices=SCHEDULERS, help="fifo (default) or asha (early stopping on rounds)")
     s.add_argument("--asha-grace-rounds", type=int, help="rounds every trial runs before ASHA may stop it (default 1)")
-    s.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once (default: as resources allow)")
+    s.add_argument(
+        "--max-concurrent-trials", type=int, help="cap on trials running at once (default: as resources allow)"
+    )
     r = p.add_argument_group("resources (per trial: one server bundle + K client bundles)")
-    r.add_argument("--server-cpus", type=int, help="CPUs of the trial's own bundle: server and central evaluation (default 1)")
+    r.add_argument(
+        "--server-cpus", type=int, help="CPUs of the trial's own bundle: server and central evaluation (default 1)"
+    )
     r.add_argument("--server-gpus", type=float, help="GPUs of the trial's own bundle (default 0)")
     r.add_argument("--num-client-cpus", type=float, help="CPUs per client bundle (default 1)")
     r.add_argument("--num-client-gpus", type=float, help="GPUs per client bundle, fractions allowed (default 0)")
-    r.add_argument("--max-parallel-clients", type=int, help="K = min(clients per round, this); default: (CPUs - "
-                   "server CPUs) / client CPUs, at least 1, so that one trial always fits the cluster")
+    r.add_argument(
+        "--max-parallel-clients",
+        type=int,
+        help="K = min(clients per round, this); default: (CPUs - "
+        "server CPUs) / client CPUs, at least 1, so that one trial always fits the cluster",
+    )
     o = p.add_argument_group("storage, failures, Ray")
-    o.add_argument("--storage-path", help=f"where experiments live: a local path, NFS, s3:// or gs:// (default {DEFAULT_STORAGE})")
-    o.add_argument("--name", help=f"experiment name (default {DEFAULT_NAME}); an existing sweep of that name is never "
-                   "overwritten: continue it with --resume or pick another --name")
-    o.add_argument("--resume", action="store_true", help="continue the interrupted sweep at --storage-path/--name: "
-                   "finished trials are kept, unfinished and errored ones continue from their last round")
+    o.add_argument(
+        "--storage-path", help=f"where experiments live: a local path, NFS, s3:// or gs:// (default {DEFAULT_STORAGE})"
+    )
+    o.add_argument(
+        "--name",
+        help=f"experiment name (default {DEFAULT_NAME}); an existing sweep of that name is never "
+        "overwritten: continue it with --resume or pick another --name",
+    )
+    o.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep at --storage-path/--name: "
+        "finished trials are kept, unfinished and errored ones continue from their last round",
+    )
     o.add_argument("--keep-checkpoints", type=int, help="round checkpoints kept per trial (default 2)")
-    add_tracking_flags(o, "every trial (a run each, W&B's grouped by the sweep; Tune's callbacks)", "the sweep",
-                       "the sweep's folder")
-    o.add_argument("--checkpoint-every", type=int, help="rounds between a trial's checkpoints; its last round always "
-                   "has one. A crashed or resumed trial redoes at most N-1 rounds, with the same results (default 1)")
+    add_tracking_flags(
+        o, "every trial (a run each, W&B's grouped by the sweep; Tune's callbacks)", "the sweep", "the sweep's folder"
+    )
+    o.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="rounds between a trial's checkpoints; its last round always "
+        "has one. A crashed or resumed trial redoes at most N-1 rounds, with the same results (default 1)",
+    )
     o.add_argument("--max-failures", type=int, help="restarts of a crashed trial, from its last round (default 2)")
-    o.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="join a Ray cluster (auto, ray://...); default: $RAY_ADDRESS when set (as in a Ray Job), "
-                   "else start a local Ray in-process")
+    o.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join a Ray cluster (auto, ray://...); default: $RAY_ADDRESS when set (as in a Ray Job), "
+        "else start a local Ray in-process",
+    )
     o.add_argument("--ray-temp-dir", help="temp/session folder of the local Ray started here (keep it short)")
     o.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
     return p
@@ -109,10 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that define the sweep: with --resume they come from the marker file instead.
-SWEEP_FLAGS = ("app", "config", "set", "grid", "choice", "uniform", "loguniform", "num_samples", "search",
-               "search_seed", "metric", "mode", "scheduler", "asha_grace_rounds", "max_concurrent_trials",
-               "server_cpus", "server_gpus", "num_client_cpus", "num_client_gpus", "max_parallel_clients",
-               "keep_checkpoints", "checkpoint_every", "max_failures", "mlflow", "wandb")
+SWEEP_FLAGS = (
+    "app",
+    "config",
+    "set",
+    "grid",
+    "choice",
+    "uniform",
+    "loguniform",
+    "num_samples",
+    "search",
+    "search_seed",
+    "metric",
+    "mode",
+    "scheduler",
+    "asha_grace_rounds",
+    "max_concurrent_trials",
+    "server_cpus",
+    "server_gpus",
+    "num_client_cpus",
+    "num_client_gpus",
+    "max_parallel_clients",
+    "keep_checkpoints",
+    "checkpoint_every",
+    "max_failures",
+    "mlflow",
+    "wandb",
+)
 
 
 def _cli_search(app: FlowerApp, args: argparse.Namespace, file_search: dict) -> dict:
@@ -138,8 +205,10 @@ def _picked_sets(entry: dict, names: str, where: str) -> dict:
     picked = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in picked if n not in entry["sets"]]
     if unknown or not picked:
-        raise ConfigError(f"{where}: no set named {', '.join(unknown) or '(none given)'}; the --config file's sets "
-                          f"are {', '.join(entry['sets'])}")
+        raise ConfigError(
+            f"{where}: no set named {', '.join(unknown) or '(none given)'}; the --config file's sets "
+            f"are {', '.join(entry['sets'])}"
+        )
     return {"kind": "grid", "values": picked, "sets": {n: entry["sets"][n] for n in picked}}
 
 
@@ -164,13 +233,15 @@ def build_spec(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: floa
     """The sweep described by the command line (and --config file)."""
     app = load_app_folder(args.app)
     file_fixed, file_search, table = read_config_file(app, args.config) if args.config else ({}, {}, None)
-    fixed, search = merge_settings(app, file_fixed, file_search, _cli_fixed(app, args),
-                                   _cli_search(app, args, file_search))
+    fixed, search = merge_settings(
+        app, file_fixed, file_search, _cli_fixed(app, args), _cli_search(app, args, file_search)
+    )
     if table is not None:
         table = check_table(table, search, f"--config {args.config}")
     settings = RunSettings.from_dict({k: v for k, v in fixed.items() if k in SETTING_NAMES}).to_dict()
-    run_config = bind_seed(app, fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set"),
-                           settings["seed"])
+    run_config = bind_seed(
+        app, fuse_run_config(app, {k: v for k, v in fixed.items() if k not in SETTING_NAMES}, "--set"), settings["seed"]
+    )
     metric = args.metric or "central_accuracy"
     search_alg = args.search or "grid"
     return SweepSpec(
@@ -204,12 +275,16 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
             raise ConfigError(f"--resume continues the sweep as it was started; drop {', '.join(given)}")
         spec = SweepSpec.from_dict(read_marker(experiment)["spec"])
         if not os.path.isdir(spec.app_dir):
-            raise ConfigError(f"the sweep's app folder {spec.app_dir} is gone: put it back to --resume the sweep, "
-                              "or start it again under another --name")
+            raise ConfigError(
+                f"the sweep's app folder {spec.app_dir} is gone: put it back to --resume the sweep, "
+                "or start it again under another --name"
+            )
         from ray import tune
 
         if not tune.Tuner.can_restore(experiment):
-            raise ConfigError(f"{experiment} holds a sweep that never saved its state: start it again under another --name")
+            raise ConfigError(
+                f"{experiment} holds a sweep that never saved its state: start it again under another --name"
+            )
         return spec, experiment
     check_writable(experiment)
     if exists(experiment):
@@ -260,8 +335,11 @@ def fail(exc: Exception) -> int:
 
 def report_main(argv: list[str]) -> int:
     """`tune_search report EXPERIMENT_PATH`: the tables and plots of a sweep, finished or not."""
-    parser = _Parser(prog=f"{PROG} report", description="Write trials.csv, rounds.csv, best.json and plots "
-                     "for a sweep (finished, running or interrupted) and print its best trials.")
+    parser = _Parser(
+        prog=f"{PROG} report",
+        description="Write trials.csv, rounds.csv, best.json and plots "
+        "for a sweep (finished, running or interrupted) and print its best trials.",
+    )
     parser.add_argument("experiment", help="the sweep's folder: STORAGE_PATH/NAME")
     parser.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
     try:
@@ -282,4 +360,3 @@ def main(argv: list[str] | None = None) -> int:
         return run_main(argv)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-

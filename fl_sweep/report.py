@@ -8,8 +8,7 @@ import os
 import shutil
 import tempfile
 
-from fl_core.metrics import (CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, PROVENANCE_KEYS, is_model_metric,
-                             scored_round)
+from fl_core.metrics import CLIENTS_PREFIX, COUNT_KEYS, MACHINE_KEYS, PROVENANCE_KEYS, is_model_metric, scored_round
 from fl_core.settings import ConfigError
 from fl_sweep.partitions import FOLDER, INDEX
 from fl_sweep.spec import SweepSpec
@@ -40,7 +39,7 @@ def _results(experiment: str):
 def _trial_id(result) -> str | None:
     """The id of the trial behind a Result (from its folder name, as trial_dirname makes it)."""
     name = os.path.basename(result.path.rstrip("/"))
-    return name[len("trial_"):] if name.startswith("trial_") else None
+    return name[len("trial_") :] if name.startswith("trial_") else None
 
 
 def rounds_table(grid, swept: list[str]):
@@ -86,8 +85,11 @@ def _metric_summary(mine, metric: str, mode: str) -> dict:
     if len(values) == 0:
         return {f"final_{metric}": None, f"best_{metric}": None, f"best_{metric}_round": None}
     best = values.idxmax() if mode == "max" else values.idxmin()
-    return {f"final_{metric}": mine[metric].iloc[-1], f"best_{metric}": values[best],
-            f"best_{metric}_round": int(scored_round(mine, metric)[best])}
+    return {
+        f"final_{metric}": mine[metric].iloc[-1],
+        f"best_{metric}": values[best],
+        f"best_{metric}_round": int(scored_round(mine, metric)[best]),
+    }
 
 
 def trials_table(grid, statuses: dict, rounds, spec: SweepSpec, experiment: str):
@@ -185,8 +187,10 @@ def plot_heatmap(table, spec: SweepSpec, path: str) -> str | None:
     for (row, col), value in np.ndenumerate(grid.values):
         ax.text(col, row, "-" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", color="w")
     others = [k for k in spec.search if k not in HEATMAP_KEYS]
-    ax.set_title(f"Final {spec.metric}" + (f" (mean over {', '.join(others)})" if others or spec.num_samples > 1 else ""),
-                 fontsize=9)
+    ax.set_title(
+        f"Final {spec.metric}" + (f" (mean over {', '.join(others)})" if others or spec.num_samples > 1 else ""),
+        fontsize=9,
+    )
     ax.set_xlabel(f"{x_key} (client fraction)")
     ax.set_ylabel(y_key)
     fig.colorbar(image, ax=ax)
@@ -252,8 +256,10 @@ def write_report(experiment: str, top: int = 5) -> dict:
     if note:
         print(note)
     if errored:
-        print(f"{len(errored)} trial(s) failed ({', '.join(errored)}): their errors are in their trial folders; "
-              "`--resume` retries them from their last round")
+        print(
+            f"{len(errored)} trial(s) failed ({', '.join(errored)}): their errors are in their trial folders; "
+            "`--resume` retries them from their last round"
+        )
     print(f"report written to {experiment}: {', '.join(written)}, {plots[0]}" + ("" if note else f", {plots[1]}"))
     index = f"{experiment.rstrip('/')}/{FOLDER}/{INDEX}"
     if exists(index):

@@ -25,8 +25,11 @@ class ResourcePlan:
         the settings, everything else to the run config; the app's run-config
         key `seed`, if it has one, is the engine's seed.
         """
-        config = {k: v for axis, value in config.items()
-                  for k, v in (self.sets[axis][value] if axis in self.sets else {axis: value}).items()}
+        config = {
+            k: v
+            for axis, value in config.items()
+            for k, v in (self.sets[axis][value] if axis in self.sets else {axis: value}).items()
+        }
         settings = RunSettings.from_dict({**self.settings, **{k: v for k, v in config.items() if k in SETTING_NAMES}})
         run_config = {**self.run_config, **{k: v for k, v in config.items() if k not in SETTING_NAMES}}
         return settings, {**run_config, "seed": settings.seed} if "seed" in run_config else run_config

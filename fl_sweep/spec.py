@@ -139,8 +139,10 @@ def search_sets(app: FlowerApp, axis: str, sets, where: str) -> dict:
     """Checked grid entry of named sets of keys swept together as one axis named `axis` (not itself a key)."""
     name = axis.strip()
     if name.replace("-", "_") in SETTING_NAMES or name in app.defaults or name.replace("_", "-") in app.defaults:
-        raise ConfigError(f"{where}: {name} is a setting or run-config key; name the axis of a grid of sets "
-                          "something else (e.g. 'partitioning')")
+        raise ConfigError(
+            f"{where}: {name} is a setting or run-config key; name the axis of a grid of sets "
+            "something else (e.g. 'partitioning')"
+        )
     if not isinstance(sets, dict) or not sets:
         raise ConfigError(f"{where}: a grid of sets must map names to {{key: value}} mappings, got {sets!r}")
     checked = {}
@@ -154,8 +156,9 @@ def search_sets(app: FlowerApp, axis: str, sets, where: str) -> dict:
     return {"kind": "grid", "values": list(checked), "sets": checked}
 
 
-def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixed: dict,
-                   cli_search: dict) -> tuple[dict, dict]:
+def merge_settings(
+    app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixed: dict, cli_search: dict
+) -> tuple[dict, dict]:
     """(fixed, search): command line over file; the default grid (keys the app has) when nothing is swept.
 
     A key both fixed and swept explicitly, or swept by two axes, is an error;
@@ -172,11 +175,14 @@ def merge_settings(app: FlowerApp, file_fixed: dict, file_search: dict, cli_fixe
         if both:
             raise ConfigError(f"{', '.join(both)} both fixed and swept: drop the --set/fixed entry or the search entry")
         return fixed, search
-    search = {k: {"kind": "grid", "values": list(v)} for k, v in DEFAULT_GRID.items()
-              if k in app.defaults and k not in fixed}
+    search = {
+        k: {"kind": "grid", "values": list(v)} for k, v in DEFAULT_GRID.items() if k in app.defaults and k not in fixed
+    }
     if not search and not fixed.keys() & set(DEFAULT_GRID):
-        raise ConfigError(f"app {app.name} has none of the default grid's keys ({', '.join(DEFAULT_GRID)}): "
-                          "say what to sweep with --grid, --choice, --uniform or --loguniform")
+        raise ConfigError(
+            f"app {app.name} has none of the default grid's keys ({', '.join(DEFAULT_GRID)}): "
+            "say what to sweep with --grid, --choice, --uniform or --loguniform"
+        )
     return fixed, search
 
 

@@ -32,7 +32,7 @@ def experiment_location(storage_path: str | None, name: str | None) -> str:
         raise ConfigError(f"--name must be a plain folder name, got {name!r}")
     storage = storage_path or DEFAULT_STORAGE
     if storage.startswith("file://"):
-        storage = storage[len("file://"):]
+        storage = storage[len("file://") :]
     if is_uri(storage):
         return storage.rstrip("/") + "/" + name
     storage = os.path.expanduser(storage)
@@ -86,8 +86,9 @@ def read_marker(experiment: str) -> dict:
     """The marker document of a sweep made by this tool; ConfigError if `experiment` is not one."""
     path = experiment.rstrip("/") + "/" + MARKER_FILE
     if not exists(path):
-        raise ConfigError(f"{experiment} holds no sweep made by fedsweep-tune (no {MARKER_FILE}); "
-                          "check --storage-path and --name")
+        raise ConfigError(
+            f"{experiment} holds no sweep made by fedsweep-tune (no {MARKER_FILE}); check --storage-path and --name"
+        )
     fs, inner = filesystem(path)
     try:
         with fs.open_input_stream(inner) as f:
@@ -104,8 +105,12 @@ def read_marker(experiment: str) -> dict:
 
 def write_marker(experiment: str, spec: SweepSpec) -> None:
     """Write the marker (sweep settings) into the experiment folder, creating it."""
-    marker = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "spec": spec.to_dict()}
+    marker = {
+        "format": MARKER_FORMAT,
+        "version": MARKER_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "spec": spec.to_dict(),
+    }
     fs, inner = filesystem(experiment)
     fs.create_dir(inner, recursive=True)
     with fs.open_output_stream(inner.rstrip("/") + "/" + MARKER_FILE) as f:

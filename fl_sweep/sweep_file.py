@@ -43,9 +43,11 @@ def read_config_file(app: FlowerApp, path: str) -> tuple[dict, dict, dict | None
         if isinstance(entry, list):  # shorthand: a plain list is a grid
             entry = {"grid": entry}
         if not isinstance(entry, dict) or len(entry) != 1 or not isinstance(next(iter(entry.values())), list):
-            raise ConfigError(f"{path}: search.{key} must look like {{grid: [..]}}, {{choice: [..]}}, "
-                              "{uniform: [lo, hi]}, {loguniform: [lo, hi]} or {grid: {name: {key: value}}}")
-        (kind, values), = entry.items()
+            raise ConfigError(
+                f"{path}: search.{key} must look like {{grid: [..]}}, {{choice: [..]}}, "
+                "{uniform: [lo, hi]}, {loguniform: [lo, hi]} or {grid: {name: {key: value}}}"
+            )
+        ((kind, values),) = entry.items()
         search[name] = search_entry(app, name, kind, values, f"{path}: search.{key}")
     return fixed, search, document.get("table")
 
@@ -58,6 +60,8 @@ def _section(document: dict, name: str, path: str) -> dict:
         raise ConfigError(f"--config {path}: {name} must be a mapping like {example}, got {section!r}")
     for key in section:
         if not isinstance(key, str):
-            raise ConfigError(f"--config {path}: {name} key {key!r} is not a name; write the setting or run-config "
-                              "key (quote it if YAML reads it as a number)")
+            raise ConfigError(
+                f"--config {path}: {name} key {key!r} is not a name; write the setting or run-config "
+                "key (quote it if YAML reads it as a number)"
+            )
     return section

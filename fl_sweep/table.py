@@ -37,13 +37,17 @@ def parse_published(text) -> tuple[float, float | None]:
 def check_table(table: dict, search: dict, where: str) -> dict:
     """The `table:` section checked against the sweep's axes; ConfigError naming what to fix."""
     if not isinstance(table, dict) or set(table) - set(TABLE_KEYS) or not {"rows", "columns"} <= set(table):
-        raise ConfigError(f"{where}: table must be a mapping with rows and columns (swept axes), and optionally "
-                          f"scale and published; got {table!r}")
+        raise ConfigError(
+            f"{where}: table must be a mapping with rows and columns (swept axes), and optionally "
+            f"scale and published; got {table!r}"
+        )
     rows, columns = table["rows"], table["columns"]
     for role, axis in (("rows", rows), ("columns", columns)):
         if axis not in search or search[axis]["kind"] not in ("grid", "choice"):
-            raise ConfigError(f"{where}: table {role} {axis!r} is not a grid or choice axis of this sweep "
-                              f"(swept: {', '.join(search) or 'nothing'})")
+            raise ConfigError(
+                f"{where}: table {role} {axis!r} is not a grid or choice axis of this sweep "
+                f"(swept: {', '.join(search) or 'nothing'})"
+            )
     if rows == columns:
         raise ConfigError(f"{where}: table rows and columns are both {rows!r}: pick two swept axes")
     scale = table.get("scale", 1)
@@ -51,8 +55,9 @@ def check_table(table: dict, search: dict, where: str) -> dict:
         raise ConfigError(f"{where}: table scale must be a positive number, got {scale!r}")
     published = table.get("published") or {}
     if not isinstance(published, dict) or not all(isinstance(cells, dict) for cells in published.values()):
-        raise ConfigError(f"{where}: table published must map {rows} values to {{{columns} value: 'mean ± std'}}, "
-                          f"got {published!r}")
+        raise ConfigError(
+            f"{where}: table published must map {rows} values to {{{columns} value: 'mean ± std'}}, got {published!r}"
+        )
     checked = {}
     for row, cells in published.items():
         for column, text in cells.items():
@@ -78,10 +83,18 @@ def results_table(trials, spec):
             mine = done[(done[rows].astype(str) == str(row)) & (done[columns].astype(str) == str(column))]
             values = [float(v) * scale for v in mine[best]]
             published = table["published"].get(str(row), {}).get(str(column), (None, None))
-            out.append({rows: row, columns: column, "mean": sum(values) / len(values) if values else None,
-                        "std": pd.Series(values).std() if len(values) > 1 else None, "n": len(values),
-                        "published_mean": published[0], "published_std": published[1],
-                        "values": " ".join(f"{v:.2f}" for v in values)})
+            out.append(
+                {
+                    rows: row,
+                    columns: column,
+                    "mean": sum(values) / len(values) if values else None,
+                    "std": pd.Series(values).std() if len(values) > 1 else None,
+                    "n": len(values),
+                    "published_mean": published[0],
+                    "published_std": published[1],
+                    "values": " ".join(f"{v:.2f}" for v in values),
+                }
+            )
     return pd.DataFrame(out)
 
 

@@ -23,16 +23,18 @@ class SweepMlflowLogger(MLflowLoggerCallback):
     """
 
     def __init__(self, mlflow: str, experiment_name: str, plan: ResourcePlan) -> None:
-        super().__init__(tracking_uri=store(mlflow)[0], experiment_name=experiment_name,
-                         tags={"fedsweep.sweep": experiment_name})
+        super().__init__(
+            tracking_uri=store(mlflow)[0], experiment_name=experiment_name, tags={"fedsweep.sweep": experiment_name}
+        )
         self.plan = plan
 
     def log_trial_start(self, trial) -> None:
         """Start (or go on with) the trial's MLflow run and log all its parameters."""
         super().log_trial_start(trial)
         settings, run_config = self.plan.trial(trial.config)
-        self.mlflow_util.log_params(run_id=self._trial_runs[trial],
-                                    params_to_log=run_params(run_config, settings.to_dict()))
+        self.mlflow_util.log_params(
+            run_id=self._trial_runs[trial], params_to_log=run_params(run_config, settings.to_dict())
+        )
 
 
 class SweepWandbLogger(WandbLoggerCallback):
@@ -51,8 +53,10 @@ class SweepWandbLogger(WandbLoggerCallback):
     def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs) -> None:
         # The one place the W&B run's config is handed over (Ray is pinned to one version: see pyproject).
         settings, run_config = self.plan.trial(trial.config)
-        wandb_init_kwargs["config"] = {**wandb_init_kwargs.get("config", {}),
-                                       **run_params(run_config, settings.to_dict())}
+        wandb_init_kwargs["config"] = {
+            **wandb_init_kwargs.get("config", {}),
+            **run_params(run_config, settings.to_dict()),
+        }
         super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     def log_trial_end(self, trial, failed: bool = False) -> None:

@@ -38,8 +38,9 @@ def share_data(spec: SweepSpec) -> list:
     given_up: set[str] = set()
     for _, settings, run_config in trials(spec):
         for function in shared_data.registered():
-            if function.name in given_up or any(v.answers(function.name, run_config, settings.pool_size)
-                                                for v in values):
+            if function.name in given_up or any(
+                v.answers(function.name, run_config, settings.pool_size) for v in values
+            ):
                 continue
             with bad_data_is_bad_input():
                 value = shared_data.compute_for(function, run_config, settings.pool_size)
@@ -105,8 +106,9 @@ class TuneReporter(Callback):
         _report(metrics, event.state)
 
 
-def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_dir: str,
-                   checkpoint_every: int = 1) -> None:
+def fedsweep_trial(
+    config: dict, shared_values: list, plan: ResourcePlan, app_dir: str, checkpoint_every: int = 1
+) -> None:
     """Tune function trainable: one fl_core run, resumed from the trial's last checkpoint if any.
 
     `config` holds the trial's sampled values only; the fixed ones come with `plan`.
@@ -128,8 +130,14 @@ def fedsweep_trial(config: dict, shared_values: list, plan: ResourcePlan, app_di
             resume = load_checkpoint(directory)
         if resume.round >= run_config.get(ROUNDS_KEY, resume.round + 1):
             return
-    run_app(load_app_folder(app_dir), run_config, settings, resume=resume, shared_values=shared_values,
-            callbacks=[TuneReporter(checkpoint_every)])
+    run_app(
+        load_app_folder(app_dir),
+        run_config,
+        settings,
+        resume=resume,
+        shared_values=shared_values,
+        callbacks=[TuneReporter(checkpoint_every)],
+    )
 
 
 def make_trainable(spec: SweepSpec, shared_values: list):
@@ -138,6 +146,7 @@ def make_trainable(spec: SweepSpec, shared_values: list):
 
     plan = spec.plan()
     transfer = [value.for_transfer() for value in shared_values]  # the refs only, not the data again
-    trainable = tune.with_parameters(fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir,
-                                     checkpoint_every=spec.checkpoint_every)
+    trainable = tune.with_parameters(
+        fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir, checkpoint_every=spec.checkpoint_every
+    )
     return tune.with_resources(trainable, functools.partial(trial_resources, plan=plan))

@@ -67,12 +67,18 @@ def tune_config(spec: SweepSpec):
     if spec.scheduler == "asha":
         rounds = spec.run_config[ROUNDS_KEY]
         scheduler = ASHAScheduler(time_attr="round", max_t=rounds, grace_period=min(spec.asha_grace_rounds, rounds))
-    return tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
-                           trial_dirname_creator=trial_dirname,
-                           # Saves a worker start (imports of torch and Flower, seconds) per trial; a trial
-                           # whose thread does not end within Tune's timeout gets a fresh actor anyway.
-                           reuse_actors=True)
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=spec.num_samples,
+        max_concurrent_trials=spec.max_concurrent_trials,
+        trial_dirname_creator=trial_dirname,
+        # Saves a worker start (imports of torch and Flower, seconds) per trial; a trial
+        # whose thread does not end within Tune's timeout gets a fresh actor anyway.
+        reuse_actors=True,
+    )
 
 
 def run_config(spec: SweepSpec, experiment: str, args: argparse.Namespace | None = None):
@@ -141,7 +147,10 @@ class _GoneCheckpointFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg):
             record.msg, record.args, record.exc_info = (
-                "an old checkpoint was already deleted before the sweep was interrupted; nothing lost (%s)", (exc,), None)
+                "an old checkpoint was already deleted before the sweep was interrupted; nothing lost (%s)",
+                (exc,),
+                None,
+            )
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
@@ -164,8 +173,12 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
         else:
             write_marker(experiment, spec)
-            tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                               run_config=run_config(spec, experiment, args))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec),
+                tune_config=tune_config(spec),
+                run_config=run_config(spec, experiment, args),
+            )
         t0 = time.perf_counter()
         try:
             tuner.fit()
@@ -195,5 +208,7 @@ def _missing_metric(error: str, metric: str) -> str | None:
     if "did not include the specified metric" not in error:
         return None
     reported = sorted({key for key in re.findall(r"'([\w.-]+)'", error) if is_model_metric(key)} - {metric})
-    return (f"the app reports no {metric} per round; it reports {', '.join(reported) or 'no model metrics'}: "
-            "sweep one of those with --metric")
+    return (
+        f"the app reports no {metric} per round; it reports {', '.join(reported) or 'no model metrics'}: "
+        "sweep one of those with --metric"
+    )

@@ -13,9 +13,12 @@ from fl_sweep.spec import SweepSpec, trials
 
 def validate_spec(spec: SweepSpec, local_cpus: int | None, local_gpus: int | None) -> None:
     """Raise ConfigError on anything that would fail later: settings, every grid value, metric, search, resources."""
-    need_positive = {"--num-samples": spec.num_samples, "--keep-checkpoints": spec.keep_checkpoints,
-                     "--checkpoint-every": spec.checkpoint_every,
-                     "--asha-grace-rounds": spec.asha_grace_rounds}
+    need_positive = {
+        "--num-samples": spec.num_samples,
+        "--keep-checkpoints": spec.keep_checkpoints,
+        "--checkpoint-every": spec.checkpoint_every,
+        "--asha-grace-rounds": spec.asha_grace_rounds,
+    }
     if spec.max_concurrent_trials is not None:
         need_positive["--max-concurrent-trials"] = spec.max_concurrent_trials
     for flag, value in need_positive.items():
@@ -24,8 +27,10 @@ def validate_spec(spec: SweepSpec, local_cpus: int | None, local_gpus: int | Non
     if spec.max_failures < -1:
         raise ConfigError(f"--max-failures must be >= 0 (or -1 for unlimited), got {spec.max_failures}")
     if not is_model_metric(spec.metric):
-        raise ConfigError(f"--metric must be a per-round metric of the model, starting with "
-                          f"{', '.join(MODEL_PREFIXES)} (e.g. central_accuracy, fed_loss), got {spec.metric!r}")
+        raise ConfigError(
+            f"--metric must be a per-round metric of the model, starting with "
+            f"{', '.join(MODEL_PREFIXES)} (e.g. central_accuracy, fed_loss), got {spec.metric!r}"
+        )
     _validate_search_alg(spec)
     app = spec.app()
     plan = spec.plan()
@@ -54,16 +59,22 @@ def _validate_search_alg(spec: SweepSpec) -> None:
     """Refuse search/scheduler combinations Tune cannot run."""
     if spec.search_alg == "optuna":
         if not optuna_available():
-            raise ConfigError("--search optuna needs the optuna package, which is not installed: "
-                              "pip install 'fedsweep[optuna]' (or optuna), or use --search grid/random")
+            raise ConfigError(
+                "--search optuna needs the optuna package, which is not installed: "
+                "pip install 'fedsweep[optuna]' (or optuna), or use --search grid/random"
+            )
         grids = [k for k, e in spec.search.items() if e["kind"] == "grid"]
         if grids:
-            raise ConfigError(f"--search optuna cannot take grid values (Optuna has no grid_search), found for "
-                              f"{', '.join(grids)}: sweep them with --choice instead")
+            raise ConfigError(
+                f"--search optuna cannot take grid values (Optuna has no grid_search), found for "
+                f"{', '.join(grids)}: sweep them with --choice instead"
+            )
     if spec.scheduler == "asha":
         if ROUNDS_KEY not in spec.run_config:
-            raise ConfigError(f"--scheduler asha stops trials on rounds and reads their number from the app's "
-                              f"run-config key {ROUNDS_KEY}, which this app does not have")
+            raise ConfigError(
+                f"--scheduler asha stops trials on rounds and reads their number from the app's "
+                f"run-config key {ROUNDS_KEY}, which this app does not have"
+            )
         if ROUNDS_KEY in spec.search:
             raise ConfigError(f"--scheduler asha stops trials on rounds and needs one {ROUNDS_KEY}: fix it with --set")
 
@@ -85,10 +96,13 @@ def same_runs(spec: SweepSpec) -> list[str]:
             rest = {k: v for k, v in run_config.items() if k != fraction_key}
             key = repr((sorted(settings.to_dict().items()), sorted(rest.items()), count))
             groups.setdefault(key, (count, settings.pool_size, run_config.get(minimum_key, 2), set()))[3].add(
-                run_config[fraction_key])
+                run_config[fraction_key]
+            )
         for count, pool, minimum, fractions in groups.values():
-            note = (f"{fraction_key} values {', '.join(f'{f:g}' for f in sorted(fractions))} sample the same {count} "
-                    f"of {pool} clients per round ({minimum_key} {minimum}): their grid points make the same runs")
+            note = (
+                f"{fraction_key} values {', '.join(f'{f:g}' for f in sorted(fractions))} sample the same {count} "
+                f"of {pool} clients per round ({minimum_key} {minimum}): their grid points make the same runs"
+            )
             if len(fractions) > 1 and note not in notes:
                 notes.append(note)
     return notes

@@ -24,9 +24,18 @@ def tiny_run(settings: dict | None = None, app_dir: str | None = None, **run_con
     from fl_core import RunSettings, fuse_run_config, load_app_folder
 
     app = load_app_folder(app_dir)
-    values = dict(dataset="synthetic", synthetic_size=400, fraction_train=0.5, fraction_evaluate=0.5,
-                  min_train_nodes=2, min_evaluate_nodes=2, num_server_rounds=2, local_epochs=1, lr=0.05,
-                  eval_batch_size=200)
+    values = dict(
+        dataset="synthetic",
+        synthetic_size=400,
+        fraction_train=0.5,
+        fraction_evaluate=0.5,
+        min_train_nodes=2,
+        min_evaluate_nodes=2,
+        num_server_rounds=2,
+        local_epochs=1,
+        lr=0.05,
+        eval_batch_size=200,
+    )
     values.update(run_config)
     fused = fuse_run_config(app, {k.replace("_", "-"): v for k, v in values.items()})
     engine = RunSettings(**{"pool_size": 4, **(settings or {})})
@@ -42,19 +51,37 @@ def checkpoint_state(round_=2, run=None):
     from fl_core.checkpoint import ServerState
     from fl_core.strategies import StrategyState
 
-
     app, run_config, settings = run or tiny_run()
     arrays = ArrayRecord([np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float64)])
     inner = StrategyState(momentum_vector=[np.full(3, 0.5)], clipping_norm=np.float32(0.25), keys={"a": 1, 2: None})
-    node_state = RecordDict({"control": ArrayRecord([np.full(2, 7.0)]), "seen": MetricRecord({"rounds": 3}),
-                             "tag": ConfigRecord({"name": "x", "raw": b"\x00\x01", "flags": [True, False]})})
-    return ServerState(
-        round=round_, arrays=arrays, strategy="FedAvgM",
-        strategy_state=StrategyState(current_arrays=arrays, m_t={"w": np.full(3, 0.5)}, eta=0.1, name="s",
-                                     pair=(1, 2.5), strategy=inner, nothing=None),
-        node_states={1001: node_state}, history=[{"round": 1, "central_accuracy": 0.1, "fed_accuracy": None}],
-        app=app.name, app_dir=app.directory, run_config=run_config, settings=settings.to_dict(),
+    node_state = RecordDict(
+        {
+            "control": ArrayRecord([np.full(2, 7.0)]),
+            "seen": MetricRecord({"rounds": 3}),
+            "tag": ConfigRecord({"name": "x", "raw": b"\x00\x01", "flags": [True, False]}),
+        }
     )
+    return ServerState(
+        round=round_,
+        arrays=arrays,
+        strategy="FedAvgM",
+        strategy_state=StrategyState(
+            current_arrays=arrays,
+            m_t={"w": np.full(3, 0.5)},
+            eta=0.1,
+            name="s",
+            pair=(1, 2.5),
+            strategy=inner,
+            nothing=None,
+        ),
+        node_states={1001: node_state},
+        history=[{"round": 1, "central_accuracy": 0.1, "fed_accuracy": None}],
+        app=app.name,
+        app_dir=app.directory,
+        run_config=run_config,
+        settings=settings.to_dict(),
+    )
+
 
 SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"]  # a tiny `python -m fl_core` run
 
@@ -68,7 +95,6 @@ def no_ray(monkeypatch):
         raise AssertionError("ray.init was called for bad input")
 
     monkeypatch.setattr(ray, "init", forbidden)
-
 
 
 def model_metrics(history: list[dict]) -> list[dict]:
@@ -101,8 +127,8 @@ def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
             data = f.read()
         at = 0
         while at < len(data):
-            (length,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
             at += 12 + length + 4
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))

@@ -89,7 +89,7 @@ def evaluate(message, context):
     return _run(message, context, "evaluate")
 '''
 SERVER_MODULE = "faulty_server"
-SERVER_CODE = '''"""The built-in ServerApp whose central evaluation shards fail on cue (tests/faults.py writes this file)."""
+SERVER_CODE = '''"""The built-in ServerApp whose central evaluation shards fail on cue (written by tests/faults.py)."""
 
 import cifar10_app.server_app as builtin
 from flwr.serverapp import ServerApp
@@ -127,8 +127,7 @@ def faulty_app(folder: str) -> str:
     text = text.replace('name = "fedsweep-cifar10"', 'name = "fedsweep-cifar10-faults"', 1)
     text = re.sub(r'clientapp = "[^"]+"', f'clientapp = "{CLIENT_MODULE}:app"', text, count=1)
     text = re.sub(r'serverapp = "[^"]+"', f'serverapp = "{SERVER_MODULE}:app"', text, count=1)
-    text = text.replace("[tool.flwr.app.config]\n",
-                        '[tool.flwr.app.config]\nfault-plan = "[]"\nfault-dir = ""\n', 1)
+    text = text.replace("[tool.flwr.app.config]\n", '[tool.flwr.app.config]\nfault-plan = "[]"\nfault-dir = ""\n', 1)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "pyproject.toml"), "w") as f:
         f.write(text)

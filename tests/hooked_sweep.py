@@ -63,6 +63,7 @@ def hooked_trial(round_log: str | None, fail_once: str | None):
 
 if __name__ == "__main__":
     # make_trainable looks the trial function up in its module when it builds the trainable.
-    trainable.fedsweep_trial = hooked_trial(os.environ.get("FEDSWEEP_TEST_ROUND_LOG"),
-                                            os.environ.get("FEDSWEEP_TEST_FAIL_ONCE"))
+    trainable.fedsweep_trial = hooked_trial(
+        os.environ.get("FEDSWEEP_TEST_ROUND_LOG"), os.environ.get("FEDSWEEP_TEST_FAIL_ONCE")
+    )
     sys.exit(tune_search.main())

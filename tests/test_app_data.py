@@ -7,9 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
-
 from cifar10_app.data import label_histograms, load_cifar10, make_synthetic, partition_summary, partitioner
 from cifar10_app.data import load_data as shared_load_data
+
 from fl_core import fuse_run_config, load_app_folder
 
 
@@ -67,8 +67,15 @@ def test_pathological_limits_classes_per_client():
 
 def test_niid_bench_label_quantity_gives_client_i_label_i_first():
     # NIID-Bench's #C=k split: client i holds label i mod 10 and k-1 others, each label's samples shared out evenly.
-    data = load_federated_data(_config(pool_size=10, partition="pathological", classes_per_client=3,
-                                       class_assignment="first-deterministic", val_ratio=0.0))
+    data = load_federated_data(
+        _config(
+            pool_size=10,
+            partition="pathological",
+            classes_per_client=3,
+            class_assignment="first-deterministic",
+            val_ratio=0.0,
+        )
+    )
     hist = label_histograms(data)
     assert ((hist > 0).sum(axis=1) == 3).all()
     assert all(hist.iloc[i, i] > 0 for i in range(10))
@@ -76,8 +83,11 @@ def test_niid_bench_label_quantity_gives_client_i_label_i_first():
 
 def test_self_balancing_dirichlet_caps_the_largest_clients():
     # NIID-Bench's Dirichlet draw: a client that holds its average share (here 200) draws no more labels.
-    sizes = lambda balancing: label_histograms(load_federated_data(
-        _config(pool_size=10, partition="dirichlet", alpha=0.5, self_balancing=balancing, val_ratio=0.0))).sum(axis=1)
+    sizes = lambda balancing: label_histograms(
+        load_federated_data(
+            _config(pool_size=10, partition="dirichlet", alpha=0.5, self_balancing=balancing, val_ratio=0.0)
+        )
+    ).sum(axis=1)
     balanced, free = sizes(True), sizes(False)
     assert balanced.sum() == free.sum() == 2000
     assert balanced.max() < free.max()

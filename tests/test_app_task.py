@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-
 from cifar10_app.client_app import app as client_app
 from cifar10_app.data import load_data
 from cifar10_app.task import Net, client_seed, crop_flip, evaluate, initial_model, place_model, to_tensor, train
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
 from tests.conftest import tiny_run
 
 
@@ -61,7 +61,8 @@ def test_crop_flip_shifts_or_flips_per_sample():
     padded = torch.nn.functional.pad(batch, (4, 4, 4, 4), mode="reflect")
     for i in range(2):
         found = any(
-            torch.equal(out[i], padded[i, :, r : r + 32, c : c + 32]) or torch.equal(out[i], padded[i, :, r : r + 32, c : c + 32].flip(2))
+            torch.equal(out[i], padded[i, :, r : r + 32, c : c + 32])
+            or torch.equal(out[i], padded[i, :, r : r + 32, c : c + 32].flip(2))
             for r in range(9)
             for c in range(9)
         )
@@ -76,8 +77,18 @@ def test_cpu_layout_is_channels_last_and_changes_only_rounding(data):
     assert placed.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     plain = initial_model(0)
     for model, inputs in ((placed, x), (plain, x.contiguous())):
-        train(model, inputs, y, epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, augment="crop-flip",
-              generator=torch.Generator().manual_seed(3))
+        train(
+            model,
+            inputs,
+            y,
+            epochs=1,
+            batch_size=32,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=0.0,
+            augment="crop-flip",
+            generator=torch.Generator().manual_seed(3),
+        )
     for a, b in zip(weights(placed), weights(plain)):
         assert a.flags.c_contiguous and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
@@ -87,8 +98,18 @@ def test_training_lowers_loss(data):
     model = initial_model(0)
     x, y = to_tensor(data.train_images[:600]), torch.from_numpy(data.train_labels[:600])
     before, _ = evaluate(model, x, y, 200)
-    train(model, x, y, epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, augment="crop-flip",
-          generator=torch.Generator().manual_seed(0))
+    train(
+        model,
+        x,
+        y,
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        augment="crop-flip",
+        generator=torch.Generator().manual_seed(0),
+    )
     after, accuracy = evaluate(model, x, y, 200)
     assert after < before and accuracy > 0.3
 
@@ -98,11 +119,20 @@ def _call(run_config, kind: str, partition_id: int = 0, state: RecordDict | None
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    content = RecordDict({"arrays": ArrayRecord(initial_model(1).state_dict()),
-                          "config": ConfigRecord({"server-round": 1, "lr": 0.05, "local-epochs": 1, **config})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(initial_model(1).state_dict()),
+            "config": ConfigRecord({"server-round": 1, "lr": 0.05, "local-epochs": 1, **config}),
+        }
+    )
     message = Message(content, 1000 + partition_id, MessageType.TRAIN if kind == "train" else MessageType.EVALUATE)
-    context = Context(run_id=1, node_id=1000 + partition_id, state=state or RecordDict(), run_config=run_config,
-                      node_config={"partition-id": partition_id, "num-partitions": 4})
+    context = Context(
+        run_id=1,
+        node_id=1000 + partition_id,
+        state=state or RecordDict(),
+        run_config=run_config,
+        node_config={"partition-id": partition_id, "num-partitions": 4},
+    )
     return client_app(message, context)
 
 
@@ -129,7 +159,9 @@ def test_fedprox_term_pulls_towards_global_and_is_not_reported(run_config):
     plain_loss = _call(run_config, "train", lr=0.1)
     tiny_mu = _call(run_config, "train", lr=0.1, **{"proximal-mu": 1e-12})
     # The proximal term shapes the update but is not part of the reported training loss.
-    assert tiny_mu.content["metrics"]["train_loss"] == pytest.approx(plain_loss.content["metrics"]["train_loss"], rel=1e-6)
+    assert tiny_mu.content["metrics"]["train_loss"] == pytest.approx(
+        plain_loss.content["metrics"]["train_loss"], rel=1e-6
+    )
 
 
 def test_evaluate_reports_accuracy(run_config, data):
@@ -141,7 +173,7 @@ def test_client_side_dp_clips_the_update(run_config):
     clipped = {**run_config, "dp": "client-fixed"}
     start = weights(initial_model(1))
     update = [x - y for x, y in zip(_trained(clipped, lr=0.1, **{"clipping_norm": 0.01}), start)]
-    assert np.sqrt(sum(float((u ** 2).sum()) for u in update)) <= 0.01 + 1e-6
+    assert np.sqrt(sum(float((u**2).sum()) for u in update)) <= 0.01 + 1e-6
 
 
 def test_client_seed_is_a_pure_function():

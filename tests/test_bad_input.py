@@ -62,19 +62,23 @@ def sweep(*args: str) -> list[str]:
 
 def files(**contents: str | bytes) -> Callable:
     """Write files (name: text or bytes; `__` in a name stands for `/`)."""
+
     def write(folder: Path, monkeypatch) -> None:
         for name, content in contents.items():
             path = folder / name.replace("__", "/")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
     return write
 
 
 def folders(*names: str) -> Callable:
     """Make (nested) folders."""
+
     def make(folder: Path, monkeypatch) -> None:
         for name in names:
             (folder / name).mkdir(parents=True, exist_ok=True)
+
     return make
 
 
@@ -86,6 +90,7 @@ APP_COMPONENTS = '[tool.flwr.app.components]\nserverapp = "{pkg}.server:app"\ncl
 def app(pyproject: str | None, package: str | None = None) -> Callable:
     """An app folder ./app with `pyproject` (None: none), and a package `package` with empty server/client/task
     modules (found, never imported: only a check hook would be)."""
+
     def make(folder: Path, monkeypatch) -> None:
         (folder / "app").mkdir()
         if pyproject is not None:
@@ -94,12 +99,14 @@ def app(pyproject: str | None, package: str | None = None) -> Callable:
             (folder / "app" / package).mkdir()
             for module in ("__init__", "server", "client", "task"):
                 (folder / "app" / package / f"{module}.py").write_text("")
+
     return make
 
 
 def checkpoint(corrupt: Callable[[str], None] | None = None, **state) -> Callable:
     """A checkpoint of a finished 2-round run of the built-in app (tiny synthetic run, 4 nodes) in ./run, with
     ServerState fields replaced by `state` and then `corrupt(path)` applied to the file."""
+
     def make(folder: Path, monkeypatch) -> None:
         saved = checkpoint_state()
         for key, value in state.items():
@@ -107,6 +114,7 @@ def checkpoint(corrupt: Callable[[str], None] | None = None, **state) -> Callabl
         path = save_checkpoint(saved, str(folder / "run"))
         if corrupt is not None:
             corrupt(path)
+
     return make
 
 
@@ -122,31 +130,37 @@ def _write_npz(path: str, entries: dict) -> None:
 
 def meta_edit(edit: Callable[[dict], None]) -> Callable[[str], None]:
     """Rewrite the checkpoint's JSON document with `edit(meta)` applied: valid JSON, wrong content."""
+
     def corrupt(path: str) -> None:
         entries = _entries(path)
         meta = json.loads(bytes(entries["meta"]).decode())
         edit(meta)
         entries["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         _write_npz(path, entries)
+
     return corrupt
 
 
 def meta_bytes(raw: bytes) -> Callable[[str], None]:
     """Replace the checkpoint's JSON document by `raw`."""
+
     def corrupt(path: str) -> None:
         entries = _entries(path)
         entries["meta"] = np.frombuffer(raw, dtype=np.uint8)
         _write_npz(path, entries)
+
     return corrupt
 
 
 def cut(keep: Callable[[bytes], bytes]) -> Callable[[str], None]:
     """Replace the checkpoint file's bytes by `keep(bytes)`."""
+
     def corrupt(path: str) -> None:
         with open(path, "rb") as f:
             data = f.read()
         with open(path, "wb") as f:
             f.write(keep(data))
+
     return corrupt
 
 
@@ -162,11 +176,13 @@ class Payload:
 
 def pickled(entry: str) -> Callable[[str], None]:
     """Replace the checkpoint's entry `entry` by a pickled object array whose loading would create ./PWNED."""
+
     def corrupt(path: str) -> None:
         entries = _entries(path)
         marker = os.path.join(os.path.dirname(os.path.dirname(path)), "PWNED")
         entries[entry] = np.array([Payload(marker)], dtype=object)
         _write_npz(path, entries)
+
     return corrupt
 
 
@@ -175,6 +191,7 @@ def drop_entry(entry: str) -> Callable[[str], None]:
         entries = _entries(path)
         del entries[entry]
         _write_npz(path, entries)
+
     return corrupt
 
 
@@ -185,6 +202,7 @@ def plain_npy(path: str) -> None:
 
 def sweep_marker(edit: Callable[[dict], None] | None = None, raw: str | None = None) -> Callable:
     """./out/fedsweep/fedsweep_sweep.json of a sweep that never ran (no Tune state), `edit`ed, or `raw` text."""
+
     def make(folder: Path, monkeypatch) -> None:
         from fl_sweep.cli import build_parser, build_spec
         from fl_sweep.storage import MARKER_FILE, write_marker
@@ -197,6 +215,7 @@ def sweep_marker(edit: Callable[[dict], None] | None = None, raw: str | None = N
             marker = json.loads((experiment / MARKER_FILE).read_text())
             edit(marker)
             (experiment / MARKER_FILE).write_text(json.dumps(marker))
+
     return make
 
 
@@ -245,23 +264,40 @@ CASES = [
     Case("fl-rounds-0", FL, fl("--num-server-rounds", "0"), "num-server-rounds must be at least 1"),
     Case("fl-client-cpus-too-many", FL, fl("--num-client-cpus", "4096"), "more than this machine's"),
     Case("fl-client-gpus-too-many", FL, fl("--num-client-gpus", "4096"), "asks for more GPUs than this machine's"),
-    Case("fl-client-gpus-1.5", FL, fl("--num-client-gpus", "1.5"), "--num-client-gpus 1.5: Ray hands out a share of one GPU"),
+    Case(
+        "fl-client-gpus-1.5",
+        FL,
+        fl("--num-client-gpus", "1.5"),
+        "--num-client-gpus 1.5: Ray hands out a share of one GPU",
+    ),
     Case("fl-server-gpus-2.5", FL, fl("--server-gpus", "2.5"), "--server-gpus 2.5: Ray hands out a share of one GPU"),
-    Case("fl-mlflow-unreachable", FL, fl("--mlflow", "http://127.0.0.1:9"),
-         "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used"),
+    Case(
+        "fl-mlflow-unreachable",
+        FL,
+        fl("--mlflow", "http://127.0.0.1:9"),
+        "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used",
+    ),
     Case("fl-wandb-empty-project", FL, fl("--wandb", " "), "--wandb needs a W&B project name, got an empty one"),
     Case("fl-pool-size-0", FL, fl("--pool-size", "0"), "--pool-size must be at least 1"),
     Case("fl-pool-size-not-int", FL, fl("--pool-size", "four"), "argument --pool-size: invalid int value: 'four'"),
     Case("fl-server-cpus-0", FL, fl("--server-cpus", "0"), "--server-cpus must be at least 1"),
-    Case("fl-max-parallel-clients-0", FL, fl("--max-parallel-clients", "0"), "--max-parallel-clients must be at least 1"),
+    Case(
+        "fl-max-parallel-clients-0", FL, fl("--max-parallel-clients", "0"), "--max-parallel-clients must be at least 1"
+    ),
     Case("fl-central-eval-every-0", FL, fl("--central-eval-every", "0"), "--central-eval-every must be at least 1"),
-    Case("fl-central-eval-on-unknown", FL, fl("--central-eval-on", "gpu"),
-         "--central-eval-on must be one of auto, workers, server, got 'gpu'"),
+    Case(
+        "fl-central-eval-on-unknown",
+        FL,
+        fl("--central-eval-on", "gpu"),
+        "--central-eval-on must be one of auto, workers, server, got 'gpu'",
+    ),
     Case("fl-strategy-unknown", FL, fl("--strategy", "fedmagic"), "strategy must be one of"),
     Case("fl-dp-unknown", FL, fl("--dp", "sometimes"), "dp must be one of"),
     Case("fl-dp-clipping-0", FL, fl("--dp", "server-fixed", "--dp-fixed.clipping-norm", "0"), "refused its parameters"),
     Case("fl-partition-unknown", FL, fl("--partition", "random"), "partition must be one of"),
-    Case("fl-data-dir-missing", FL, fl("--data-dir", "/nonexistent/cifar"), "data-dir /nonexistent/cifar does not exist"),
+    Case(
+        "fl-data-dir-missing", FL, fl("--data-dir", "/nonexistent/cifar"), "data-dir /nonexistent/cifar does not exist"
+    ),
     Case("fl-lr-not-number", FL, fl("--lr", "fast"), "run-config key lr expects a number"),
     Case("fl-local-epochs-not-int", FL, fl("--local-epochs", "1.5"), "run-config key local-epochs expects an integer"),
     Case("fl-seed-disagrees", FL, fl("--seed", "1", "--run-config", "seed=2"), "disagree"),
@@ -274,11 +310,21 @@ CASES = [
     # --- python -m fl_core: --run-config
     Case("fl-run-config-lr-not-number", FL, fl("--run-config", "lr=fast"), "--run-config"),
     Case("fl-run-config-unknown-key", FL, fl("--run-config", "nosuchkey=1"), "'nosuchkey' is not a run-config key"),
-    Case("fl-run-config-epochs-float", FL, fl("--run-config", "local-epochs=1.5"),
-         "run-config key local-epochs expects an integer"),
-    Case("fl-run-config-dataset-number", FL, ["--run-config", "dataset=5", "--checkpoint-dir", "out"],
-         "run-config key dataset expects a string"),
-    Case("fl-run-config-augment-bool", FL, fl("--run-config", "augment=true"), "run-config key augment expects a string"),
+    Case(
+        "fl-run-config-epochs-float",
+        FL,
+        fl("--run-config", "local-epochs=1.5"),
+        "run-config key local-epochs expects an integer",
+    ),
+    Case(
+        "fl-run-config-dataset-number",
+        FL,
+        ["--run-config", "dataset=5", "--checkpoint-dir", "out"],
+        "run-config key dataset expects a string",
+    ),
+    Case(
+        "fl-run-config-augment-bool", FL, fl("--run-config", "augment=true"), "run-config key augment expects a string"
+    ),
     Case("fl-run-config-no-equals", FL, fl("--run-config", "lr"), "--run-config 'lr': 'lr' is not KEY=VALUE"),
     Case("fl-run-config-no-key", FL, fl("--run-config", "=0.1"), "'=0.1' is not KEY=VALUE"),
     Case("fl-run-config-no-value", FL, fl("--run-config", "lr="), "'lr=' is not KEY=VALUE"),
@@ -288,108 +334,323 @@ CASES = [
     # --- python -m fl_core: app folders
     Case("fl-app-missing", FL, fl("--app", "/nonexistent/app"), "is not a folder"),
     Case("fl-app-no-pyproject", FL, ["--app", "app", "--checkpoint-dir", "out"], "has no pyproject.toml", [app(None)]),
-    Case("fl-app-pyproject-not-toml", FL, ["--app", "app", "--checkpoint-dir", "out"], "cannot read pyproject.toml",
-         [app("[project\nname=")]),
-    Case("fl-app-no-flwr-section", FL, ["--app", "app", "--checkpoint-dir", "out"], "Missing [tool.flwr.app] section",
-         [app(APP_HEAD)]),
-    Case("fl-app-no-components", FL, ["--app", "app", "--checkpoint-dir", "out"], "components",
-         [app(APP_HEAD + APP_FLWR)]),
-    Case("fl-app-modules-missing", FL, ["--app", "app", "--checkpoint-dir", "out"], "cannot find the server app's module",
-         [app(APP_HEAD + APP_FLWR + APP_COMPONENTS)]),
-    Case("fl-app-resume-may-change-not-list", FL, ["--app", "app", "--checkpoint-dir", "out"],
-         "resume-may-change must be a list", [app(APP_HEAD + APP_FLWR + APP_COMPONENTS
-                                                  + '[tool.fedsweep]\nresume-may-change = "lr"\n', "pkg_rmc")]),
-    Case("fl-app-partitioner-not-reference", FL, ["--app", "app", "--checkpoint-dir", "out"],
-         'partitioner must be "module:function"', [app(APP_HEAD + APP_FLWR + APP_COMPONENTS
-                                                       + '[tool.fedsweep]\npartitioner = "nocolon"\n', "pkg_part")]),
-    Case("fl-app-partition-by-empty", FL, ["--app", "app", "--checkpoint-dir", "out"],
-         "partition-by must name the label column", [app(APP_HEAD + APP_FLWR + APP_COMPONENTS
-                                                         + '[tool.fedsweep]\npartition-by = ""\n', "pkg_pby")]),
-    Case("fl-app-check-hook-missing", FL, ["--app", "app", "--checkpoint-dir", "out"],
-         "cannot import [tool.fedsweep] check-run-config pkg_hook.task:nothing",
-         [app(APP_HEAD + APP_FLWR + APP_COMPONENTS + '[tool.fedsweep]\ncheck-run-config = "pkg_hook.task:nothing"\n',
-              "pkg_hook")]),
-    Case("fl-app-unknown-key-of-that-app", FL, ["--app", QUICKSTART, "--strategy", "fedavg", "--checkpoint-dir", "out"],
-         "unrecognized arguments: --strategy fedavg (app quickstart-pytorch has no such run-config key"),
+    Case(
+        "fl-app-pyproject-not-toml",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "cannot read pyproject.toml",
+        [app("[project\nname=")],
+    ),
+    Case(
+        "fl-app-no-flwr-section",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "Missing [tool.flwr.app] section",
+        [app(APP_HEAD)],
+    ),
+    Case(
+        "fl-app-no-components",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "components",
+        [app(APP_HEAD + APP_FLWR)],
+    ),
+    Case(
+        "fl-app-modules-missing",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "cannot find the server app's module",
+        [app(APP_HEAD + APP_FLWR + APP_COMPONENTS)],
+    ),
+    Case(
+        "fl-app-resume-may-change-not-list",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "resume-may-change must be a list",
+        [app(APP_HEAD + APP_FLWR + APP_COMPONENTS + '[tool.fedsweep]\nresume-may-change = "lr"\n', "pkg_rmc")],
+    ),
+    Case(
+        "fl-app-partitioner-not-reference",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        'partitioner must be "module:function"',
+        [app(APP_HEAD + APP_FLWR + APP_COMPONENTS + '[tool.fedsweep]\npartitioner = "nocolon"\n', "pkg_part")],
+    ),
+    Case(
+        "fl-app-partition-by-empty",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "partition-by must name the label column",
+        [app(APP_HEAD + APP_FLWR + APP_COMPONENTS + '[tool.fedsweep]\npartition-by = ""\n', "pkg_pby")],
+    ),
+    Case(
+        "fl-app-check-hook-missing",
+        FL,
+        ["--app", "app", "--checkpoint-dir", "out"],
+        "cannot import [tool.fedsweep] check-run-config pkg_hook.task:nothing",
+        [
+            app(
+                APP_HEAD + APP_FLWR + APP_COMPONENTS + '[tool.fedsweep]\ncheck-run-config = "pkg_hook.task:nothing"\n',
+                "pkg_hook",
+            )
+        ],
+    ),
+    Case(
+        "fl-app-unknown-key-of-that-app",
+        FL,
+        ["--app", QUICKSTART, "--strategy", "fedavg", "--checkpoint-dir", "out"],
+        "unrecognized arguments: --strategy fedavg (app quickstart-pytorch has no such run-config key",
+    ),
     # --- python -m fl_core: output folder
-    Case("fl-checkpoint-dir-is-file", FL, [*SMALL, "--checkpoint-dir", "file.txt"], "is a file, not a folder",
-         [files(**{"file.txt": "x"})]),
-    Case("fl-checkpoint-dir-under-file", FL, [*SMALL, "--checkpoint-dir", "file.txt/run"],
-         "--checkpoint-dir file.txt/run cannot be created:",
-         [files(**{"file.txt": "x"})]),
-    Case("fl-existing-run-not-overwritten", FL, [*SMALL, "--checkpoint-dir", "run"], "already holds a run",
-         [checkpoint()]),
+    Case(
+        "fl-checkpoint-dir-is-file",
+        FL,
+        [*SMALL, "--checkpoint-dir", "file.txt"],
+        "is a file, not a folder",
+        [files(**{"file.txt": "x"})],
+    ),
+    Case(
+        "fl-checkpoint-dir-under-file",
+        FL,
+        [*SMALL, "--checkpoint-dir", "file.txt/run"],
+        "--checkpoint-dir file.txt/run cannot be created:",
+        [files(**{"file.txt": "x"})],
+    ),
+    Case(
+        "fl-existing-run-not-overwritten",
+        FL,
+        [*SMALL, "--checkpoint-dir", "run"],
+        "already holds a run",
+        [checkpoint()],
+    ),
     # --- python -m fl_core --resume: checkpoints
     Case("ckpt-resume-missing", FL, ["--resume", "nowhere"], "no checkpoint at nowhere"),
-    Case("ckpt-resume-empty-folder", FL, ["--resume", "empty"], f"no checkpoint at empty/{CHECKPOINT_FILE}",
-         [folders("empty")]),
-    Case("ckpt-resume-text-file", FL, ["--resume", "notes.txt"], "checkpoint notes.txt is corrupt or not a fedsweep "
-         "checkpoint (not an .npz archive",
-         [files(**{"notes.txt": "round 2 went well\n"})]),
-    Case("ckpt-garbage", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive", [files(**{f"run__{CHECKPOINT_FILE}": b"garbage"})]),
-    Case("ckpt-zero-bytes", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive", [files(**{f"run__{CHECKPOINT_FILE}": b""})]),
-    Case("ckpt-truncated-half", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive",
-         [checkpoint(cut(lambda data: data[:len(data) // 2]))]),
-    Case("ckpt-truncated-tail", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive", [checkpoint(cut(lambda data: data[:-10]))]),
-    Case("ckpt-plain-npy", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive", [checkpoint(plain_npy)]),
-    Case("ckpt-no-meta", FL, RUN, "corrupt or not a fedsweep checkpoint ('meta is not a file in the archive')", [checkpoint(drop_entry("meta"))]),
-    Case("ckpt-model-array-missing", FL, RUN, "corrupt or not a fedsweep checkpoint", [checkpoint(drop_entry("a000000"))]),
+    Case(
+        "ckpt-resume-empty-folder",
+        FL,
+        ["--resume", "empty"],
+        f"no checkpoint at empty/{CHECKPOINT_FILE}",
+        [folders("empty")],
+    ),
+    Case(
+        "ckpt-resume-text-file",
+        FL,
+        ["--resume", "notes.txt"],
+        "checkpoint notes.txt is corrupt or not a fedsweep checkpoint (not an .npz archive",
+        [files(**{"notes.txt": "round 2 went well\n"})],
+    ),
+    Case(
+        "ckpt-garbage",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (not an .npz archive",
+        [files(**{f"run__{CHECKPOINT_FILE}": b"garbage"})],
+    ),
+    Case(
+        "ckpt-zero-bytes",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (not an .npz archive",
+        [files(**{f"run__{CHECKPOINT_FILE}": b""})],
+    ),
+    Case(
+        "ckpt-truncated-half",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (not an .npz archive",
+        [checkpoint(cut(lambda data: data[: len(data) // 2]))],
+    ),
+    Case(
+        "ckpt-truncated-tail",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (not an .npz archive",
+        [checkpoint(cut(lambda data: data[:-10]))],
+    ),
+    Case(
+        "ckpt-plain-npy", FL, RUN, "corrupt or not a fedsweep checkpoint (not an .npz archive", [checkpoint(plain_npy)]
+    ),
+    Case(
+        "ckpt-no-meta",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint ('meta is not a file in the archive')",
+        [checkpoint(drop_entry("meta"))],
+    ),
+    Case(
+        "ckpt-model-array-missing", FL, RUN, "corrupt or not a fedsweep checkpoint", [checkpoint(drop_entry("a000000"))]
+    ),
     Case("ckpt-meta-not-json", FL, RUN, "corrupt or not a fedsweep checkpoint", [checkpoint(meta_bytes(b"{round: 2"))]),
-    Case("ckpt-meta-not-utf8", FL, RUN, "corrupt or not a fedsweep checkpoint", [checkpoint(meta_bytes(b"\xff\xfe{}"))]),
+    Case(
+        "ckpt-meta-not-utf8", FL, RUN, "corrupt or not a fedsweep checkpoint", [checkpoint(meta_bytes(b"\xff\xfe{}"))]
+    ),
     Case("ckpt-meta-json-list", FL, RUN, "not a fedsweep checkpoint", [checkpoint(meta_bytes(b"[1, 2]"))]),
     Case("ckpt-meta-other-format", FL, RUN, "not a fedsweep checkpoint", [checkpoint(meta_edit(_set(format="other")))]),
-    Case("ckpt-meta-old-version", FL, RUN, "format version 1 (this fedsweep reads 2)",
-         [checkpoint(meta_edit(_set(version=1)))]),
-    Case("ckpt-meta-no-round", FL, RUN, "corrupt or not a fedsweep checkpoint (field 'round' is missing)", [checkpoint(meta_edit(_rm("round")))]),
+    Case(
+        "ckpt-meta-old-version",
+        FL,
+        RUN,
+        "format version 1 (this fedsweep reads 2)",
+        [checkpoint(meta_edit(_set(version=1)))],
+    ),
+    Case(
+        "ckpt-meta-no-round",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (field 'round' is missing)",
+        [checkpoint(meta_edit(_rm("round")))],
+    ),
     Case("ckpt-meta-no-history", FL, RUN, "(field 'history' is missing)", [checkpoint(meta_edit(_rm("history")))]),
     Case("ckpt-meta-no-settings", FL, RUN, "(field 'settings' is missing)", [checkpoint(meta_edit(_rm("settings")))]),
-    Case("ckpt-meta-round-string", FL, RUN, "field 'round' is a str, not an int",
-         [checkpoint(meta_edit(_set(round="three")))]),
-    Case("ckpt-meta-round-negative", FL, RUN, "corrupt or not a fedsweep checkpoint (round -1)",
-         [checkpoint(meta_edit(_set(round=-1)))]),
-    Case("ckpt-meta-history-not-list", FL, RUN, "field 'history' is a dict, not a list",
-         [checkpoint(meta_edit(_set(history={"round": 1})))]),
-    Case("ckpt-meta-arrays-wrong-tag", FL, RUN, "corrupt or not a fedsweep checkpoint",
-         [checkpoint(meta_edit(_set(arrays={"ndarray": "a000000"})))]),
-    Case("ckpt-meta-unknown-tag", FL, RUN, "unknown entry type 'Pickle'",
-         [checkpoint(meta_edit(_set(strategy_state={"Pickle": []})))]),
-    Case("ckpt-meta-run-config-not-object", FL, RUN, "field 'run_config' is a NoneType, not a dict",
-         [checkpoint(meta_edit(_set(run_config=None)))]),
-    Case("ckpt-meta-settings-unknown-key", FL, RUN, "(unknown engine setting 'num_rounds')",
-         [checkpoint(meta_edit(_settings(num_rounds=3)))]),
-    Case("ckpt-meta-settings-wrong-type", FL, RUN, "(engine setting 'pool_size' is 'four', not an int)",
-         [checkpoint(meta_edit(_settings(pool_size="four")))]),
-    Case("ckpt-meta-settings-none", FL, RUN, "(engine setting 'seed' is None, not an int)",
-         [checkpoint(meta_edit(_settings(seed=None)))]),
-    Case("ckpt-run-config-wrong-type", FL, RUN, "the checkpoint does not fit app fedsweep-cifar10: run-config key lr "
-         "expects a number, got 'fast'", [checkpoint(meta_edit(_run_config(lr="fast")))]),
-    Case("ckpt-run-config-unknown-key", FL, RUN, "its run config: 'learning-rate' is not a run-config key",
-         [checkpoint(meta_edit(_run_config(**{"learning-rate": 0.1})))]),
-    Case("ckpt-pickled-meta", FL, RUN, "(Object arrays cannot be loaded when allow_pickle=False)", [checkpoint(pickled("meta"))]),
-    Case("ckpt-pickled-model-array", FL, RUN, "(Object arrays cannot be loaded when allow_pickle=False)", [checkpoint(pickled("a000000"))]),
-    Case("ckpt-app-folder-gone", FL, RUN, "the checkpoint's app folder /nonexistent/app is gone: give the app's folder "
-         "with --app", [checkpoint(app_dir="/nonexistent/app")]),
-    Case("ckpt-another-app-name", FL, RUN, "the checkpoint is of app 'someone-elses-app'",
-         [checkpoint(app="someone-elses-app")]),
-    Case("ckpt-resumed-with-another-app", FL, [*RUN, "--app", QUICKSTART],
-         "the checkpoint is of app 'fedsweep-cifar10', not 'quickstart-pytorch'", [checkpoint()]),
+    Case(
+        "ckpt-meta-round-string",
+        FL,
+        RUN,
+        "field 'round' is a str, not an int",
+        [checkpoint(meta_edit(_set(round="three")))],
+    ),
+    Case(
+        "ckpt-meta-round-negative",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint (round -1)",
+        [checkpoint(meta_edit(_set(round=-1)))],
+    ),
+    Case(
+        "ckpt-meta-history-not-list",
+        FL,
+        RUN,
+        "field 'history' is a dict, not a list",
+        [checkpoint(meta_edit(_set(history={"round": 1})))],
+    ),
+    Case(
+        "ckpt-meta-arrays-wrong-tag",
+        FL,
+        RUN,
+        "corrupt or not a fedsweep checkpoint",
+        [checkpoint(meta_edit(_set(arrays={"ndarray": "a000000"})))],
+    ),
+    Case(
+        "ckpt-meta-unknown-tag",
+        FL,
+        RUN,
+        "unknown entry type 'Pickle'",
+        [checkpoint(meta_edit(_set(strategy_state={"Pickle": []})))],
+    ),
+    Case(
+        "ckpt-meta-run-config-not-object",
+        FL,
+        RUN,
+        "field 'run_config' is a NoneType, not a dict",
+        [checkpoint(meta_edit(_set(run_config=None)))],
+    ),
+    Case(
+        "ckpt-meta-settings-unknown-key",
+        FL,
+        RUN,
+        "(unknown engine setting 'num_rounds')",
+        [checkpoint(meta_edit(_settings(num_rounds=3)))],
+    ),
+    Case(
+        "ckpt-meta-settings-wrong-type",
+        FL,
+        RUN,
+        "(engine setting 'pool_size' is 'four', not an int)",
+        [checkpoint(meta_edit(_settings(pool_size="four")))],
+    ),
+    Case(
+        "ckpt-meta-settings-none",
+        FL,
+        RUN,
+        "(engine setting 'seed' is None, not an int)",
+        [checkpoint(meta_edit(_settings(seed=None)))],
+    ),
+    Case(
+        "ckpt-run-config-wrong-type",
+        FL,
+        RUN,
+        "the checkpoint does not fit app fedsweep-cifar10: run-config key lr expects a number, got 'fast'",
+        [checkpoint(meta_edit(_run_config(lr="fast")))],
+    ),
+    Case(
+        "ckpt-run-config-unknown-key",
+        FL,
+        RUN,
+        "its run config: 'learning-rate' is not a run-config key",
+        [checkpoint(meta_edit(_run_config(**{"learning-rate": 0.1})))],
+    ),
+    Case(
+        "ckpt-pickled-meta",
+        FL,
+        RUN,
+        "(Object arrays cannot be loaded when allow_pickle=False)",
+        [checkpoint(pickled("meta"))],
+    ),
+    Case(
+        "ckpt-pickled-model-array",
+        FL,
+        RUN,
+        "(Object arrays cannot be loaded when allow_pickle=False)",
+        [checkpoint(pickled("a000000"))],
+    ),
+    Case(
+        "ckpt-app-folder-gone",
+        FL,
+        RUN,
+        "the checkpoint's app folder /nonexistent/app is gone: give the app's folder with --app",
+        [checkpoint(app_dir="/nonexistent/app")],
+    ),
+    Case(
+        "ckpt-another-app-name",
+        FL,
+        RUN,
+        "the checkpoint is of app 'someone-elses-app'",
+        [checkpoint(app="someone-elses-app")],
+    ),
+    Case(
+        "ckpt-resumed-with-another-app",
+        FL,
+        [*RUN, "--app", QUICKSTART],
+        "the checkpoint is of app 'fedsweep-cifar10', not 'quickstart-pytorch'",
+        [checkpoint()],
+    ),
     Case("ckpt-other-pool-size", FL, [*RUN, "--pool-size", "8"], "other settings (pool_size", [checkpoint()]),
     Case("ckpt-other-lr", FL, [*RUN, "--lr", "0.5"], "other settings (lr", [checkpoint()]),
-    Case("ckpt-round-beyond-rounds", FL, [*RUN, "--num-server-rounds", "1"], "the checkpoint is of round 2, past "
-         "num-server-rounds 1: resume it with --num-server-rounds 2 or more", [checkpoint()]),
-    Case("ckpt-resume-with-flower-engine", FL, [*RUN, "--engine", "flower"], "--engine flower cannot --resume",
-         [checkpoint()]),
+    Case(
+        "ckpt-round-beyond-rounds",
+        FL,
+        [*RUN, "--num-server-rounds", "1"],
+        "the checkpoint is of round 2, past num-server-rounds 1: resume it with --num-server-rounds 2 or more",
+        [checkpoint()],
+    ),
+    Case(
+        "ckpt-resume-with-flower-engine",
+        FL,
+        [*RUN, "--engine", "flower"],
+        "--engine flower cannot --resume",
+        [checkpoint()],
+    ),
     # --- tune_search: flags
-    Case("ts-unknown-parameter", TS, sweep("--grid", "learning_rate=0.01,0.1"), "'learning_rate' is not a run-config key"),
+    Case(
+        "ts-unknown-parameter", TS, sweep("--grid", "learning_rate=0.01,0.1"), "'learning_rate' is not a run-config key"
+    ),
     Case("ts-unknown-parameter-in-set", TS, sweep("--set", "rounds=3"), "'rounds' is not a run-config key"),
-    Case("ts-central-eval-every-0", TS, sweep("--set", "dataset=synthetic", "--set", "central_eval_every=0"),
-         "--central-eval-every must be at least 1"),
+    Case(
+        "ts-central-eval-every-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--set", "central_eval_every=0"),
+        "--central-eval-every must be at least 1",
+    ),
     Case("ts-renamed-parameter", TS, sweep("--set", "num_rounds=3"), "num-rounds is now num-server-rounds"),
     Case("ts-empty-grid", TS, sweep("--grid", "local_epochs="), "the grid for local-epochs is empty"),
     Case("ts-grid-no-equals", TS, sweep("--grid", "lr"), "--grid expects KEY=VALUE, got 'lr'"),
     Case("ts-grid-empty-key", TS, sweep("--grid", "=0.1,0.2"), "--grid expects KEY=VALUE, got '=0.1,0.2'"),
-    Case("ts-grid-bad-value", TS, sweep("--set", "dataset=synthetic", "--grid", "fraction-train=0.5,1.5"),
-         "fraction-train must be in (0, 1]"),
+    Case(
+        "ts-grid-bad-value",
+        TS,
+        sweep("--set", "dataset=synthetic", "--grid", "fraction-train=0.5,1.5"),
+        "fraction-train must be in (0, 1]",
+    ),
     Case("ts-choice-wrong-type", TS, sweep("--choice", "local-epochs=1,two"), "local-epochs expects an integer"),
     Case("ts-swept-twice", TS, sweep("--grid", "lr=0.1,0.2", "--choice", "lr=0.3,0.4"), "lr is swept twice"),
     Case("ts-uniform-on-text", TS, sweep("--uniform", "strategy=a,b"), "strategy is not numeric"),
@@ -400,106 +661,307 @@ CASES = [
     Case("ts-loguniform-zero", TS, sweep("--loguniform", "lr=0,0.1"), "loguniform for lr needs positive bounds"),
     Case("ts-loguniform-reversed", TS, sweep("--loguniform", "lr=1e-1,1e-3"), "needs LO < HI"),
     Case("ts-set-no-equals", TS, sweep("--set", "dataset"), "--set expects KEY=VALUE, got 'dataset'"),
-    Case("ts-set-wrong-type", TS, sweep("--set", "dataset=synthetic", "--set", "local_epochs=two"),
-         "run-config key local-epochs expects an integer"),
-    Case("ts-set-setting-wrong-type", TS, sweep("--set", "pool_size=many"), "setting pool_size expects an integer, got 'many'"),
-    Case("ts-set-pool-size-0", TS, sweep("--set", "dataset=synthetic", "--set", "pool_size=0"),
-         "--pool-size must be at least 1"),
+    Case(
+        "ts-set-wrong-type",
+        TS,
+        sweep("--set", "dataset=synthetic", "--set", "local_epochs=two"),
+        "run-config key local-epochs expects an integer",
+    ),
+    Case(
+        "ts-set-setting-wrong-type",
+        TS,
+        sweep("--set", "pool_size=many"),
+        "setting pool_size expects an integer, got 'many'",
+    ),
+    Case(
+        "ts-set-pool-size-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--set", "pool_size=0"),
+        "--pool-size must be at least 1",
+    ),
     Case("ts-fixed-and-swept", TS, sweep("--set", "lr=0.1", "--grid", "lr=0.1,0.2"), "lr both fixed and swept"),
-    Case("ts-num-samples-0", TS, sweep("--set", "dataset=synthetic", "--num-samples", "0"),
-         "--num-samples must be at least 1, got 0"),
+    Case(
+        "ts-num-samples-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--num-samples", "0"),
+        "--num-samples must be at least 1, got 0",
+    ),
     Case("ts-num-samples-not-int", TS, sweep("--num-samples", "many"), "argument --num-samples: invalid int value"),
-    Case("ts-max-failures-negative", TS, sweep("--set", "dataset=synthetic", "--max-failures", "-2"),
-         "--max-failures must be >= 0 (or -1 for unlimited), got -2"),
-    Case("ts-keep-checkpoints-0", TS, sweep("--set", "dataset=synthetic", "--keep-checkpoints", "0"),
-         "--keep-checkpoints must be at least 1"),
-    Case("ts-checkpoint-every-0", TS, sweep("--set", "dataset=synthetic", "--checkpoint-every", "0"),
-         "--checkpoint-every must be at least 1"),
-    Case("ts-max-concurrent-trials-0", TS, sweep("--set", "dataset=synthetic", "--max-concurrent-trials", "0"),
-         "--max-concurrent-trials must be at least 1"),
-    Case("ts-bad-metric", TS, sweep("--set", "dataset=synthetic", "--metric", "accuracy"),
-         "--metric must be a per-round metric"),
-    Case("ts-clients-metric", TS, sweep("--set", "dataset=synthetic", "--metric", "clients_accuracy_mean"),
-         "--metric must be a per-round metric"),
+    Case(
+        "ts-max-failures-negative",
+        TS,
+        sweep("--set", "dataset=synthetic", "--max-failures", "-2"),
+        "--max-failures must be >= 0 (or -1 for unlimited), got -2",
+    ),
+    Case(
+        "ts-keep-checkpoints-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--keep-checkpoints", "0"),
+        "--keep-checkpoints must be at least 1",
+    ),
+    Case(
+        "ts-checkpoint-every-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--checkpoint-every", "0"),
+        "--checkpoint-every must be at least 1",
+    ),
+    Case(
+        "ts-max-concurrent-trials-0",
+        TS,
+        sweep("--set", "dataset=synthetic", "--max-concurrent-trials", "0"),
+        "--max-concurrent-trials must be at least 1",
+    ),
+    Case(
+        "ts-bad-metric",
+        TS,
+        sweep("--set", "dataset=synthetic", "--metric", "accuracy"),
+        "--metric must be a per-round metric",
+    ),
+    Case(
+        "ts-clients-metric",
+        TS,
+        sweep("--set", "dataset=synthetic", "--metric", "clients_accuracy_mean"),
+        "--metric must be a per-round metric",
+    ),
     Case("ts-mode-unknown", TS, sweep("--mode", "sideways"), "argument --mode: invalid choice: 'sideways'"),
     Case("ts-search-unknown", TS, sweep("--search", "bayes"), "argument --search: invalid choice: 'bayes'"),
-    Case("ts-optuna-with-grid", TS, sweep("--search", "optuna", "--set", "dataset=synthetic"),
-         "--search optuna cannot take grid values"),
-    Case("ts-optuna-missing", TS, sweep("--search", "optuna", "--set", "dataset=synthetic", "--loguniform", "lr=1e-3,1e-1"),
-         "needs the optuna package", [no_optuna]),
+    Case(
+        "ts-optuna-with-grid",
+        TS,
+        sweep("--search", "optuna", "--set", "dataset=synthetic"),
+        "--search optuna cannot take grid values",
+    ),
+    Case(
+        "ts-optuna-missing",
+        TS,
+        sweep("--search", "optuna", "--set", "dataset=synthetic", "--loguniform", "lr=1e-3,1e-1"),
+        "needs the optuna package",
+        [no_optuna],
+    ),
     Case("ts-unknown-flag", TS, sweep("--rounds", "3"), "unrecognized arguments: --rounds 3"),
-    Case("ts-client-gpus-1.5", TS, sweep("--set", "dataset=synthetic", "--num-client-gpus", "1.5"),
-         "--num-client-gpus 1.5: Ray hands out a share of one GPU"),
-    Case("ts-mlflow-unreachable", TS, sweep("--set", "dataset=synthetic", "--mlflow", "http://127.0.0.1:9"),
-         "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used"),
-    Case("ts-too-big-for-machine", TS, sweep("--set", "dataset=synthetic", "--server-cpus", "4096"),
-         "one trial needs 4097 CPUs"),
+    Case(
+        "ts-client-gpus-1.5",
+        TS,
+        sweep("--set", "dataset=synthetic", "--num-client-gpus", "1.5"),
+        "--num-client-gpus 1.5: Ray hands out a share of one GPU",
+    ),
+    Case(
+        "ts-mlflow-unreachable",
+        TS,
+        sweep("--set", "dataset=synthetic", "--mlflow", "http://127.0.0.1:9"),
+        "--mlflow http://127.0.0.1:9: the MLflow tracking store http://127.0.0.1:9 cannot be used",
+    ),
+    Case(
+        "ts-too-big-for-machine",
+        TS,
+        sweep("--set", "dataset=synthetic", "--server-cpus", "4096"),
+        "one trial needs 4097 CPUs",
+    ),
     # --- tune_search: app folders
     Case("ts-not-an-app", TS, sweep("--app", "."), "has no pyproject.toml"),
     Case("ts-app-missing", TS, sweep("--app", "/nonexistent/app"), "is not a folder"),
     Case("ts-app-no-flwr-section", TS, sweep("--app", "app"), "Missing [tool.flwr.app] section", [app(APP_HEAD)]),
-    Case("ts-app-pyproject-not-toml", TS, sweep("--app", "app"), "cannot read pyproject.toml", [app('[project]\nname = "x')]),
-    Case("ts-asha-without-rounds-key", TS, sweep("--app", EXAMPLE_WITHOUT_ROUNDS, "--scheduler", "asha", "--grid", "lr=0.1,0.2"),
-         "--scheduler asha stops trials on rounds"),
-    Case("ts-app-without-default-grid-keys", TS, sweep("--app", EXAMPLE_WITHOUT_ROUNDS),
-         "has none of the default grid's keys"),
+    Case(
+        "ts-app-pyproject-not-toml",
+        TS,
+        sweep("--app", "app"),
+        "cannot read pyproject.toml",
+        [app('[project]\nname = "x')],
+    ),
+    Case(
+        "ts-asha-without-rounds-key",
+        TS,
+        sweep("--app", EXAMPLE_WITHOUT_ROUNDS, "--scheduler", "asha", "--grid", "lr=0.1,0.2"),
+        "--scheduler asha stops trials on rounds",
+    ),
+    Case(
+        "ts-app-without-default-grid-keys",
+        TS,
+        sweep("--app", EXAMPLE_WITHOUT_ROUNDS),
+        "has none of the default grid's keys",
+    ),
     # --- tune_search: --config files
     Case("ts-config-missing", TS, sweep("--config", "sweep.yaml"), "cannot read --config sweep.yaml"),
     Case("ts-config-is-folder", TS, sweep("--config", "sweeps"), "cannot read --config sweeps", [folders("sweeps")]),
-    Case("ts-config-bad-yaml", TS, sweep("--config", "sweep.yaml"), "cannot read --config sweep.yaml",
-         [files(**{"sweep.yaml": "fixed:\n  lr: [0.1,\n"})]),
-    Case("ts-config-bad-json", TS, sweep("--config", "sweep.json"), "cannot read --config sweep.json",
-         [files(**{"sweep.json": '{"fixed": {"lr": 0.1,}}'})]),
-    Case("ts-config-not-mapping", TS, sweep("--config", "sweep.yaml"), "must be a mapping with sections",
-         [files(**{"sweep.yaml": "- lr\n- 0.1\n"})]),
-    Case("ts-config-unknown-section", TS, sweep("--config", "sweep.yaml"), "must be a mapping with sections",
-         [files(**{"sweep.yaml": "fixd:\n  lr: 0.1\n"})]),
-    Case("ts-config-fixed-not-mapping", TS, sweep("--config", "sweep.yaml"), "--config sweep.yaml: fixed must be a mapping",
-         [files(**{"sweep.yaml": "fixed:\n  - lr=0.1\n"})]),
-    Case("ts-config-search-not-mapping", TS, sweep("--config", "sweep.yaml"), "search must be a mapping",
-         [files(**{"sweep.yaml": "search: lr\n"})]),
-    Case("ts-config-unknown-key", TS, sweep("--config", "sweep.yaml"), "'learning-rate' is not a run-config key",
-         [files(**{"sweep.yaml": "fixed:\n  learning-rate: 0.1\n"})]),
-    Case("ts-config-renamed-key", TS, sweep("--config", "sweep.yaml"), "num-rounds is now num-server-rounds",
-         [files(**{"sweep.yaml": "fixed:\n  num-rounds: 3\n"})]),
-    Case("ts-config-wrong-type", TS, sweep("--config", "sweep.yaml"), "run-config key local-epochs expects an integer",
-         [files(**{"sweep.yaml": "fixed:\n  local-epochs: two\n"})]),
-    Case("ts-config-list-value", TS, sweep("--config", "sweep.yaml"), "run-config key lr expects a number",
-         [files(**{"sweep.yaml": "fixed:\n  lr: [0.1, 0.2]\n"})]),
-    Case("ts-config-setting-wrong-type", TS, sweep("--config", "sweep.yaml"), "setting pool_size expects an integer, got 2.5",
-         [files(**{"sweep.yaml": "fixed:\n  pool_size: 2.5\n"})]),
-    Case("ts-config-search-scalar", TS, sweep("--config", "sweep.yaml"), "search.lr must look like",
-         [files(**{"sweep.yaml": "search:\n  lr: 0.1\n"})]),
-    Case("ts-config-search-unknown-kind", TS, sweep("--config", "sweep.yaml"), "unknown search kind 'normal'",
-         [files(**{"sweep.yaml": "search:\n  lr: {normal: [0, 1]}\n"})]),
-    Case("ts-config-search-bad-range", TS, sweep("--config", "sweep.yaml"), "needs LO < HI",
-         [files(**{"sweep.yaml": "search:\n  lr: {uniform: [0.2, 0.1]}\n"})]),
-    Case("ts-config-search-key-not-string", TS, sweep("--config", "sweep.yaml"), "search key 1 is not a name",
-         [files(**{"sweep.yaml": "search:\n  1: [0.1, 0.2]\n"})]),
+    Case(
+        "ts-config-bad-yaml",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "cannot read --config sweep.yaml",
+        [files(**{"sweep.yaml": "fixed:\n  lr: [0.1,\n"})],
+    ),
+    Case(
+        "ts-config-bad-json",
+        TS,
+        sweep("--config", "sweep.json"),
+        "cannot read --config sweep.json",
+        [files(**{"sweep.json": '{"fixed": {"lr": 0.1,}}'})],
+    ),
+    Case(
+        "ts-config-not-mapping",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "must be a mapping with sections",
+        [files(**{"sweep.yaml": "- lr\n- 0.1\n"})],
+    ),
+    Case(
+        "ts-config-unknown-section",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "must be a mapping with sections",
+        [files(**{"sweep.yaml": "fixd:\n  lr: 0.1\n"})],
+    ),
+    Case(
+        "ts-config-fixed-not-mapping",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "--config sweep.yaml: fixed must be a mapping",
+        [files(**{"sweep.yaml": "fixed:\n  - lr=0.1\n"})],
+    ),
+    Case(
+        "ts-config-search-not-mapping",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "search must be a mapping",
+        [files(**{"sweep.yaml": "search: lr\n"})],
+    ),
+    Case(
+        "ts-config-unknown-key",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "'learning-rate' is not a run-config key",
+        [files(**{"sweep.yaml": "fixed:\n  learning-rate: 0.1\n"})],
+    ),
+    Case(
+        "ts-config-renamed-key",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "num-rounds is now num-server-rounds",
+        [files(**{"sweep.yaml": "fixed:\n  num-rounds: 3\n"})],
+    ),
+    Case(
+        "ts-config-wrong-type",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "run-config key local-epochs expects an integer",
+        [files(**{"sweep.yaml": "fixed:\n  local-epochs: two\n"})],
+    ),
+    Case(
+        "ts-config-list-value",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "run-config key lr expects a number",
+        [files(**{"sweep.yaml": "fixed:\n  lr: [0.1, 0.2]\n"})],
+    ),
+    Case(
+        "ts-config-setting-wrong-type",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "setting pool_size expects an integer, got 2.5",
+        [files(**{"sweep.yaml": "fixed:\n  pool_size: 2.5\n"})],
+    ),
+    Case(
+        "ts-config-search-scalar",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "search.lr must look like",
+        [files(**{"sweep.yaml": "search:\n  lr: 0.1\n"})],
+    ),
+    Case(
+        "ts-config-search-unknown-kind",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "unknown search kind 'normal'",
+        [files(**{"sweep.yaml": "search:\n  lr: {normal: [0, 1]}\n"})],
+    ),
+    Case(
+        "ts-config-search-bad-range",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "needs LO < HI",
+        [files(**{"sweep.yaml": "search:\n  lr: {uniform: [0.2, 0.1]}\n"})],
+    ),
+    Case(
+        "ts-config-search-key-not-string",
+        TS,
+        sweep("--config", "sweep.yaml"),
+        "search key 1 is not a name",
+        [files(**{"sweep.yaml": "search:\n  1: [0.1, 0.2]\n"})],
+    ),
     # --- tune_search: storage, names, resume
-    Case("ts-unwritable-storage", TS, ["--storage-path", "file.txt/sub", "--set", "dataset=synthetic"],
-         "file.txt is a file, not a folder", [files(**{"file.txt": "not a folder"})]),
+    Case(
+        "ts-unwritable-storage",
+        TS,
+        ["--storage-path", "file.txt/sub", "--set", "dataset=synthetic"],
+        "file.txt is a file, not a folder",
+        [files(**{"file.txt": "not a folder"})],
+    ),
     Case("ts-name-with-slash", TS, sweep("--name", "a/b"), "--name must be a plain folder name"),
-    Case("ts-existing-sweep-not-overwritten", TS, sweep("--set", "dataset=synthetic"),
-         "already exists: continue that sweep with --resume", [sweep_marker()]),
-    Case("ts-relative-storage-in-ray-job", TS, ["--set", "dataset=synthetic", "--storage-path", "results"],
-         "give an absolute path or a URI", [in_ray_job_copy]),
-    Case("ts-default-storage-in-ray-job", TS, ["--set", "dataset=synthetic"], "give an absolute path or a URI",
-         [in_ray_job_copy]),
+    Case(
+        "ts-existing-sweep-not-overwritten",
+        TS,
+        sweep("--set", "dataset=synthetic"),
+        "already exists: continue that sweep with --resume",
+        [sweep_marker()],
+    ),
+    Case(
+        "ts-relative-storage-in-ray-job",
+        TS,
+        ["--set", "dataset=synthetic", "--storage-path", "results"],
+        "give an absolute path or a URI",
+        [in_ray_job_copy],
+    ),
+    Case(
+        "ts-default-storage-in-ray-job",
+        TS,
+        ["--set", "dataset=synthetic"],
+        "give an absolute path or a URI",
+        [in_ray_job_copy],
+    ),
     Case("ts-resume-of-nothing", TS, ["--resume", "--storage-path", "nothing"], "holds no sweep made by fedsweep-tune"),
-    Case("ts-resume-of-a-non-sweep", TS, ["--resume", "--storage-path", "empty"], "holds no sweep made by fedsweep-tune",
-         [folders("empty/fedsweep")]),
-    Case("ts-resume-with-sweep-flags", TS, ["--resume", "--storage-path", "out", "--grid", "lr=0.1,0.2", "--set", "seed=1"],
-         "--resume continues the sweep as it was started; drop --set, --grid", [sweep_marker()]),
+    Case(
+        "ts-resume-of-a-non-sweep",
+        TS,
+        ["--resume", "--storage-path", "empty"],
+        "holds no sweep made by fedsweep-tune",
+        [folders("empty/fedsweep")],
+    ),
+    Case(
+        "ts-resume-with-sweep-flags",
+        TS,
+        ["--resume", "--storage-path", "out", "--grid", "lr=0.1,0.2", "--set", "seed=1"],
+        "--resume continues the sweep as it was started; drop --set, --grid",
+        [sweep_marker()],
+    ),
     Case("ts-resume-never-saved", TS, ["--resume", "--storage-path", "out"], "never saved its state", [sweep_marker()]),
-    Case("ts-resume-marker-not-json", TS, ["--resume", "--storage-path", "out"], "is not a valid fedsweep-tune marker",
-         [sweep_marker(raw="{not json")]),
-    Case("ts-resume-marker-old-version", TS, ["--resume", "--storage-path", "out"], "has marker version 1",
-         [sweep_marker(_set(version=1))]),
-    Case("ts-resume-app-folder-gone", TS, ["--resume", "--storage-path", "out"],
-         "the sweep's app folder /nonexistent/app is gone", [sweep_marker(lambda m: m["spec"].update(app_dir="/nonexistent/app"))]),
-    Case("ts-resume-marker-bad-spec", TS, ["--resume", "--storage-path", "out"], "is not a valid fedsweep-tune marker",
-         [sweep_marker(lambda m: m["spec"].update(rounds=3))]),
+    Case(
+        "ts-resume-marker-not-json",
+        TS,
+        ["--resume", "--storage-path", "out"],
+        "is not a valid fedsweep-tune marker",
+        [sweep_marker(raw="{not json")],
+    ),
+    Case(
+        "ts-resume-marker-old-version",
+        TS,
+        ["--resume", "--storage-path", "out"],
+        "has marker version 1",
+        [sweep_marker(_set(version=1))],
+    ),
+    Case(
+        "ts-resume-app-folder-gone",
+        TS,
+        ["--resume", "--storage-path", "out"],
+        "the sweep's app folder /nonexistent/app is gone",
+        [sweep_marker(lambda m: m["spec"].update(app_dir="/nonexistent/app"))],
+    ),
+    Case(
+        "ts-resume-marker-bad-spec",
+        TS,
+        ["--resume", "--storage-path", "out"],
+        "is not a valid fedsweep-tune marker",
+        [sweep_marker(lambda m: m["spec"].update(rounds=3))],
+    ),
     Case("ts-report-of-a-non-sweep", TS, ["report", "."], "holds no sweep made by fedsweep-tune"),
     Case("ts-report-without-path", TS, ["report"], "the following arguments are required: experiment"),
 ]

@@ -115,8 +115,10 @@ def test_the_summary_line_names_the_apps_own_central_metric():
         ProgressPrinter(lines.append).on_run_end(RunEnd(history, {}, 3.0, None))
         return lines[0]
 
-    rounds = [{"round": 1, "central_accuracy": 0.5, "central_loss": 1.2}, {"round": 2, "central_accuracy": 0.4,
-                                                                           "central_loss": 1.0}]
+    rounds = [
+        {"round": 1, "central_accuracy": 0.5, "central_loss": 1.2},
+        {"round": 2, "central_accuracy": 0.4, "central_loss": 1.0},
+    ]
     assert summary(rounds) == "done: 2 rounds in 3.0 s; final test accuracy 0.4000 (best 0.5000 at round 1)"
     mse = [{"round": 1, "central_mse_loss": 0.3}, {"round": 2, "central_mse_loss": 0.2}]
     assert summary(mse) == "done: 2 rounds in 3.0 s; final central_mse_loss 0.2000 (best 0.2000 at round 2)"
@@ -180,8 +182,14 @@ def test_the_sweeps_rounds_table_keeps_central_round_and_its_plot_only_measured_
     class Result:
         """What rounds_table reads of a Tune result."""
 
-        metrics_dataframe = pd.DataFrame({"round": [1, 2, 3], "central_accuracy": [0.1, 0.1, 0.3],
-                                          "central_round": [0, 2, 3], "seconds": [1.0, 1.0, 1.0]})
+        metrics_dataframe = pd.DataFrame(
+            {
+                "round": [1, 2, 3],
+                "central_accuracy": [0.1, 0.1, 0.3],
+                "central_round": [0, 2, 3],
+                "seconds": [1.0, 1.0, 1.0],
+            }
+        )
         config = {}
         path = str(tmp_path / "trial_0")
 

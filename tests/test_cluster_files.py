@@ -43,9 +43,7 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = ["cluster.yaml", "cluster-onprem.yaml"]
 RAY_PIN_RE = re.compile(r"^ray(\[[^\]]*\])?==(?P<version>[0-9][^;,\s]*)$")
-IMAGE_RE = re.compile(
-    r"^rayproject/ray:(?P<version>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<kind>cpu|gpu)$"
-)
+IMAGE_RE = re.compile(r"^rayproject/ray:(?P<version>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<kind>cpu|gpu)$")
 DASHBOARD_PORT = 8265
 
 # vCPUs and GPUs of the EC2 instance types cluster.yaml may use (AWS instance
@@ -184,7 +182,7 @@ def commented_block(text: str, key: str) -> str | None:
     for i, line in enumerate(lines):
         if re.match(rf"^#\s?{re.escape(key)}:\s*$", line):
             block = [line.lstrip("#").lstrip()]
-            for follow in lines[i + 1:]:
+            for follow in lines[i + 1 :]:
                 if not re.match(r"^#\s{2,}\S", follow):
                     break
                 block.append(follow[2:] if follow.startswith("# ") else follow[1:])
@@ -214,9 +212,7 @@ def test_docker_images_match_the_ray_pin(name):
 
 def test_all_images_use_one_python():
     pythons = {
-        IMAGE_RE.match(image).group("py")
-        for name in CLUSTER_FILES
-        for image in all_image_strings(load_yaml(name))
+        IMAGE_RE.match(image).group("py") for name in CLUSTER_FILES for image in all_image_strings(load_yaml(name))
     }
     assert len(pythons) == 1, f"images mix Python versions: {pythons}"
 
@@ -261,10 +257,7 @@ def test_aws_provider_and_region():
 
 def test_aws_workers_autoscale_from_zero():
     config = prepared("cluster.yaml")
-    workers = {
-        name: t for name, t in config["available_node_types"].items()
-        if name != config["head_node_type"]
-    }
+    workers = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
     assert len(workers) >= 2
     for name, node_type in workers.items():
         assert node_type["min_workers"] == 0, name
@@ -293,16 +286,13 @@ def test_aws_declared_resources_match_instance_types():
 def test_aws_gpu_worker_declares_gpus_and_runs_the_gpu_image():
     config = prepared("cluster.yaml")
     images = docker_images(config)
-    gpu_types = [
-        name for name, t in config["available_node_types"].items()
-        if t["resources"].get("GPU", 0) >= 1
-    ]
+    gpu_types = [name for name, t in config["available_node_types"].items() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types, "no node type declares GPU resources"
     for name in gpu_types:
         assert images[name].endswith("-gpu"), f"{name} runs {images[name]}"
-        run_options = config["available_node_types"][name].get("docker", {}).get(
-            "worker_run_options", []
-        ) + config["docker"].get("run_options", [])
+        run_options = config["available_node_types"][name].get("docker", {}).get("worker_run_options", []) + config[
+            "docker"
+        ].get("run_options", [])
         assert any("--gpus" in opt or "nvidia" in opt for opt in run_options), name
     for name, t in config["available_node_types"].items():
         if name not in gpu_types:
@@ -333,16 +323,11 @@ def test_dashboard_is_not_public(name):
 def test_public_rule_detector_detects():
     """The check above is not vacuous: it flags the rules it is meant to."""
     open_all = {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-    open_range = {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 9000,
-                  "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-    open_v6 = {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265,
-               "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
-    private = {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265,
-               "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
-    ssh = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-           "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-    config = {"provider": {"security_group": {"IpPermissions": [
-        open_all, open_range, open_v6, private, ssh]}}}
+    open_range = {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 9000, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    open_v6 = {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
+    private = {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
+    ssh = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    config = {"provider": {"security_group": {"IpPermissions": [open_all, open_range, open_v6, private, ssh]}}}
     assert public_rules_for_port(config, DASHBOARD_PORT) == [open_all, open_range, open_v6]
 
 
@@ -358,8 +343,7 @@ def test_nodes_install_the_synced_project(name):
 
 
 def test_both_cluster_files_share_setup_commands():
-    assert load_yaml("cluster.yaml")["setup_commands"] == load_yaml(
-        "cluster-onprem.yaml")["setup_commands"]
+    assert load_yaml("cluster.yaml")["setup_commands"] == load_yaml("cluster-onprem.yaml")["setup_commands"]
 
 
 def test_onprem_uses_local_provider_and_shared_storage():
@@ -376,8 +360,17 @@ def test_onprem_uses_local_provider_and_shared_storage():
 
 
 REQUIRED_EXCLUDES = [
-    "data/", "results/", "runs/", "ray_results/", ".venv/", "venv/", ".git/",
-    ".whl/", "__pycache__/", "*.egg-info", ".pytest_cache/",
+    "data/",
+    "results/",
+    "runs/",
+    "ray_results/",
+    ".venv/",
+    "venv/",
+    ".git/",
+    ".whl/",
+    "__pycache__/",
+    "*.egg-info",
+    ".pytest_cache/",
 ]
 
 
@@ -400,13 +393,26 @@ def test_runtime_env_excludes_work_when_packaging(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     checkout = tmp_path / "checkout"
-    keep = ["tune_search.py", "fl_core/__init__.py", "fl_sweep/tuner.py", "apps/cifar10/pyproject.toml",
-            "apps/cifar10/cifar10_app/data.py", "examples/quickstart-pytorch/pytorchexample/task.py"]
+    keep = [
+        "tune_search.py",
+        "fl_core/__init__.py",
+        "fl_sweep/tuner.py",
+        "apps/cifar10/pyproject.toml",
+        "apps/cifar10/cifar10_app/data.py",
+        "examples/quickstart-pytorch/pytorchexample/task.py",
+    ]
     drop = [
-        "data/cifar-10-batches-py/data_batch_1", ".venv/lib/torch.so", ".git/HEAD",
-        "results/x.csv", "runs/a/b.json", "ray_results/exp/trial/ckpt.pt",
-        ".whl/ray.whl", "fl_core/__pycache__/x.cpython-311.pyc",
-        "fedsweep.egg-info/PKG-INFO", ".pytest_cache/v/cache", "venv/bin/python",
+        "data/cifar-10-batches-py/data_batch_1",
+        ".venv/lib/torch.so",
+        ".git/HEAD",
+        "results/x.csv",
+        "runs/a/b.json",
+        "ray_results/exp/trial/ckpt.pt",
+        ".whl/ray.whl",
+        "fl_core/__pycache__/x.cpython-311.pyc",
+        "fedsweep.egg-info/PKG-INFO",
+        ".pytest_cache/v/cache",
+        "venv/bin/python",
     ]
     for rel in keep + drop:
         path = checkout / rel
@@ -415,7 +421,9 @@ def test_runtime_env_excludes_work_when_packaging(tmp_path):
 
     package = tmp_path / "package.zip"
     create_package(
-        str(checkout), package, include_gitignore=False,
+        str(checkout),
+        package,
+        include_gitignore=False,
         excludes=load_yaml("runtime_env.yaml")["excludes"],
     )
     with zipfile.ZipFile(package) as archive:

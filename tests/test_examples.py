@@ -58,8 +58,24 @@ def test_quickstart_gets_central_metrics_and_a_checkpoint_every_round(ray_local,
 
 def fl_core_command(*args: str) -> list[str]:
     """`python -m fl_core` of the quickstart app on 4 nodes of the synthetic set, 4 rounds of 2 local epochs."""
-    return [sys.executable, "-m", "fl_core", "--app", QUICKSTART, "--dataset", "synthetic", "--synthetic-size", "2000",
-            "--pool-size", "4", "--local-epochs", "2", "--num-server-rounds", "4", *args]
+    return [
+        sys.executable,
+        "-m",
+        "fl_core",
+        "--app",
+        QUICKSTART,
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "2000",
+        "--pool-size",
+        "4",
+        "--local-epochs",
+        "2",
+        "--num-server-rounds",
+        "4",
+        *args,
+    ]
 
 
 def test_quickstart_killed_in_round_2_resumes_bit_identically(tmp_path):
@@ -67,12 +83,24 @@ def test_quickstart_killed_in_round_2_resumes_bit_identically(tmp_path):
 
     ray_tmp = tempfile.mkdtemp(prefix="fswq", dir="/tmp")  # short: Ray's socket paths have a length limit
     tag = os.urandom(8).hex()
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled",
-           "RAY_TMPDIR": ray_tmp, "FEDSWEEP_TEST_RUN_TAG": tag, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": ray_tmp,
+        "FEDSWEEP_TEST_RUN_TAG": tag,
+        "PYTHONUNBUFFERED": "1",
+    }
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     try:
-        proc = subprocess.Popen(fl_core_command("--checkpoint-dir", str(killed)), cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            fl_core_command("--checkpoint-dir", str(killed)),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         seen = []
         for line in proc.stdout:
             seen.append(line)
@@ -100,9 +128,26 @@ def run_own_loop(tmp_path, loop: str) -> tuple[str, list[dict]]:
     its output and metrics.csv rows."""
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
     out = tmp_path / loop
-    done = subprocess.run([sys.executable, "-m", "fl_core", "--app", OWN_LOOP, "--pool-size", "4", "--loop", loop,
-                           "--checkpoint-dir", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--app",
+            OWN_LOOP,
+            "--pool-size",
+            "4",
+            "--loop",
+            loop,
+            "--checkpoint-dir",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     with open(out / "metrics.csv") as f:
         return done.stdout, list(csv.DictReader(f))
@@ -138,9 +183,28 @@ def test_quickstart_runs_under_flowers_engine(tmp_path):
     env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "fl_core", "--app", QUICKSTART, "--engine", "flower", "--dataset", "synthetic",
-             "--synthetic-size", "400", "--pool-size", "4", "--num-server-rounds", "2"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "fl_core",
+                "--app",
+                QUICKSTART,
+                "--engine",
+                "flower",
+                "--dataset",
+                "synthetic",
+                "--synthetic-size",
+                "400",
+                "--pool-size",
+                "4",
+                "--num-server-rounds",
+                "2",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -26,8 +26,9 @@ def app_dir(tmp_path_factory):
 
 def faulty_run(app_dir, fault_dir, faults=(), callbacks=(), resume=None, **settings):
     """conftest's tiny run (4 nodes, 2 a round) of the faulty app for ROUNDS rounds, with `faults` (plan entries)."""
-    app, run_config, engine = tiny_run(settings, app_dir, num_server_rounds=ROUNDS, fault_plan=plan(*faults),
-                                       fault_dir=str(fault_dir))
+    app, run_config, engine = tiny_run(
+        settings, app_dir, num_server_rounds=ROUNDS, fault_plan=plan(*faults), fault_dir=str(fault_dir)
+    )
     return run_app(app, run_config, engine, callbacks=list(callbacks), resume=resume)
 
 
@@ -40,8 +41,11 @@ def fault_free(ray_local, app_dir, tmp_path_factory):
 def sampled(server_round: int) -> int:
     """A node (partition-id) the run trains in `server_round`: fault it and it is sure to be hit."""
     app, run_config, engine = tiny_run()
-    return next(node for r, phase, node in sampled_points(engine.seed, run_config, engine.pool_size, ROUNDS)
-                if (r, phase) == (server_round, "train"))
+    return next(
+        node
+        for r, phase, node in sampled_points(engine.seed, run_config, engine.pool_size, ROUNDS)
+        if (r, phase) == (server_round, "train")
+    )
 
 
 def assert_same(run, reference):
@@ -50,15 +54,18 @@ def assert_same(run, reference):
     assert same_arrays(run.state.arrays, reference.state.arrays)
 
 
-@pytest.mark.parametrize("kind, settings", [
-    ("raise", {}),
-    ("die", {}),
-    ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
-    # One worker: both clients of a round in one call, the faulty one retried alone, the other kept or rerun.
-    ("raise", {"max_parallel_clients": 1}),
-    ("die", {"max_parallel_clients": 1}),
-    ("hang", {"client_timeout": 10, "max_parallel_clients": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, settings",
+    [
+        ("raise", {}),
+        ("die", {}),
+        ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
+        # One worker: both clients of a round in one call, the faulty one retried alone, the other kept or rerun.
+        ("raise", {"max_parallel_clients": 1}),
+        ("die", {"max_parallel_clients": 1}),
+        ("hang", {"client_timeout": 10, "max_parallel_clients": 1}),
+    ],
+)
 def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault_free, tmp_path, capsys):
     node = sampled(2)
     end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": node}], **settings)
@@ -74,8 +81,10 @@ def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault
 
 
 def test_faults_in_evaluation_and_several_at_once(app_dir, fault_free, tmp_path):
-    faults = [{"kind": "die", "round": 1, "node": sampled(1), "delay": 0.0},
-              {"kind": "raise", "round": 3, "node": sampled(3), "times": 2}]
+    faults = [
+        {"kind": "die", "round": 1, "node": sampled(1), "delay": 0.0},
+        {"kind": "raise", "round": 3, "node": sampled(3), "times": 2},
+    ]
     faults += [{"kind": "raise", "round": 2, "node": node, "phase": "evaluate"} for node in range(4)]
     end = faulty_run(app_dir, tmp_path, faults)
     assert_same(end, fault_free)
@@ -87,16 +96,18 @@ def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, 
     with pytest.raises(ClientAppError) as error:
         faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 5}], client_retries=1)
     text = str(error.value)
-    assert f"the ClientApp of node {1000 + node} (partition-id {node}), round 2 (train) failed 2 time(s) (raised" in text
+    assert (
+        f"the ClientApp of node {1000 + node} (partition-id {node}), round 2 (train) failed 2 time(s) (raised" in text
+    )
     assert "RuntimeError: injected fault" in text and "in _run" in text
     assert "the run stops after 2 attempt(s) (--on-client-failure abort)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["raise", "die"])
-def test_a_failed_central_evaluation_shard_is_retried_and_changes_nothing(kind, app_dir, fault_free, tmp_path,
-                                                                         capsys):
-    end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": 0, "phase": "central"}],
-                     central_eval_on="workers")
+def test_a_failed_central_evaluation_shard_is_retried_and_changes_nothing(kind, app_dir, fault_free, tmp_path, capsys):
+    end = faulty_run(
+        app_dir, tmp_path, [{"kind": kind, "round": 2, "node": 0, "phase": "central"}], central_eval_on="workers"
+    )
     assert_same(end, fault_free)
     assert [row["retries"] for row in end.history] == [0, 1, 0]
     what = {"raise": "raised", "die": "worker died"}[kind]
@@ -106,15 +117,28 @@ def test_a_failed_central_evaluation_shard_is_retried_and_changes_nothing(kind, 
 
 def test_a_central_evaluation_shard_whose_retries_are_spent_stops_the_run(app_dir, fault_free, tmp_path):
     """Whatever --on-client-failure says: a central evaluation without a shard would be another metric."""
-    with pytest.raises(ClientAppError, match=r"central evaluation of shard 0 of 1, round 2 failed 2 time\(s\) \(raised"):
-        faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": 0, "phase": "central", "times": 5}],
-                   client_retries=1, on_client_failure="drop", central_eval_on="workers")
+    with pytest.raises(
+        ClientAppError, match=r"central evaluation of shard 0 of 1, round 2 failed 2 time\(s\) \(raised"
+    ):
+        faulty_run(
+            app_dir,
+            tmp_path,
+            [{"kind": "raise", "round": 2, "node": 0, "phase": "central", "times": 5}],
+            client_retries=1,
+            on_client_failure="drop",
+            central_eval_on="workers",
+        )
 
 
 def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_free, tmp_path):
     node = sampled(2)
-    end = faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 9}],
-                     on_client_failure="drop", client_retries=0)
+    end = faulty_run(
+        app_dir,
+        tmp_path,
+        [{"kind": "raise", "round": 2, "node": node, "times": 9}],
+        on_client_failure="drop",
+        client_retries=0,
+    )
     assert [row["train_dropped"] for row in end.history] == [0, 1, 0]
     assert [row["train_clients"] for row in end.history] == [2, 1, 2]
     assert model_metrics(end.history)[0] == model_metrics(fault_free.history)[0]  # round 1 untouched
@@ -127,8 +151,9 @@ def test_too_few_replies_fail_the_round(app_dir, fault_free, tmp_path):
         faulty_run(app_dir, tmp_path, faults, on_client_failure="drop", client_retries=0)
 
 
-def test_a_refused_checkpoint_write_keeps_the_last_one_and_resume_ends_the_same(app_dir, fault_free, tmp_path,
-                                                                              monkeypatch):
+def test_a_refused_checkpoint_write_keeps_the_last_one_and_resume_ends_the_same(
+    app_dir, fault_free, tmp_path, monkeypatch
+):
     """Storage that refuses round 2's checkpoint: the run stops, round 1's file is intact, --resume ends as ever."""
     import fl_core.callbacks
     from fl_core import load_checkpoint
@@ -158,8 +183,15 @@ def test_the_progress_line_names_a_rounds_faults():
 
     lines = []
     printer = ProgressPrinter(print_fn=lines.append)
-    metrics = {"round": 2, "central_accuracy": 0.5, "seconds": 1.0, "samples_per_s": 100.0, "retries": 2,
-               "train_dropped": 1, "fed_dropped": 0}
+    metrics = {
+        "round": 2,
+        "central_accuracy": 0.5,
+        "seconds": 1.0,
+        "samples_per_s": 100.0,
+        "retries": 2,
+        "train_dropped": 1,
+        "fed_dropped": 0,
+    }
     printer.on_round_end(RoundEnd(2, 3, 1, metrics, None))
     printer.on_round_end(RoundEnd(3, 3, 1, {**metrics, "round": 3, "retries": 0, "train_dropped": 0}, None))
     assert lines[0].endswith("(retries 2, train dropped 1)") and "retries" not in lines[1], lines

@@ -80,8 +80,16 @@ def test_missing_checkpoint(tmp_path):
         load_checkpoint(str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("change", [{"settings": {"pool_size": 8}}, {"partition": "dirichlet"}, {"strategy": "fedadam"},
-                                    {"lr": 0.5}, {"settings": {"seed": 3}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"settings": {"pool_size": 8}},
+        {"partition": "dirichlet"},
+        {"strategy": "fedadam"},
+        {"lr": 0.5},
+        {"settings": {"seed": 3}},
+    ],
+)
 def test_incompatible_run_is_refused(change):
     saved = checkpoint_state()
     app, run_config, settings = tiny_run(**change)
@@ -90,8 +98,9 @@ def test_incompatible_run_is_refused(change):
 
 
 def test_more_rounds_and_other_resources_are_allowed_with_a_note_on_threads():
-    app, run_config, settings = tiny_run(settings={"num_client_cpus": 2.0, "max_parallel_clients": 1},
-                                         num_server_rounds=10)
+    app, run_config, settings = tiny_run(
+        settings={"num_client_cpus": 2.0, "max_parallel_clients": 1}, num_server_rounds=10
+    )
     notes = check_resume(checkpoint_state(), app, run_config, settings)
     assert len(notes) == 1 and "num_client_cpus" in notes[0] and "not bit-identical" in notes[0]
     app, run_config, settings = tiny_run(num_server_rounds=10)
@@ -116,21 +125,24 @@ def _rewrite_meta(path: str, edit) -> None:
         np.savez(f, **entries)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m.pop("history"),
-    lambda m: m.update(round="three"),
-    lambda m: m.update(history={"round": 1}),
-    lambda m: m.update(history=[1, 2]),
-    lambda m: m.update(arrays={"ArrayRecord": [["w", "a999999"]]}),
-    lambda m: m.update(arrays={"ndarray": "a000000"}),
-    lambda m: m.update(strategy_state={"Pickle": []}),
-    lambda m: m.update(strategy_state=[1, 2]),
-    lambda m: m.update(node_states=[[1001, {"list": []}]]),
-    lambda m: m.update(node_states={"1001": 5}),
-    lambda m: m.update(run_config=None),
-    lambda m: m.update(version=1),
-    lambda m: m.update(format="something-else"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("history"),
+        lambda m: m.update(round="three"),
+        lambda m: m.update(history={"round": 1}),
+        lambda m: m.update(history=[1, 2]),
+        lambda m: m.update(arrays={"ArrayRecord": [["w", "a999999"]]}),
+        lambda m: m.update(arrays={"ndarray": "a000000"}),
+        lambda m: m.update(strategy_state={"Pickle": []}),
+        lambda m: m.update(strategy_state=[1, 2]),
+        lambda m: m.update(node_states=[[1001, {"list": []}]]),
+        lambda m: m.update(node_states={"1001": 5}),
+        lambda m: m.update(run_config=None),
+        lambda m: m.update(version=1),
+        lambda m: m.update(format="something-else"),
+    ],
+)
 def test_valid_json_with_wrong_fields_is_refused(tmp_path, edit):
     path = save_checkpoint(checkpoint_state(), str(tmp_path))
     _rewrite_meta(path, edit)

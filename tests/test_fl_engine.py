@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fl_core import Callback, RunSettings, load_checkpoint, run_app
+from fl_core import Callback, RunSettings, cli, load_checkpoint, run_app
 from fl_core.callbacks import CheckpointWriter
-from fl_core import cli
 from fl_core.seeding import NodeSampler
 from tests.conftest import model_metrics, same_arrays, tensorboard_scalars, tiny_run
 
@@ -68,8 +67,9 @@ def test_results_do_not_depend_on_how_many_workers_run_them(ray_local):
     assert one.history[0]["train_clients"] == 4  # four clients queued for one worker
 
 
-@pytest.mark.parametrize("strategy, dp", [("fedavg", "off"), ("fedadam", "off"), ("fedavgm", "off"),
-                                          ("fedavg", "server-adaptive")])
+@pytest.mark.parametrize(
+    "strategy, dp", [("fedavg", "off"), ("fedadam", "off"), ("fedavgm", "off"), ("fedavg", "server-adaptive")]
+)
 def test_resume_matches_uninterrupted_run_exactly(ray_local, tmp_path, strategy, dp):
     whole = run(num_server_rounds=4, strategy=strategy, dp=dp)
     run(num_server_rounds=2, strategy=strategy, dp=dp, callbacks=[CheckpointWriter(str(tmp_path))])
@@ -104,8 +104,10 @@ def test_checkpoint_every_n_rounds_and_at_the_end(ray_local, tmp_path):
 
 def test_fractions_that_sample_the_same_count_make_the_same_run(ray_local):
     """What tune_search warns about: 0.05 and 0.1 of 20 clients both sample the 2-client minimum, same numbers."""
-    runs = [run(settings={"pool_size": 20}, synthetic_size=800, fraction_train=f, fraction_evaluate=0.1)
-            for f in (0.05, 0.1)]
+    runs = [
+        run(settings={"pool_size": 20}, synthetic_size=800, fraction_train=f, fraction_evaluate=0.1)
+        for f in (0.05, 0.1)
+    ]
     assert model_metrics(runs[0].history) == model_metrics(runs[1].history)
     assert same_arrays(runs[0].state.arrays, runs[1].state.arrays)
 
@@ -135,8 +137,22 @@ def test_the_server_sees_the_gpus_it_was_given(monkeypatch):
 
 def test_cli_run_then_resume_writes_csv_json_and_checkpoint(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["--dataset", "synthetic", "--synthetic-size", "400", "--pool-size", "4", "--fraction-train", "0.5",
-            "--min-evaluate-nodes", "1", "--local-epochs", "1", "--checkpoint-dir", str(out)]
+    base = [
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "400",
+        "--pool-size",
+        "4",
+        "--fraction-train",
+        "0.5",
+        "--min-evaluate-nodes",
+        "1",
+        "--local-epochs",
+        "1",
+        "--checkpoint-dir",
+        str(out),
+    ]
     assert cli.main(base + ["--num-server-rounds", "2"]) == 0
     text = capsys.readouterr().out
     assert "round   1/2" in text and "ETA" in text and "per-client accuracy" in text
@@ -187,8 +203,14 @@ def test_the_built_in_app_gives_the_same_results_under_flowers_engine(ray_local,
     overrides.update({"dataset": "synthetic", "lr": 0.05, "local-epochs": 1, "eval-batch-size": 200, "seed": 0})
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    done = subprocess.run([sys.executable, "-c", FLOWER_SIDE, str(tmp_path / "flower"), json.dumps(overrides)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", FLOWER_SIDE, str(tmp_path / "flower"), json.dumps(overrides)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = json.loads((tmp_path / "flower.json").read_text())
     for row in ours.history:
@@ -200,8 +222,14 @@ def test_the_built_in_app_gives_the_same_results_under_flowers_engine(ray_local,
 
 
 def test_real_cifar10_round(ray_local, cifar_dir):
-    end = run(dataset="cifar10", data_dir=cifar_dir, fraction_train=0.02, fraction_evaluate=0.02, num_server_rounds=1,
-              settings={"pool_size": 100})
+    end = run(
+        dataset="cifar10",
+        data_dir=cifar_dir,
+        fraction_train=0.02,
+        fraction_evaluate=0.02,
+        num_server_rounds=1,
+        settings={"pool_size": 100},
+    )
     assert end.history[0]["train_clients"] == 2 and end.history[0]["train_samples"] == 900
     assert end.client_evaluation["num_clients"] == 100
 

@@ -11,8 +11,12 @@ from fl_core.pool import plan_pool
 
 def plan_slots(fraction_train=0.5, fraction_evaluate=0.1, pool_size=100, **settings):
     """plan_pool for the run-config keys that decide a round's clients and the given engine settings."""
-    run_config = {"fraction-train": fraction_train, "fraction-evaluate": fraction_evaluate,
-                  "min-train-nodes": 2, "min-evaluate-nodes": 2}
+    run_config = {
+        "fraction-train": fraction_train,
+        "fraction-evaluate": fraction_evaluate,
+        "min-train-nodes": 2,
+        "min-evaluate-nodes": 2,
+    }
     return plan_pool(RunSettings(pool_size=pool_size, **settings), run_config)
 
 
@@ -60,7 +64,7 @@ def test_fractional_gpus_share_one_gpu(cluster):
     cluster({"CPU": 4, "GPU": 2})
     assert plan_slots(num_client_gpus=0.25)[0] == 4  # CPUs bind first
     cluster({"CPU": 16, "GPU": 1})
-    assert plan_slots(num_client_gpus=0.125, server_gpus=0.5)[0] == 4  # the server's share is not the clients' 
+    assert plan_slots(num_client_gpus=0.125, server_gpus=0.5)[0] == 4  # the server's share is not the clients'
 
 
 def test_too_small_a_cluster_is_a_clear_error(cluster):

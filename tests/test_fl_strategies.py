@@ -6,15 +6,14 @@ import random
 
 import numpy as np
 import pytest
+from cifar10_app.strategy import build_strategy
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from cifar10_app.strategy import build_strategy
 from fl_core import ConfigError, load_checkpoint, save_checkpoint
 from fl_core.seeding import seed_globals
 from fl_core.strategies import DP_WRAPPERS, STRATEGIES, from_run_config, restore_strategy_state, strategy_state
-from tests.conftest import same_arrays
-from tests.conftest import checkpoint_state
+from tests.conftest import checkpoint_state, same_arrays
 
 NODES = list(range(1000, 1008))
 
@@ -49,8 +48,9 @@ def replies_for(messages: list[Message], server_round: int, norm_bit: bool = Fal
     for i, message in enumerate(messages):
         rng = np.random.default_rng([server_round, i])
         sent = message.content["arrays"]
-        arrays = ArrayRecord({k: Array(np.asarray(a.numpy() + rng.normal(0, 0.1, a.shape), dtype=np.float32))
-                              for k, a in sent.items()})
+        arrays = ArrayRecord(
+            {k: Array(np.asarray(a.numpy() + rng.normal(0, 0.1, a.shape), dtype=np.float32)) for k, a in sent.items()}
+        )
         metrics = {"num-examples": 10 + i, "train_loss": float(1 + i)}
         if norm_bit:
             metrics["norm_bit"] = int(i % 2 == 0)
@@ -129,8 +129,15 @@ def test_unknown_names_and_parameters_are_config_errors():
     with pytest.raises(ConfigError, match="FedAdam has no parameter"):
         from_run_config({"strategy": "fedadam", "fedadam.momentum": 0.1}, num_sampled_clients=2)
     with pytest.raises(ConfigError, match="refused its parameters"):
-        from_run_config({"strategy": "fedavg", "dp": "server-fixed", "dp-fixed.noise-multiplier": -1.0,
-                         "dp-fixed.clipping-norm": 1.0}, num_sampled_clients=2)
+        from_run_config(
+            {
+                "strategy": "fedavg",
+                "dp": "server-fixed",
+                "dp-fixed.noise-multiplier": -1.0,
+                "dp-fixed.clipping-norm": 1.0,
+            },
+            num_sampled_clients=2,
+        )
 
 
 def test_state_holds_data_only():

@@ -9,16 +9,24 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fl_core import run_app
-from fl_core.grid import NODE_ID_OFFSET, RayGrid
 from fl_core.failures import Raised
+from fl_core.grid import NODE_ID_OFFSET, RayGrid
 from fl_core.pool import ClientAppWorker, plan_groups
 from tests.conftest import model_metrics, same_arrays, tiny_run
 
 
 def test_without_sizes_groups_are_contiguous_runs_of_near_equal_length():
     assert plan_groups(range(5), None, 2) == [[0, 1, 2], [3, 4]]
-    assert plan_groups(range(20), None, 8) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], [14, 15],
-                                               [16, 17], [18, 19]]
+    assert plan_groups(range(20), None, 8) == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6, 7, 8],
+        [9, 10, 11],
+        [12, 13],
+        [14, 15],
+        [16, 17],
+        [18, 19],
+    ]
     assert plan_groups(range(2), None, 8) == [[0], [1]]
     assert plan_groups(range(0), None, 2) == []
     assert plan_groups(range(4), [None] * 4, 2) == [[0, 1], [2, 3]]  # nothing known yet: as without sizes
@@ -64,8 +72,16 @@ class SizesPool:
 
     def run(self, items, report=None, *, sizes=None):
         self.seen.append(sizes)
-        return [(Message(RecordDict({"metrics": MetricRecord({"num-examples": self.sizes[m.metadata.dst_node_id]})}),
-                         reply_to=m), context.state) for m, context, _ in items]
+        return [
+            (
+                Message(
+                    RecordDict({"metrics": MetricRecord({"num-examples": self.sizes[m.metadata.dst_node_id]})}),
+                    reply_to=m,
+                ),
+                context.state,
+            )
+            for m, context, _ in items
+        ]
 
 
 def test_the_grid_gives_the_pool_each_nodes_last_size_per_message_type(message_identity):
@@ -99,8 +115,13 @@ def test_each_call_of_a_group_gets_its_own_copy_of_the_shared_content(message_id
     for p in range(3):
         message = Message(content, NODE_ID_OFFSET + p, "train")
         message.metadata.__dict__["_message_id"] = f"m{p}"
-        items.append((message, Context(run_id=1, node_id=NODE_ID_OFFSET + p, node_config={}, state=RecordDict(),
-                                       run_config={}), p))
+        items.append(
+            (
+                message,
+                Context(run_id=1, node_id=NODE_ID_OFFSET + p, node_config={}, state=RecordDict(), run_config={}),
+                p,
+            )
+        )
     worker = types.SimpleNamespace(client_app=client_app)
     out = list(ClientAppWorker.handle(worker, items))
     assert seen == [0.1, 0.1, 0.1]
@@ -117,16 +138,21 @@ def one_call_per_message(ray_local):
 
 def grouped_run(**settings):
     """8 nodes, 6 train and 4 validate a round, 3 rounds, with the given engine settings."""
-    app, run_config, engine = tiny_run({"pool_size": 8, **settings}, fraction_train=0.75, fraction_evaluate=0.5,
-                                       num_server_rounds=3)
+    app, run_config, engine = tiny_run(
+        {"pool_size": 8, **settings}, fraction_train=0.75, fraction_evaluate=0.5, num_server_rounds=3
+    )
     return run_app(app, run_config, engine)
 
 
-@pytest.mark.parametrize("settings", [
-    {"max_parallel_clients": 2},  # one group per worker
-    {"max_parallel_clients": 1},  # the whole phase in one call
-    {"max_parallel_clients": 2, "nodes_per_call": 2},  # more groups than workers
-], ids=["2-workers", "1-worker", "groups-of-2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_parallel_clients": 2},  # one group per worker
+        {"max_parallel_clients": 1},  # the whole phase in one call
+        {"max_parallel_clients": 2, "nodes_per_call": 2},  # more groups than workers
+    ],
+    ids=["2-workers", "1-worker", "groups-of-2"],
+)
 def test_results_are_the_same_for_any_workers_and_group_size(settings, one_call_per_message):
     end = grouped_run(**settings)
     assert model_metrics(end.history) == model_metrics(one_call_per_message.history)

@@ -50,8 +50,24 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
 def probe(head: Head, tmp_path, *flags: str) -> dict:
     """Run the probe app on 8 nodes with `flags`; its report (server_visible, clients: one per message)."""
     out = tmp_path / "where.json"
-    result = run([sys.executable, "-m", "fl_core", "--address", address(head), "--app", PROBE, "--pool-size", "8",
-                  "--out", str(out), "--checkpoint-dir", str(tmp_path / "run"), *flags])
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--address",
+            address(head),
+            "--app",
+            PROBE,
+            "--pool-size",
+            "8",
+            "--out",
+            str(out),
+            "--checkpoint-dir",
+            str(tmp_path / "run"),
+            *flags,
+        ]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out) as f:
         return json.load(f)
@@ -86,17 +102,47 @@ def test_the_server_gets_a_gpu_of_its_own(gpu_head, tmp_path):
 
 
 def test_more_gpus_than_the_cluster_has_is_one_line_and_exit_2(gpu_head, tmp_path):
-    result = run([sys.executable, "-m", "fl_core", "--address", address(gpu_head), "--app", PROBE,
-                  "--out", str(tmp_path / "x.json"), "--checkpoint-dir", str(tmp_path / "run"),
-                  "--num-client-gpus", "3"])
-    assert result.returncode == 2 and "GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--address",
+            address(gpu_head),
+            "--app",
+            PROBE,
+            "--out",
+            str(tmp_path / "x.json"),
+            "--checkpoint-dir",
+            str(tmp_path / "run"),
+            "--num-client-gpus",
+            "3",
+        ]
+    )
+    assert result.returncode == 2 and "GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
         result.stderr
+    )
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
-    sweep = run([sys.executable, "tune_search.py", "--address", address(gpu_head), "--storage-path", str(tmp_path),
-                 "--name", "too-many", *TINY, "--set", "fraction-train=1", "--num-client-gpus", "1",
-                 "--max-parallel-clients", "3"])  # 3 client bundles of 1 GPU
-    assert sweep.returncode == 2 and "GPU" in sweep.stderr and len(sweep.stderr.strip().splitlines()) == 1, \
-        sweep.stderr
+    sweep = run(
+        [
+            sys.executable,
+            "tune_search.py",
+            "--address",
+            address(gpu_head),
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "too-many",
+            *TINY,
+            "--set",
+            "fraction-train=1",
+            "--num-client-gpus",
+            "1",
+            "--max-parallel-clients",
+            "3",
+        ]
+    )  # 3 client bundles of 1 GPU
+    assert sweep.returncode == 2 and "GPU" in sweep.stderr and len(sweep.stderr.strip().splitlines()) == 1, sweep.stderr
     assert not (tmp_path / "too-many").exists()  # before any trial: nothing written
 
 
@@ -108,11 +154,32 @@ def client_workers(head: Head) -> list[dict]:
 
 def test_sweep_of_one_gpu_trials_runs_two_at_a_time_inside_their_bundles(gpu_head, tmp_path):
     earlier = {a["actor_id"] for a in client_workers(gpu_head)}  # the head is shared by this module's tests
-    result = run([sys.executable, "tune_search.py", "--address", address(gpu_head), "--storage-path", str(tmp_path),
-                  "--name", "gpus", *TINY, "--set", "fraction-train=1", "--grid", "lr=0.01,0.02,0.03,0.04",
-                  "--num-client-gpus", "0.5", "--max-parallel-clients", "2"])  # a trial: 2 x 0.5 GPU
+    result = run(
+        [
+            sys.executable,
+            "tune_search.py",
+            "--address",
+            address(gpu_head),
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "gpus",
+            *TINY,
+            "--set",
+            "fraction-train=1",
+            "--grid",
+            "lr=0.01,0.02,0.03,0.04",
+            "--num-client-gpus",
+            "0.5",
+            "--max-parallel-clients",
+            "2",
+        ]
+    )  # a trial: 2 x 0.5 GPU
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    groups = {g["placement_group_id"]: g for g in gpu_head.get("/api/v0/placement_groups", detail=1)["data"]["result"]["result"]}
+    groups = {
+        g["placement_group_id"]: g
+        for g in gpu_head.get("/api/v0/placement_groups", detail=1)["data"]["result"]["result"]
+    }
     actors = [a for a in client_workers(gpu_head) if a["actor_id"] not in earlier]
     trial_bundles = [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}]
     spans: dict[str, list[int]] = {}

@@ -20,16 +20,24 @@ def table(size: int = 600) -> Dataset:
     """Rows numbered in `row`, a ClassLabel `label` and a `user` id for the natural-id partitioner."""
     rng = np.random.default_rng(0)
     features = Features({"row": Value("int64"), "label": ClassLabel(names=NAMES), "user": Value("string")})
-    return Dataset.from_dict({"row": np.arange(size), "label": rng.integers(0, 6, size),
-                              "user": [f"u{k}" for k in rng.integers(0, 9, size)]}, features=features)
+    return Dataset.from_dict(
+        {
+            "row": np.arange(size),
+            "label": rng.integers(0, 6, size),
+            "user": [f"u{k}" for k in rng.integers(0, 9, size)],
+        },
+        features=features,
+    )
 
 
 PARTITIONERS = {
     "iid": lambda: fp.IidPartitioner(num_partitions=7),  # 600 rows: shards of 86 and 85, uneven on purpose
-    "dirichlet": lambda: fp.DirichletPartitioner(num_partitions=9, partition_by="label", alpha=0.4, seed=3,
-                                                 min_partition_size=5),
-    "pathological": lambda: fp.PathologicalPartitioner(num_partitions=8, partition_by="label",
-                                                       num_classes_per_partition=2, seed=1),
+    "dirichlet": lambda: fp.DirichletPartitioner(
+        num_partitions=9, partition_by="label", alpha=0.4, seed=3, min_partition_size=5
+    ),
+    "pathological": lambda: fp.PathologicalPartitioner(
+        num_partitions=8, partition_by="label", num_classes_per_partition=2, seed=1
+    ),
     "shard": lambda: fp.ShardPartitioner(num_partitions=6, partition_by="label", num_shards_per_partition=2, seed=2),
     "linear": lambda: fp.LinearPartitioner(num_partitions=5),
     "natural-id": lambda: fp.NaturalIdPartitioner(partition_by="user"),

@@ -9,8 +9,8 @@ from concurrent.futures import Future
 import numpy as np
 import pandas as pd
 import pytest
-
 from cifar10_app.data import load_data
+
 from fl_core import RunEnd, cli, fuse_run_config, load_app_folder
 from fl_core.plots import METRICS_PLOT, MetricsPlotter, metric_panels, metrics_figure, write_partition_files
 from fl_core.settings import ConfigError
@@ -24,8 +24,16 @@ def _history(rounds: int) -> list[dict]:
     """Rounds as the loop reports them: model metrics, counts and timings; fed_* missing in even rounds."""
     rows = []
     for r in range(1, rounds + 1):
-        row = {"round": r, "central_loss": 2.3 - 0.1 * r, "central_accuracy": 0.1 + 0.05 * r, "train_loss": 2.0 / r,
-               "train_clients": 2, "train_samples": 300, "seconds": 1.5, "samples_per_s": 200.0}
+        row = {
+            "round": r,
+            "central_loss": 2.3 - 0.1 * r,
+            "central_accuracy": 0.1 + 0.05 * r,
+            "train_loss": 2.0 / r,
+            "train_clients": 2,
+            "train_samples": 300,
+            "seconds": 1.5,
+            "samples_per_s": 200.0,
+        }
         if r % 2:
             row.update(fed_loss=2.2 - 0.1 * r, fed_accuracy=0.1 + 0.04 * r, fed_clients=2)
         rows.append(row)
@@ -34,12 +42,26 @@ def _history(rounds: int) -> list[dict]:
 
 def test_metrics_panels_group_any_apps_metrics():
     builtin = metric_panels(_history(2))
-    assert builtin == {"accuracy": ["central_accuracy", "fed_accuracy"],
-                       "loss": ["central_loss", "fed_loss", "train_loss"]}  # counts and timings left out
-    quickstart = [{"round": 1, "train_loss": 1.9, "fed_eval_loss": 1.8, "fed_eval_acc": 0.3, "fed_clients": 4,
-                   "fed_histogram": [1, 2], "train_f1": 0.2}]
-    assert metric_panels(quickstart) == {"accuracy": ["fed_eval_acc"], "loss": ["fed_eval_loss", "train_loss"],
-                                         "other": ["train_f1"]}  # a list-valued metric draws no line
+    assert builtin == {
+        "accuracy": ["central_accuracy", "fed_accuracy"],
+        "loss": ["central_loss", "fed_loss", "train_loss"],
+    }  # counts and timings left out
+    quickstart = [
+        {
+            "round": 1,
+            "train_loss": 1.9,
+            "fed_eval_loss": 1.8,
+            "fed_eval_acc": 0.3,
+            "fed_clients": 4,
+            "fed_histogram": [1, 2],
+            "train_f1": 0.2,
+        }
+    ]
+    assert metric_panels(quickstart) == {
+        "accuracy": ["fed_eval_acc"],
+        "loss": ["fed_eval_loss", "train_loss"],
+        "other": ["train_f1"],
+    }  # a list-valued metric draws no line
     assert metric_panels([{"round": 1, "train_clients": 2, "seconds": 1.0}]) == {}
 
 
@@ -117,7 +139,7 @@ def test_an_app_without_the_hook_gets_no_files(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-HOOKS = '''
+HOOKS = """
 import datasets
 from flwr_datasets.partitioner import IidPartitioner
 
@@ -140,7 +162,7 @@ def too_few(run_config, num_partitions):
 
 def no_label(run_config, num_partitions):
     return _with(num_partitions, "target")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +174,17 @@ def hooked(tmp_path_factory):
     return lambda name: dataclasses.replace(app, directory=str(folder), partitioner=f"fsw_test_hooks:{name}")
 
 
-@pytest.mark.parametrize("name, message", [
-    ("raises", "fsw_test_hooks:raises failed: RuntimeError: no labels here"),
-    ("not_a_partitioner", "fsw_test_hooks:not_a_partitioner returned list, not a flwr_datasets Partitioner"),
-    ("without_dataset", "returned a partitioner without its dataset"),
-    ("too_few", "fsw_test_hooks:too_few made 3 partitions for a run of 4 nodes"),
-    ("no_label", "its dataset has no column 'label' (columns: target); name the label column with"),
-    ("missing", "Unable to load attribute missing from module fsw_test_hooks"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("raises", "fsw_test_hooks:raises failed: RuntimeError: no labels here"),
+        ("not_a_partitioner", "fsw_test_hooks:not_a_partitioner returned list, not a flwr_datasets Partitioner"),
+        ("without_dataset", "returned a partitioner without its dataset"),
+        ("too_few", "fsw_test_hooks:too_few made 3 partitions for a run of 4 nodes"),
+        ("no_label", "its dataset has no column 'label' (columns: target); name the label column with"),
+        ("missing", "Unable to load attribute missing from module fsw_test_hooks"),
+    ],
+)
 def test_a_broken_hook_is_one_clear_line(name, message, hooked, tmp_path):
     with pytest.raises(ConfigError) as raised:
         write_partition_files(hooked(name), {}, 4, str(tmp_path / "out"))
@@ -179,8 +204,11 @@ def test_a_hook_failing_during_the_run_is_a_warning_line(hooked, tmp_path, capsy
     """Found only after Ray started: the command line warns in one line and the run goes on without the files."""
     cli._draw_partitions(_done(), hooked("raises"), {}, 4, str(tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fl_core: warning: [tool.fedsweep] partitioner") \
-        and "no labels here" in err[0], err
+    assert (
+        len(err) == 1
+        and err[0].startswith("fl_core: warning: [tool.fedsweep] partitioner")
+        and "no labels here" in err[0]
+    ), err
     assert not (tmp_path / "partitions.csv").exists()
 
 
@@ -202,12 +230,15 @@ def _app_with(tmp_path, line: str) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("line, message", [
-    ('partitioner = "cifar10_app.data"', 'partitioner must be "module:function", got \'cifar10_app.data\''),
-    ("partitioner = 3", 'partitioner must be "module:function", got 3'),
-    ('partitioner = "nowhere_at_all:fn"', "cannot find the [tool.fedsweep] partitioner's module nowhere_at_all"),
-    ('partition-by = ""', "partition-by must name the label column"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('partitioner = "cifar10_app.data"', "partitioner must be \"module:function\", got 'cifar10_app.data'"),
+        ("partitioner = 3", 'partitioner must be "module:function", got 3'),
+        ('partitioner = "nowhere_at_all:fn"', "cannot find the [tool.fedsweep] partitioner's module nowhere_at_all"),
+        ('partition-by = ""', "partition-by must name the label column"),
+    ],
+)
 def test_a_bad_hook_declaration_is_refused_before_ray(line, message, tmp_path, capsys, no_ray):
     out = tmp_path / "out"
     assert cli.main(["--app", _app_with(tmp_path, line), *SMALL, "--checkpoint-dir", str(out)]) == 2
@@ -218,8 +249,24 @@ def test_a_bad_hook_declaration_is_refused_before_ray(line, message, tmp_path, c
 
 def test_a_standalone_run_draws_its_pictures(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main([*SMALL, "--fraction-train", "0.5", "--min-evaluate-nodes", "1", "--local-epochs", "1",
-                     "--num-server-rounds", "2", "--checkpoint-dir", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                *SMALL,
+                "--fraction-train",
+                "0.5",
+                "--min-evaluate-nodes",
+                "1",
+                "--local-epochs",
+                "1",
+                "--num-server-rounds",
+                "2",
+                "--checkpoint-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert f"checkpoints, metrics and plots in {out}" in captured.out and "warning" not in captured.err
     for name in ("metrics.png", "partitions.png"):

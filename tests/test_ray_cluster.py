@@ -34,8 +34,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.support.cluster import (HOOKED_JOB, RAY, REPO, TWO_TRIALS, Head, RayNode, _output, check_results, extra_node,
-                                   ray_env, ray_job_submit, run, started, sweep_command)
+from tests.support.cluster import (
+    HOOKED_JOB,
+    RAY,
+    REPO,
+    TWO_TRIALS,
+    Head,
+    RayNode,
+    _output,
+    check_results,
+    extra_node,
+    ray_env,
+    ray_job_submit,
+    run,
+    started,
+    sweep_command,
+)
 
 pytestmark = [
     pytest.mark.cluster,
@@ -67,12 +81,28 @@ def test_token_authentication(tmp_path):
     """
     home = str(tmp_path)
     token = secrets.token_hex(32)
-    node = started(lambda: Head(num_cpus=1, env=ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)),
-                   "the token head")
+    node = started(
+        lambda: Head(num_cpus=1, env=ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)), "the token head"
+    )
 
     def submit(submission_id: str, env: dict) -> subprocess.CompletedProcess:
-        return run([RAY, "job", "submit", "--address", node.url, "--submission-id", submission_id, "--",
-                    "python", "-c", "print('token accepted')"], env, timeout=120)
+        return run(
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                node.url,
+                "--submission-id",
+                submission_id,
+                "--",
+                "python",
+                "-c",
+                "print('token accepted')",
+            ],
+            env,
+            timeout=120,
+        )
 
     try:
         missing = submit("token-missing", ray_env(HOME=home))  # RAY_AUTH_MODE=disabled: no token sent
@@ -90,8 +120,11 @@ def test_token_authentication(tmp_path):
         # The token in a file instead (~/.ray/auth_token by default; here RAY_AUTH_TOKEN_PATH).
         token_file = tmp_path / "auth_token"
         token_file.write_text(token)
-        listed = run([RAY, "job", "list", "--address", node.url],
-                     ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)), timeout=120)
+        listed = run(
+            [RAY, "job", "list", "--address", node.url],
+            ray_env(HOME=home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)),
+            timeout=120,
+        )
         assert listed.returncode == 0 and "token-ok" in listed.stdout, _output(listed)
         assert not any(f"token-{name}" in listed.stdout for name in ("missing", "nowhere", "wrong")), listed.stdout
     finally:
@@ -164,8 +197,15 @@ def round_log_env(tmp_path, log_path: str) -> str:
 
 def long_rounds(num_rounds: int) -> list[str]:
     """Trial settings for two nodes with ~0.5-1 s rounds (as in test_tune_search's kill test): a kill lands inside."""
-    return [*TWO_NODE_TRIAL, "--set", "synthetic-size=3000", "--set", "fraction-train=0.5",
-            "--set", f"num-server-rounds={num_rounds}"]
+    return [
+        *TWO_NODE_TRIAL,
+        "--set",
+        "synthetic-size=3000",
+        "--set",
+        "fraction-train=0.5",
+        "--set",
+        f"num-server-rounds={num_rounds}",
+    ]
 
 
 def kill_raylet_after_first_round(node: RayNode, submit: subprocess.Popen, log_path: str) -> None:
@@ -183,8 +223,9 @@ def test_node_killed_without_retries_fails_clearly(head, tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     # One trial only: a second one could never be placed after the loss, and would wait (see the next test).
-    entrypoint = sweep_command(storage, "no_retry", "--grid", "local-epochs=1", *long_rounds(6), "--max-failures", "0",
-                               script=HOOKED_JOB)
+    entrypoint = sweep_command(
+        storage, "no_retry", "--grid", "local-epochs=1", *long_rounds(6), "--max-failures", "0", script=HOOKED_JOB
+    )
     command = ray_job_submit(head, entrypoint, runtime_env=round_log_env(tmp_path, log_path))
     out = open(tmp_path / "submit.log", "w+")
     submit = None
@@ -218,10 +259,12 @@ def test_node_killed_mid_sweep_then_replaced(head, tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     submission_id = f"fedsweep-node-loss-{uuid.uuid4().hex[:8]}"
-    entrypoint = sweep_command(storage, "node_loss", *TWO_TRIALS, *long_rounds(num_rounds), "--max-failures", "3",
-                               script=HOOKED_JOB)
-    command = ray_job_submit(head, entrypoint, runtime_env=round_log_env(tmp_path, log_path),
-                             submission_id=submission_id)
+    entrypoint = sweep_command(
+        storage, "node_loss", *TWO_TRIALS, *long_rounds(num_rounds), "--max-failures", "3", script=HOOKED_JOB
+    )
+    command = ray_job_submit(
+        head, entrypoint, runtime_env=round_log_env(tmp_path, log_path), submission_id=submission_id
+    )
     out = open(tmp_path / "submit.log", "w+")
     submit = None
     try:
@@ -245,7 +288,7 @@ def test_node_killed_mid_sweep_then_replaced(head, tmp_path):
             # The interrupted trial continued after its last checkpoint, not from round 1.
             interrupted = before_kill[-1][0]
             done = [r for t, r in before_kill if t == interrupted]
-            redone = [r for t, r in log[len(before_kill):] if t == interrupted]
+            redone = [r for t, r in log[len(before_kill) :] if t == interrupted]
             assert 2 <= redone[0] <= done[-1] + 1, (done, redone)
             # Client work ran on the lost node, then (after the retry) on the replacement only.
             nodes = {w["node_id"] for w in head.actors("ClientAppWorker", head.job_id(submission_id))}
@@ -268,21 +311,51 @@ def test_node_lost_under_a_run_alone_the_run_goes_on(head, tmp_path):
     """
     num_rounds = 30  # about 1 s each: the run outlasts Ray's verdict on the node
     folder = tmp_path / "run"
-    command = [sys.executable, "-m", "fl_core", "--address", f"127.0.0.1:{head.gcs_port}", "--dataset", "synthetic",
-               "--synthetic-size", "3000", "--pool-size", "4", "--fraction-train", "0.75", "--fraction-evaluate", "0.75",
-               "--min-train-nodes", "1", "--min-evaluate-nodes", "1", "--local-epochs", "4",
-               "--num-server-rounds", str(num_rounds), "--max-parallel-clients", "3", "--checkpoint-dir", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "fl_core",
+        "--address",
+        f"127.0.0.1:{head.gcs_port}",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "3000",
+        "--pool-size",
+        "4",
+        "--fraction-train",
+        "0.75",
+        "--fraction-evaluate",
+        "0.75",
+        "--min-train-nodes",
+        "1",
+        "--min-evaluate-nodes",
+        "1",
+        "--local-epochs",
+        "4",
+        "--num-server-rounds",
+        str(num_rounds),
+        "--max-parallel-clients",
+        "3",
+        "--checkpoint-dir",
+        str(folder),
+    ]
     err = open(tmp_path / "stderr.log", "w+")
     run_proc = None
     try:
         with extra_node(head, "f", num_cpus=1) as lost:
-            run_proc = subprocess.Popen(command, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=err,
-                                        text=True)
+            run_proc = subprocess.Popen(command, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=err, text=True)
             for line in run_proc.stdout:  # its round lines; the kill once round 1 is done (and checkpointed)
                 if line.startswith("round   1/"):
                     break
-            reply = head.get("/api/v0/actors", detail="1", limit="10000", filter_keys=["class_name", "state"],
-                             filter_predicates=["=", "="], filter_values=["ClientAppWorker", "ALIVE"])
+            reply = head.get(
+                "/api/v0/actors",
+                detail="1",
+                limit="10000",
+                filter_keys=["class_name", "state"],
+                filter_predicates=["=", "="],
+                filter_values=["ClientAppWorker", "ALIVE"],
+            )
             workers = reply["data"]["result"]["result"]
             assert lost.node_id in {w["node_id"] for w in workers}, workers  # a worker to lose
             os.kill(lost.raylet_pid(), signal.SIGKILL)

@@ -160,8 +160,9 @@ def ssh_tools() -> dict[str, str]:
     """
     missing = {command: package for command, package in TOOLS.items() if which(command) is None}
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (Debian: {' '.join(sorted(set(missing.values())))}); "
-                    ".ci/run installs them")
+        pytest.skip(
+            f"needs {', '.join(missing)} (Debian: {' '.join(sorted(set(missing.values())))}); .ci/run installs them"
+        )
     if os.geteuid() == 0 and not os.path.isdir(PRIVSEP_DIR):
         pytest.skip(f"sshd as root needs its folder {PRIVSEP_DIR}; .ci/run makes it (mkdir -m 755 {PRIVSEP_DIR})")
     return {command: which(command) for command in TOOLS}
@@ -188,8 +189,11 @@ class LoopbackSshd:
         self.client_key = os.path.join(self.dir, "client_key")
         host_key = os.path.join(self.dir, "host_key")
         for key in (host_key, self.client_key):
-            subprocess.run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", "fedsweep-test-ray-up",
-                            "-f", key], check=True, capture_output=True)
+            subprocess.run(
+                [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", "fedsweep-test-ray-up", "-f", key],
+                check=True,
+                capture_output=True,
+            )
         authorized_keys = os.path.join(self.dir, "authorized_keys")
         shutil.copyfile(self.client_key + ".pub", authorized_keys)
         self.relay = os.path.join(self.dir, "relay.py")
@@ -200,34 +204,38 @@ class LoopbackSshd:
             self.port = free_ports(1)[0]
             config = os.path.join(self.dir, "sshd_config")
             with open(config, "w") as f:
-                f.write("\n".join([
-                    f"ListenAddress 127.0.0.1:{self.port}",
-                    f"HostKey {host_key}",
-                    f"PidFile {os.path.join(self.dir, 'sshd.pid')}",
-                    f"AuthorizedKeysFile {authorized_keys}",
-                    f"AllowUsers {self.user}",
-                    "PermitRootLogin prohibit-password",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",  # the key files live under /tmp
-                    "PermitUserEnvironment no",
-                    "AllowTcpForwarding no",
-                    "AllowAgentForwarding no",
-                    "X11Forwarding no",
-                    "PrintMotd no",
-                    "PrintLastLog no",
-                    "LogLevel VERBOSE",
-                    f"SetEnv HOME={self.home} PYTHONDONTWRITEBYTECODE=1",
-                    "",
-                ]))
+                f.write(
+                    "\n".join(
+                        [
+                            f"ListenAddress 127.0.0.1:{self.port}",
+                            f"HostKey {host_key}",
+                            f"PidFile {os.path.join(self.dir, 'sshd.pid')}",
+                            f"AuthorizedKeysFile {authorized_keys}",
+                            f"AllowUsers {self.user}",
+                            "PermitRootLogin prohibit-password",
+                            "PubkeyAuthentication yes",
+                            "PasswordAuthentication no",
+                            "KbdInteractiveAuthentication no",
+                            "UsePAM no",
+                            "StrictModes no",  # the key files live under /tmp
+                            "PermitUserEnvironment no",
+                            "AllowTcpForwarding no",
+                            "AllowAgentForwarding no",
+                            "X11Forwarding no",
+                            "PrintMotd no",
+                            "PrintLastLog no",
+                            "LogLevel VERBOSE",
+                            f"SetEnv HOME={self.home} PYTHONDONTWRITEBYTECODE=1",
+                            "",
+                        ]
+                    )
+                )
             self.since = _stat(os.getpid())[3]
             command = self._own_login_records([tools["sshd"], "-D", "-f", config, "-E", self.log_path])
             with open(self.log_path, "a") as log:
-                self.proc = subprocess.Popen(command,
-                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
             deadline = time.time() + 20
             while self.proc.poll() is None and not _port_open(self.port) and time.time() < deadline:
                 time.sleep(0.1)
@@ -252,8 +260,13 @@ class LoopbackSshd:
         them (or if the probe fails) sshd runs as it is and records the logins.
         """
         unshare = which("unshare")
-        records = sorted({os.path.realpath(path) for path in ("/var/log/wtmp", "/var/log/btmp", "/var/log/lastlog",
-                                                              "/run/utmp", "/var/run/utmp") if os.path.isfile(path)})
+        records = sorted(
+            {
+                os.path.realpath(path)
+                for path in ("/var/log/wtmp", "/var/log/btmp", "/var/log/lastlog", "/run/utmp", "/var/run/utmp")
+                if os.path.isfile(path)
+            }
+        )
         if os.geteuid() != 0 or unshare is None or not records:
             return command
         mounts = []
@@ -261,8 +274,17 @@ class LoopbackSshd:
             copy = os.path.join(self.dir, os.path.basename(path))
             open(copy, "w").close()
             mounts.append(f"mount --bind {shlex.quote(copy)} {shlex.quote(path)}")
-        wrapped = [unshare, "--mount", "--propagation", "private", "--", "sh", "-c",
-                   " && ".join(mounts) + ' && exec "$@"', "sh"]
+        wrapped = [
+            unshare,
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            " && ".join(mounts) + ' && exec "$@"',
+            "sh",
+        ]
         probe = subprocess.run([*wrapped, "true"], capture_output=True, text=True)
         return [*wrapped, *command] if probe.returncode == 0 else command
 
@@ -330,9 +352,12 @@ def head_sessions(ray_temp: str) -> set[int]:
     are never overwritten by a process title.
     """
     marker = ray_temp.rstrip("/") + "/"
-    return {info[2] for pid, info in _all_processes().items()
-            if os.path.basename((cmdline(pid) or [""])[0]) in ("raylet", "gcs_server")
-            and any(marker in arg for arg in cmdline(pid)[1:])}
+    return {
+        info[2]
+        for pid, info in _all_processes().items()
+        if os.path.basename((cmdline(pid) or [""])[0]) in ("raylet", "gcs_server")
+        and any(marker in arg for arg in cmdline(pid)[1:])
+    }
 
 
 def head_processes(sessions: set[int], since_ticks: int = 0) -> set[int]:
@@ -383,19 +408,23 @@ def write_head_home(sshd: LoopbackSshd, ray_temp: str) -> str:
     shim = os.path.join(bin_dir, "ray")
     q = shlex.quote
     with open(shim, "w") as f:
-        f.write("#!/bin/sh\n"
-                "# tests/test_ray_up.py: `ray stop` would stop every Ray on this machine; this one stops this head.\n"
-                'if [ "$1" = stop ]; then\n'
-                f"    echo stop >> {q(stop_log)}\n"
-                # PYTHONPATH: this file imports tests.support, from the repository root.
-                f"    exec env PYTHONPATH={q(REPO)} {q(sys.executable)} {q(os.path.abspath(__file__))} stop {q(ray_temp)}\n"
-                "fi\n"
-                f'exec {q(RAY)} "$@"\n')
+        f.write(
+            "#!/bin/sh\n"
+            "# tests/test_ray_up.py: `ray stop` would stop every Ray on this machine; this one stops this head.\n"
+            'if [ "$1" = stop ]; then\n'
+            f"    echo stop >> {q(stop_log)}\n"
+            # PYTHONPATH: this file imports tests.support, from the repository root.
+            f"    exec env PYTHONPATH={q(REPO)} {q(sys.executable)} {q(os.path.abspath(__file__))} stop {q(ray_temp)}\n"
+            "fi\n"
+            f'exec {q(RAY)} "$@"\n'
+        )
     os.chmod(shim, 0o755)
     with open(os.path.join(sshd.home, ".bashrc"), "w") as f:
-        f.write("# tests/test_ray_up.py: Ray runs every remote command as "
-                "`bash --login -c -i 'source ~/.bashrc; ...'`\n"
-                f"export PATH={q(bin_dir)}:\"$PATH\"\n")
+        f.write(
+            "# tests/test_ray_up.py: Ray runs every remote command as "
+            "`bash --login -c -i 'source ~/.bashrc; ...'`\n"
+            f'export PATH={q(bin_dir)}:"$PATH"\n'
+        )
     return stop_log
 
 
@@ -415,22 +444,44 @@ def no_docker_variant(sshd: LoopbackSshd, name: str, ray_temp: str, head_tmp: st
     del config["docker"]
     config["cluster_name"] = name
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-    config["auth"] = {"ssh_user": sshd.user, "ssh_private_key": sshd.client_key,
-                      "ssh_proxy_command": f"{shlex.quote(sys.executable)} -I {shlex.quote(sshd.relay)} {sshd.port}"}
+    config["auth"] = {
+        "ssh_user": sshd.user,
+        "ssh_private_key": sshd.client_key,
+        "ssh_proxy_command": f"{shlex.quote(sys.executable)} -I {shlex.quote(sshd.relay)} {sshd.port}",
+    }
     activate = os.path.join(BIN, "activate")
-    env = (f"source {shlex.quote(activate)}" if os.path.exists(activate)
-           else f"export PATH={shlex.quote(BIN)}:\"$PATH\"")
+    env = f"source {shlex.quote(activate)}" if os.path.exists(activate) else f'export PATH={shlex.quote(BIN)}:"$PATH"'
     env += " && cd ~"  # the SSH session starts in the user's real home; core files etc. go to the test's
     config["setup_commands"] = [f"{env} && python -c {shlex.quote(SETUP_CHECK)}"]
-    (gcs, dashboard, agent_http, agent_grpc, client_server, node_manager, object_manager, metrics,
-     runtime_env_agent) = ports
-    flags = ["--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-             f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-             f"--ray-client-server-port={client_server}", f"--node-manager-port={node_manager}",
-             f"--object-manager-port={object_manager}", f"--metrics-export-port={metrics}",
-             f"--runtime-env-agent-port={runtime_env_agent}", "--min-worker-port=0", "--max-worker-port=0",
-             f"--temp-dir={ray_temp}", "--num-cpus=2", f"--object-store-memory={200 * 1024 * 1024}",
-             "--disable-usage-stats"]
+    (
+        gcs,
+        dashboard,
+        agent_http,
+        agent_grpc,
+        client_server,
+        node_manager,
+        object_manager,
+        metrics,
+        runtime_env_agent,
+    ) = ports
+    flags = [
+        "--node-ip-address=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--include-dashboard=true",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--ray-client-server-port={client_server}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env_agent}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        f"--temp-dir={ray_temp}",
+        "--num-cpus=2",
+        f"--object-store-memory={200 * 1024 * 1024}",
+        "--disable-usage-stats",
+    ]
     starts = []
     for command in config["head_start_ray_commands"]:
         if command == "ray stop":
@@ -438,8 +489,10 @@ def no_docker_variant(sshd: LoopbackSshd, name: str, ray_temp: str, head_tmp: st
             continue
         assert "ray start --head" in command and "--port=6379" in command, f"unexpected start command: {command}"
         command = command.replace("--port=6379", f"--port={gcs}")
-        starts.append(f"{env} && export RAY_AUTH_MODE=disabled TMPDIR={shlex.quote(head_tmp)} && "
-                      f"{{ {command} {' '.join(flags)}; }}")
+        starts.append(
+            f"{env} && export RAY_AUTH_MODE=disabled TMPDIR={shlex.quote(head_tmp)} && "
+            f"{{ {command} {' '.join(flags)}; }}"
+        )
     assert starts[0] == "ray stop" and len(starts) == 2, config["head_start_ray_commands"]
     config["head_start_ray_commands"] = starts
     return config
@@ -467,8 +520,15 @@ class Launcher:
         log_path = os.path.join(self.log_dir, f"{name}.log")
         since = _stat(os.getpid())[3]
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.sessions.append((proc.pid, since))
         try:
             code = proc.wait(timeout=timeout)
@@ -514,8 +574,12 @@ def test_ray_up_sweep_ray_down(sshd, base_dir):
     real_home = pwd.getpwuid(os.getuid()).pw_dir  # ssh's ~ (not $HOME)
     user_ssh_dir = os.path.join(real_home, ".ssh")  # ssh may make it when missing
     user_ssh_dir_existed = os.path.isdir(user_ssh_dir)
-    home_files = {path: os.path.lexists(path) for path in (
-        os.path.join(real_home, leaf) for leaf in ("ray_bootstrap_config.yaml", "ray_bootstrap_key.pem", "fedsweep"))}
+    home_files = {
+        path: os.path.lexists(path)
+        for path in (
+            os.path.join(real_home, leaf) for leaf in ("ray_bootstrap_config.yaml", "ray_bootstrap_key.pem", "fedsweep")
+        )
+    }
     config_caches = set(glob.glob(os.path.join(tempfile.gettempdir(), "ray-config-*")))
     from ray._common.utils import get_default_ray_temp_dir  # where the state files go without TMPDIR
 
@@ -527,8 +591,9 @@ def test_ray_up_sweep_ray_down(sshd, base_dir):
     timings = {}
     try:
         start = time.monotonic()
-        code, output = launcher.run("up", [RAY, "up", "-y", "--no-config-cache", "--disable-usage-stats",
-                                           config_path], UP_TIMEOUT_S)
+        code, output = launcher.run(
+            "up", [RAY, "up", "-y", "--no-config-cache", "--disable-usage-stats", config_path], UP_TIMEOUT_S
+        )
         timings["ray up"] = time.monotonic() - start
         assert code == 0, output[-4000:]
         sessions = head_sessions(ray_temp)
@@ -546,16 +611,30 @@ def test_ray_up_sweep_ray_down(sshd, base_dir):
         assert "ssh_proxy_command" not in bootstrap["auth"]
         assert os.path.isfile(os.path.join(home, "ray_bootstrap_key.pem"))
         # The head's autoscaler reads that config: `--autoscaling-config=~/...`, `~` being the SSH session's HOME.
-        autoscalers = [pid for pid in head_processes(sessions, since)
-                       if "--autoscaling-config=~/ray_bootstrap_config.yaml" in cmdline(pid)]
+        autoscalers = [
+            pid
+            for pid in head_processes(sessions, since)
+            if "--autoscaling-config=~/ray_bootstrap_config.yaml" in cmdline(pid)
+        ]
         assert len(autoscalers) == 1 and environ(autoscalers[0]).get("HOME") == home, autoscalers
         with open(stop_log) as f:
             assert f.read().split() == ["stop"], "head_start_ray_commands' `ray stop` did not run once"
 
         # The documented submission, to the head's own dashboard.
         start = time.monotonic()
-        submit = [RAY, "job", "submit", "--address", dashboard, "--runtime-env", "runtime_env.yaml",
-                  "--working-dir", ".", "--", *sweep_command(storage, "ray_up", *TWO_TRIALS)]
+        submit = [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--runtime-env",
+            "runtime_env.yaml",
+            "--working-dir",
+            ".",
+            "--",
+            *sweep_command(storage, "ray_up", *TWO_TRIALS),
+        ]
         job = subprocess.run(submit, cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
         assert job.returncode == 0, _output(job)
         assert "succeeded" in job.stdout + job.stderr
@@ -596,6 +675,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "stop":
         sys.exit(f"usage: {sys.argv[0]} stop RAY_TEMP_DIR")
     still_alive = stop_head(sys.argv[2])
-    print(f"stopped the Ray head of {sys.argv[2]}" + (f"; alive after SIGKILL: {sorted(still_alive)}"
-                                                     if still_alive else ""))
+    print(
+        f"stopped the Ray head of {sys.argv[2]}"
+        + (f"; alive after SIGKILL: {sorted(still_alive)}" if still_alive else "")
+    )
     sys.exit(1 if still_alive else 0)

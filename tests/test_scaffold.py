@@ -7,16 +7,26 @@ import copy
 
 import numpy as np
 import pytest
+from cifar10_app.scaffold import STATE_KEY
 
 import fl_core
-from cifar10_app.scaffold import STATE_KEY
 from fl_core.callbacks import CheckpointWriter
 from tests.conftest import model_metrics, same_arrays
 
 # Small enough for 2 cores; lr 0.1 and 2 epochs of plain SGD let SCAFFOLD learn the synthetic set in 4 rounds.
-CONFIG = {"dataset": "synthetic", "synthetic-size": 800, "partition": "dirichlet", "alpha": 0.3,
-          "fraction-train": 0.5, "fraction-evaluate": 0.5, "local-epochs": 2, "lr": 0.1, "momentum": 0.0,
-          "batch-size": 32, "strategy": "scaffold"}
+CONFIG = {
+    "dataset": "synthetic",
+    "synthetic-size": 800,
+    "partition": "dirichlet",
+    "alpha": 0.3,
+    "fraction-train": 0.5,
+    "fraction-evaluate": 0.5,
+    "local-epochs": 2,
+    "lr": 0.1,
+    "momentum": 0.0,
+    "batch-size": 32,
+    "strategy": "scaffold",
+}
 POOL = 4
 
 
@@ -24,8 +34,9 @@ def run(overrides: dict, *, callbacks=(), resume=None, **settings) -> fl_core.Ru
     """Run the built-in app in this process's Ray with run-config CONFIG + `overrides` and engine `settings`."""
     app = fl_core.load_app_folder(None)
     engine = fl_core.RunSettings(**{"pool_size": POOL, **settings})
-    return fl_core.run_app(app, fl_core.fuse_run_config(app, {**CONFIG, **overrides}), engine,
-                           callbacks=list(callbacks), resume=resume)
+    return fl_core.run_app(
+        app, fl_core.fuse_run_config(app, {**CONFIG, **overrides}), engine, callbacks=list(callbacks), resume=resume
+    )
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -67,8 +78,14 @@ def scaffold_runs(ray_local, tmp_path_factory):
     snapshots = Snapshots()
     whole = run({"num-server-rounds": 4}, callbacks=[snapshots])
     fedavg = run({"num-server-rounds": 1, "strategy": "fedavg"})
-    return {"first": first, "saved": saved, "resumed": resumed, "whole": whole, "snapshots": snapshots.states,
-            "fedavg": fedavg}
+    return {
+        "first": first,
+        "saved": saved,
+        "resumed": resumed,
+        "whole": whole,
+        "snapshots": snapshots.states,
+        "fedavg": fedavg,
+    }
 
 
 def test_round_1_is_fedavgs_round_1(scaffold_runs):

@@ -36,11 +36,20 @@ def test_niid_bench_file_is_36_trials_of_the_papers_protocol():
     runs = list(trials(spec))
     assert len(runs) == 3 * 4 * 3
     rc = spec.run_config
-    assert (spec.settings["pool_size"], rc["fraction-train"], rc["num-server-rounds"], rc["local-epochs"],
-            rc["batch-size"], rc["lr"], rc["momentum"], rc["weight-decay"], rc["fedprox.proximal-mu"]) == (
-        10, 1.0, 50, 10, 64, 0.01, 0.9, 1e-5, 0.01)
-    by_name = {(combo["strategy"], combo["partitioning"], settings.seed): run_config
-               for combo, settings, run_config in runs}
+    assert (
+        spec.settings["pool_size"],
+        rc["fraction-train"],
+        rc["num-server-rounds"],
+        rc["local-epochs"],
+        rc["batch-size"],
+        rc["lr"],
+        rc["momentum"],
+        rc["weight-decay"],
+        rc["fedprox.proximal-mu"],
+    ) == (10, 1.0, 50, 10, 64, 0.01, 0.9, 1e-5, 0.01)
+    by_name = {
+        (combo["strategy"], combo["partitioning"], settings.seed): run_config for combo, settings, run_config in runs
+    }
     c3 = by_name[("scaffold", "#C=3", 2)]
     assert (c3["strategy"], c3["partition"], c3["classes-per-client"], c3["seed"]) == ("scaffold", "pathological", 3, 2)
     dirichlet = by_name[("fedprox", "Dirichlet(0.5)", 0)]
@@ -49,27 +58,45 @@ def test_niid_bench_file_is_36_trials_of_the_papers_protocol():
 
 
 def test_the_command_line_picks_sets_and_overrides_the_file():
-    spec = spec_of(["--config", NIID_BENCH, "--grid", "partitioning=Dirichlet(0.5),IID", "--grid", "seed=0",
-                    "--set", "num-server-rounds=10"])
+    spec = spec_of(
+        [
+            "--config",
+            NIID_BENCH,
+            "--grid",
+            "partitioning=Dirichlet(0.5),IID",
+            "--grid",
+            "seed=0",
+            "--set",
+            "num-server-rounds=10",
+        ]
+    )
     assert spec.search["partitioning"]["values"] == ["Dirichlet(0.5)", "IID"]
     assert len(list(trials(spec))) == 3 * 2 and spec.run_config["num-server-rounds"] == 10
     with pytest.raises(ConfigError, match="no set named dirichlet; the --config file's sets are IID, Dirichlet"):
         spec_of(["--config", NIID_BENCH, "--grid", "partitioning=dirichlet"])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("search:\n  partition: {grid: {a: {alpha: 0.5}}}\n", "partition is a setting or run-config key"),
-    ("search:\n  split: {grid: {a: {no-such-key: 1}}}\n", "no-such-key"),
-    ("search:\n  split: {grid: {a: {alpha: fast}}}\n", "alpha"),
-    ("search:\n  split: {grid: {a: 3}}\n", "set 'a' must be a non-empty {key: value} mapping"),
-    ("fixed:\n  alpha: 0.3\nsearch:\n  split: {grid: {a: {alpha: 0.5}}}\n", "alpha both fixed and swept"),
-    ("search:\n  alpha: [0.1]\n  split: {grid: {a: {alpha: 0.5}}}\n", "alpha swept by two axes"),
-    ("search:\n  lr: [0.1]\ntable: {rows: lr, columns: seed}\n", "table columns 'seed' is not a grid or choice axis"),
-    ("search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: lr}\n", "rows and columns are both 'lr'"),
-    ("search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: seed, scale: 0}\n", "scale must be a positive"),
-    ("search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: seed, published: {0.1: {0: lots}}}\n",
-     "'lots' is not 'mean ± std' or a number"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("search:\n  partition: {grid: {a: {alpha: 0.5}}}\n", "partition is a setting or run-config key"),
+        ("search:\n  split: {grid: {a: {no-such-key: 1}}}\n", "no-such-key"),
+        ("search:\n  split: {grid: {a: {alpha: fast}}}\n", "alpha"),
+        ("search:\n  split: {grid: {a: 3}}\n", "set 'a' must be a non-empty {key: value} mapping"),
+        ("fixed:\n  alpha: 0.3\nsearch:\n  split: {grid: {a: {alpha: 0.5}}}\n", "alpha both fixed and swept"),
+        ("search:\n  alpha: [0.1]\n  split: {grid: {a: {alpha: 0.5}}}\n", "alpha swept by two axes"),
+        (
+            "search:\n  lr: [0.1]\ntable: {rows: lr, columns: seed}\n",
+            "table columns 'seed' is not a grid or choice axis",
+        ),
+        ("search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: lr}\n", "rows and columns are both 'lr'"),
+        ("search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: seed, scale: 0}\n", "scale must be a positive"),
+        (
+            "search:\n  lr: [0.1]\n  seed: [0]\ntable: {rows: lr, columns: seed, published: {0.1: {0: lots}}}\n",
+            "'lots' is not 'mean ± std' or a number",
+        ),
+    ],
+)
 def test_bad_sets_and_tables_are_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("{", r"\{").replace("}", r"\}")):
         spec_of(["--config", write(tmp_path, text)])
@@ -84,12 +111,26 @@ def test_published_numbers_parse():
 def test_table_is_mean_and_std_over_seeds_of_the_best_round_beside_the_published_numbers():
     spec = spec_of(["--config", NIID_BENCH, "--grid", "partitioning=IID,#C=2", "--grid", "strategy=fedavg,scaffold"])
     rows = []
-    for i, (strategy, partitioning, seed, best, status) in enumerate([
-            ("fedavg", "IID", 0, 0.70, "TERMINATED"), ("fedavg", "IID", 1, 0.72, "TERMINATED"),
-            ("fedavg", "IID", 2, 0.74, "TERMINATED"), ("scaffold", "IID", 0, 0.71, "TERMINATED"),
-            ("scaffold", "IID", 1, 0.99, "ERROR"), ("fedavg", "#C=2", 0, 0.50, "TERMINATED")]):
-        rows.append({"trial_id": f"t{i}", "status": status, "strategy": strategy, "partitioning": partitioning,
-                     "seed": seed, "best_central_accuracy": best})
+    for i, (strategy, partitioning, seed, best, status) in enumerate(
+        [
+            ("fedavg", "IID", 0, 0.70, "TERMINATED"),
+            ("fedavg", "IID", 1, 0.72, "TERMINATED"),
+            ("fedavg", "IID", 2, 0.74, "TERMINATED"),
+            ("scaffold", "IID", 0, 0.71, "TERMINATED"),
+            ("scaffold", "IID", 1, 0.99, "ERROR"),
+            ("fedavg", "#C=2", 0, 0.50, "TERMINATED"),
+        ]
+    ):
+        rows.append(
+            {
+                "trial_id": f"t{i}",
+                "status": status,
+                "strategy": strategy,
+                "partitioning": partitioning,
+                "seed": seed,
+                "best_central_accuracy": best,
+            }
+        )
     results = results_table(pd.DataFrame(rows), spec)
     cell = results.set_index(["partitioning", "strategy"])
     assert cell.loc[("IID", "fedavg"), "mean"] == pytest.approx(72.0)

@@ -46,8 +46,24 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, flo
 
 def test_a_run_logs_to_a_local_store_and_its_resume_goes_on_in_the_same_mlflow_run(ray_local, tmp_path, capsys):
     out, store = tmp_path / "run", tmp_path / "mlruns"
-    base = ["--dataset", "synthetic", "--synthetic-size", "400", "--pool-size", "4", "--fraction-train", "0.5",
-            "--min-evaluate-nodes", "1", "--local-epochs", "1", "--checkpoint-dir", str(out), "--mlflow", str(store)]
+    base = [
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "400",
+        "--pool-size",
+        "4",
+        "--fraction-train",
+        "0.5",
+        "--min-evaluate-nodes",
+        "1",
+        "--local-epochs",
+        "1",
+        "--checkpoint-dir",
+        str(out),
+        "--mlflow",
+        str(store),
+    ]
     assert cli.main(base + ["--num-server-rounds", "2"]) == 0
     assert cli.main(["--resume", str(out), "--num-server-rounds", "3", "--mlflow", str(store)]) == 0
     capsys.readouterr()
@@ -71,10 +87,28 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     (port,) = free_ports(1)
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + SERVER_START_S
@@ -95,8 +129,19 @@ def mlflow_server(tmp_path_factory):
 
 
 def test_a_sweep_logs_one_mlflow_run_per_trial_to_a_server(mlflow_server, tmp_path):
-    code, output, leftovers = Run(TINY + ["--grid", "local-epochs=1,2", "--storage-path", str(tmp_path / "results"),
-                                          "--name", "tracked", "--mlflow", mlflow_server]).to_end()
+    code, output, leftovers = Run(
+        TINY
+        + [
+            "--grid",
+            "local-epochs=1,2",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "tracked",
+            "--mlflow",
+            mlflow_server,
+        ]
+    ).to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
     client = MlflowClient(mlflow_server)
@@ -108,8 +153,9 @@ def test_a_sweep_logs_one_mlflow_run_per_trial_to_a_server(mlflow_server, tmp_pa
         assert run.data.params["local-epochs"] == run.data.params["run_config.local-epochs"]  # swept and whole config
         assert run.data.params["engine.pool_size"] == "4"
         assert [s for s, _ in steps(client, run.info.run_id, "central_accuracy")] == [1, 2]
-    assert sorted(float(r.data.metrics["central_accuracy"]) for r in runs) == \
-        sorted(trials["final_central_accuracy"].tolist())
+    assert sorted(float(r.data.metrics["central_accuracy"]) for r in runs) == sorted(
+        trials["final_central_accuracy"].tolist()
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -129,8 +175,8 @@ def wandb_records(path: str) -> list:
         if block - at % block < 7:  # a block's tail too short for a header is padding
             at += block - at % block
             continue
-        length, kind = int.from_bytes(data[at + 4:at + 6], "little"), data[at + 6]
-        chunk, at = data[at + 7:at + 7 + length], at + 7 + length
+        length, kind = int.from_bytes(data[at + 4 : at + 6], "little"), data[at + 6]
+        chunk, at = data[at + 7 : at + 7 + length], at + 7 + length
         if kind == 1:
             chunks.append(chunk)
         elif kind in (2, 3):
@@ -148,9 +194,14 @@ def offline_runs(folder) -> list[dict]:
         for record in wandb_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                run.update(name=record.run.display_name, group=record.run.run_group, project=record.run.project,
-                           config={i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                   for i in record.run.config.update})
+                run.update(
+                    name=record.run.display_name,
+                    group=record.run.run_group,
+                    project=record.run.project,
+                    config={
+                        i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.run.config.update
+                    },
+                )
             elif kind == "history":
                 row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
                 run["history"][record.history.step.num] = row
@@ -168,10 +219,30 @@ def offline_env(tmp_path) -> dict:
 
 def test_a_run_without_a_wandb_api_key_logs_offline_into_its_folder(tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "fl_core", "--dataset", "synthetic", "--synthetic-size", "400",
-                           "--pool-size", "4", "--num-server-rounds", "2", "--checkpoint-dir", str(out),
-                           "--wandb", "fedsweep-test"], cwd=tmp_path, env=offline_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fl_core",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "400",
+            "--pool-size",
+            "4",
+            "--num-server-rounds",
+            "2",
+            "--checkpoint-dir",
+            str(out),
+            "--wandb",
+            "fedsweep-test",
+        ],
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert f"note: W&B: no API key (WANDB_API_KEY or `wandb login`), logging offline into {out}/wandb" in done.stdout
     (run,) = offline_runs(out)
@@ -184,8 +255,19 @@ def test_a_run_without_a_wandb_api_key_logs_offline_into_its_folder(tmp_path):
 
 
 def test_a_sweep_without_a_wandb_api_key_logs_each_trial_offline(tmp_path):
-    run = Run(TINY + ["--grid", "local-epochs=1,2", "--storage-path", str(tmp_path / "results"), "--name", "wb",
-                      "--wandb", "fedsweep-test"])
+    run = Run(
+        TINY
+        + [
+            "--grid",
+            "local-epochs=1,2",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "wb",
+            "--wandb",
+            "fedsweep-test",
+        ]
+    )
     run.env = {**offline_env(tmp_path), "FEDSWEEP_TEST_RUN_TAG": run.tag}
     code, output, leftovers = run.to_end()
     assert code == 0, output[-3000:]

@@ -69,8 +69,10 @@ def rounds_of(log: list[tuple[str, int]], trial_id: str) -> list[int]:
 
 def test_default_grid_and_replacement():
     """No search flag: the 3x3 default grid; any search flag replaces it; fixed keys leave the default grid."""
-    assert spec_of([]).search == {"fraction-train": {"kind": "grid", "values": [0.05, 0.1, 0.2]},
-                                  "local-epochs": {"kind": "grid", "values": [1, 2, 5]}}
+    assert spec_of([]).search == {
+        "fraction-train": {"kind": "grid", "values": [0.05, 0.1, 0.2]},
+        "local-epochs": {"kind": "grid", "values": [1, 2, 5]},
+    }
     assert spec_of(["--loguniform", "lr=1e-3,1e-1"]).search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]}}
     assert list(spec_of(["--set", "local_epochs=3"]).search) == ["fraction-train"]
     spec = spec_of(["--set", "num-server-rounds=7", "--choice", "strategy=fedavg,fedprox", "--set", "pool-size=8"])
@@ -83,12 +85,16 @@ def test_default_grid_and_replacement():
 def test_config_file_sections(tmp_path):
     """YAML `fixed:` and `search:` sections; dashes accepted; command-line flags override the file."""
     path = tmp_path / "sweep.yaml"
-    path.write_text("fixed:\n  num-server-rounds: 4\n  dataset: synthetic\n"
-                    "search:\n  lr: {loguniform: [1.0e-3, 1.0e-1]}\n  local_epochs: {grid: [1, 2]}\n")
+    path.write_text(
+        "fixed:\n  num-server-rounds: 4\n  dataset: synthetic\n"
+        "search:\n  lr: {loguniform: [1.0e-3, 1.0e-1]}\n  local_epochs: {grid: [1, 2]}\n"
+    )
     spec = spec_of(["--config", str(path), "--set", "num_server_rounds=5"])
     assert spec.run_config["num-server-rounds"] == 5 and spec.run_config["dataset"] == "synthetic"
-    assert spec.search == {"lr": {"kind": "loguniform", "values": [1e-3, 1e-1]},
-                           "local-epochs": {"kind": "grid", "values": [1, 2]}}
+    assert spec.search == {
+        "lr": {"kind": "loguniform", "values": [1e-3, 1e-1]},
+        "local-epochs": {"kind": "grid", "values": [1, 2]},
+    }
     json_path = tmp_path / "sweep.json"
     json_path.write_text(json.dumps({"search": {"seed": [0, 1, 2]}}))
     assert spec_of(["--config", str(json_path)]).search == {"seed": {"kind": "grid", "values": [0, 1, 2]}}
@@ -98,8 +104,20 @@ def test_param_space_domains():
     """grid -> grid_search (grid search) or choice (random); ranges -> uniform/loguniform, randint for ints."""
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    argv = ["--grid", "local_epochs=1,2", "--choice", "strategy=fedavg,fedprox", "--uniform", "momentum=0,0.9",
-            "--loguniform", "lr=1e-3,1e-1", "--uniform", "batch_size=16,64", "--loguniform", "fedadam.eta=0.01,1"]
+    argv = [
+        "--grid",
+        "local_epochs=1,2",
+        "--choice",
+        "strategy=fedavg,fedprox",
+        "--uniform",
+        "momentum=0,0.9",
+        "--loguniform",
+        "lr=1e-3,1e-1",
+        "--uniform",
+        "batch_size=16,64",
+        "--loguniform",
+        "fedadam.eta=0.01,1",
+    ]
     space = param_space(spec_of(argv))
     assert space["local-epochs"] == {"grid_search": [1, 2]}
     assert isinstance(space["strategy"], Categorical)
@@ -112,8 +130,9 @@ def test_param_space_domains():
 
 def test_trial_bundles_follow_config():
     """[server] + K client bundles, K = min(clients per round, max parallel); GPU key only when asked."""
-    spec = spec_of(["--set", "pool_size=100", "--set", "fraction-evaluate=0.02", "--grid", "fraction_train=0.05,0.2"],
-                   cpus=16)
+    spec = spec_of(
+        ["--set", "pool_size=100", "--set", "fraction-evaluate=0.02", "--grid", "fraction_train=0.05,0.2"], cpus=16
+    )
     plan = spec.plan()
     assert trial_bundles({"fraction-train": 0.05}, plan) == [{"CPU": 1}] + [{"CPU": 1.0}] * 5
     assert len(trial_bundles({"fraction-train": 0.2}, plan)) == 1 + 15  # (16 - 1 server CPU) / 1
@@ -143,13 +162,23 @@ def test_partition_files_per_distinct_data_set(tmp_path):
     """The sweep draws one label distribution per distinct data set, named by the swept values that made it."""
     from fl_sweep.partitions import FOLDER, INDEX, write_partitions
 
-    small = ["--set", "dataset=synthetic", "--set", "synthetic-size=400", "--set", "pool-size=4",
-             "--set", "partition=dirichlet"]
+    small = [
+        "--set",
+        "dataset=synthetic",
+        "--set",
+        "synthetic-size=400",
+        "--set",
+        "pool-size=4",
+        "--set",
+        "partition=dirichlet",
+    ]
     spec = spec_of(small + ["--grid", "alpha=0.5,5", "--grid", "lr=0.1,0.2"])
     assert write_partitions(spec, share_data(spec), str(tmp_path)) is None
     index = pd.read_csv(tmp_path / FOLDER / INDEX)
-    assert index.to_dict("records") == [{"data_set": 1, "num_partitions": 4, "alpha": 0.5},
-                                        {"data_set": 2, "num_partitions": 4, "alpha": 5.0}]
+    assert index.to_dict("records") == [
+        {"data_set": 1, "num_partitions": 4, "alpha": 0.5},
+        {"data_set": 2, "num_partitions": 4, "alpha": 5.0},
+    ]
     counts = [pd.read_csv(tmp_path / FOLDER / f"data_{n}.csv", index_col=0) for n in (1, 2)]
     assert all(len(c) == 4 and c.values.sum() == 400 for c in counts)  # every training image, once
     assert not counts[0].equals(counts[1])  # another alpha, another split
@@ -167,7 +196,8 @@ def test_grid_points_that_make_the_same_runs_are_named(capsys, tmp_path):
     small = ["--set", "dataset=synthetic", "--set", "pool_size=20"]
     assert same_runs(spec_of(small + ["--grid", "fraction-train=0.05,0.1,0.2", "--grid", "local-epochs=1,2"])) == [
         "fraction-train values 0.05, 0.1 sample the same 2 of 20 clients per round (min-train-nodes 2): their grid "
-        "points make the same runs"]
+        "points make the same runs"
+    ]
     assert same_runs(spec_of(["--set", "dataset=synthetic", "--set", "pool_size=100"])) == []  # the default grid
     evaluate = same_runs(spec_of(small + ["--grid", "fraction-evaluate=0.01,0.05"]))
     assert evaluate and evaluate[0].startswith("fraction-evaluate values 0.01, 0.05 sample the same 2 of 20")
@@ -183,8 +213,22 @@ def test_tune_config_scheduler_and_searcher():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    spec = spec_of(["--set", "num-server-rounds=8", "--scheduler", "asha", "--search", "optuna", "--metric", "central_loss",
-                    "--loguniform", "lr=1e-3,1e-1", "--num-samples", "6"])
+    spec = spec_of(
+        [
+            "--set",
+            "num-server-rounds=8",
+            "--scheduler",
+            "asha",
+            "--search",
+            "optuna",
+            "--metric",
+            "central_loss",
+            "--loguniform",
+            "lr=1e-3,1e-1",
+            "--num-samples",
+            "6",
+        ]
+    )
     assert spec.mode == "min" and spec.num_samples == 6
     config = tune_config(spec)
     assert isinstance(config.scheduler, ASHAScheduler) and isinstance(config.search_alg, OptunaSearch)
@@ -220,8 +264,9 @@ def test_reporter_checkpoints_every_n_rounds_and_the_last(monkeypatch):
     for r in range(1, 8):
         reporter.on_round_end(RoundEnd(round=r, num_rounds=7, start_round=1, metrics={"round": r}, state=f"state{r}"))
     evaluation = {"stats": {"accuracy": {"mean": 0.5, "min": 0.1, "p10": 0.2, "max": 0.9}}}
-    reporter.on_run_end(RunEnd(history=[{"round": r} for r in range(1, 8)], client_evaluation=evaluation,
-                               seconds=1.0, state="final"))
+    reporter.on_run_end(
+        RunEnd(history=[{"round": r} for r in range(1, 8)], client_evaluation=evaluation, seconds=1.0, state="final")
+    )
     assert [m["round"] for m, _ in reports] == [1, 2, 3, 4, 5, 6, 7]
     assert [state for _, state in reports] == [None, None, "state3", None, None, "state6", "final"]
     assert reports[-1][0]["clients_accuracy_p10"] == 0.2
@@ -236,12 +281,31 @@ def sweep(tmp_path_factory):
     """Run a 2x2 sweep (fraction-train x local-epochs, 2 rounds) in which one trial fails once in round 2."""
     root = tmp_path_factory.mktemp("sweep")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
-    run = Run(TINY + ["--grid", "fraction-train=0.25,0.5", "--grid", "local-epochs=1,2",
-                      "--storage-path", str(root / "results"), "--name", "grid"], hooks=hooks)
+    run = Run(
+        TINY
+        + [
+            "--grid",
+            "fraction-train=0.25,0.5",
+            "--grid",
+            "local-epochs=1,2",
+            "--storage-path",
+            str(root / "results"),
+            "--name",
+            "grid",
+        ],
+        hooks=hooks,
+    )
     t0 = time.time()
     code, output, leftovers = run.to_end(timeout=400)
-    yield {"code": code, "output": output, "experiment": str(root / "results" / "grid"), "hooks": hooks,
-           "leftovers": leftovers, "seconds": time.time() - t0, "storage": str(root / "results")}
+    yield {
+        "code": code,
+        "output": output,
+        "experiment": str(root / "results" / "grid"),
+        "hooks": hooks,
+        "leftovers": leftovers,
+        "seconds": time.time() - t0,
+        "storage": str(root / "results"),
+    }
 
 
 def test_sweep_writes_results(sweep):
@@ -307,8 +371,22 @@ def test_checkpoint_cadence_redoes_rounds_with_the_same_results(tmp_path):
     """--checkpoint-every 3 with a failure in round 2: the trial redoes round 1 (no checkpoint yet) and ends exactly
     like its twin that never failed; checkpoints exist for rounds 3 and 4 only."""
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(tmp_path / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(tmp_path / "log")}
-    run = Run(TINY + ["--set", "num-server-rounds=4", "--checkpoint-every", "3", "--grid", "lr=0.05,0.05",
-                      "--storage-path", str(tmp_path / "results"), "--name", "cadence"], hooks=hooks)
+    run = Run(
+        TINY
+        + [
+            "--set",
+            "num-server-rounds=4",
+            "--checkpoint-every",
+            "3",
+            "--grid",
+            "lr=0.05,0.05",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "cadence",
+        ],
+        hooks=hooks,
+    )
     code, output, leftovers = run.to_end(timeout=400)
     assert leftovers == []
     assert code == 0, output[-3000:]
@@ -353,9 +431,22 @@ def test_kill_and_resume(tmp_path):
     storage = str(tmp_path / "results")
     log_path = str(tmp_path / "rounds.log")
     # Two trials one after the other (2 CPUs each); ~1 s rounds so the kill lands mid-trial.
-    args = TINY + ["--set", "synthetic-size=3000", "--set", f"num-server-rounds={num_rounds}",
-                   "--set", "fraction-train=0.5", "--grid", "lr=0.05,0.06", "--set", "local-epochs=3",
-                   "--storage-path", storage, "--name", "killed"]
+    args = TINY + [
+        "--set",
+        "synthetic-size=3000",
+        "--set",
+        f"num-server-rounds={num_rounds}",
+        "--set",
+        "fraction-train=0.5",
+        "--grid",
+        "lr=0.05,0.06",
+        "--set",
+        "local-epochs=3",
+        "--storage-path",
+        storage,
+        "--name",
+        "killed",
+    ]
     first = Run(args, hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path}).start()
     try:
         finished, running = _wait_for_kill_point(first, log_path, num_rounds)
@@ -370,12 +461,13 @@ def test_kill_and_resume(tmp_path):
         finished_results = f.read()
     assert finished_results.count("\n") == num_rounds
 
-    second = Run(["--resume", "--storage-path", storage, "--name", "killed"],
-                 hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path})
+    second = Run(
+        ["--resume", "--storage-path", storage, "--name", "killed"], hooks={"FEDSWEEP_TEST_ROUND_LOG": log_path}
+    )
     code, output, resumed_leftovers = second.to_end(timeout=300)
     assert code == 0, output[-3000:]
     assert resumed_leftovers == []
-    after = read_round_log(log_path)[len(before):]
+    after = read_round_log(log_path)[len(before) :]
     # The finished trial was not rerun: no new rounds, no new reports.
     assert rounds_of(after, finished) == []
     with open(os.path.join(exp, f"trial_{finished}", "result.json")) as f:
@@ -403,10 +495,27 @@ def test_an_unchanged_flower_app_sweeps_on_its_central_accuracy_and_retries_from
     """The quickstart template (strategy.start, evaluate_fn): the default metric, a checkpoint per round, a retry."""
     quickstart = os.path.join(REPO, "examples", "quickstart-pytorch")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(tmp_path / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(tmp_path / "log")}
-    code, output, leftovers = Run(["--app", quickstart, "--set", "dataset=synthetic", "--set", "synthetic-size=400",
-                                   "--set", "pool_size=4", "--set", "num-server-rounds=2",
-                                   "--grid", "learning-rate=0.05,0.1", "--storage-path", str(tmp_path / "results"),
-                                   "--name", "template"], hooks=hooks).to_end()
+    code, output, leftovers = Run(
+        [
+            "--app",
+            quickstart,
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "synthetic-size=400",
+            "--set",
+            "pool_size=4",
+            "--set",
+            "num-server-rounds=2",
+            "--grid",
+            "learning-rate=0.05,0.1",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "template",
+        ],
+        hooks=hooks,
+    ).to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
     trials = pd.read_csv(tmp_path / "results" / "template" / "trials.csv")
@@ -421,19 +530,42 @@ def test_an_unchanged_flower_app_sweeps_on_its_central_accuracy_and_retries_from
 def test_the_niid_bench_sweep_file_runs_end_to_end_and_lays_out_its_table(tmp_path):
     """configs/niid_bench.yaml reduced to SCAFFOLD x Dirichlet(0.5) and #C=2 x 2 seeds, 1 round of 1 epoch on
     synthetic data: each set reaches its trials' data, and table.csv/.md hold mean and std over the seeds."""
-    code, output, leftovers = Run([
-        "--config", os.path.join(REPO, "configs", "niid_bench.yaml"), "--set", "dataset=synthetic",
-        "--set", "synthetic-size=600", "--set", "num-server-rounds=1", "--set", "local-epochs=1",
-        "--grid", "strategy=scaffold", "--grid", "partitioning=Dirichlet(0.5),#C=2", "--grid", "seed=0,1",
-        "--storage-path", str(tmp_path / "results"), "--name", "niid"]).to_end()
+    code, output, leftovers = Run(
+        [
+            "--config",
+            os.path.join(REPO, "configs", "niid_bench.yaml"),
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "synthetic-size=600",
+            "--set",
+            "num-server-rounds=1",
+            "--set",
+            "local-epochs=1",
+            "--grid",
+            "strategy=scaffold",
+            "--grid",
+            "partitioning=Dirichlet(0.5),#C=2",
+            "--grid",
+            "seed=0,1",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "niid",
+        ]
+    ).to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
     exp = tmp_path / "results" / "niid"
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
     data_sets = pd.read_csv(exp / "partitions" / "data_sets.csv")
-    assert sorted(zip(data_sets["partition"], data_sets["seed"])) == [("dirichlet", 0), ("dirichlet", 1),
-                                                                       ("pathological", 0), ("pathological", 1)]
+    assert sorted(zip(data_sets["partition"], data_sets["seed"])) == [
+        ("dirichlet", 0),
+        ("dirichlet", 1),
+        ("pathological", 0),
+        ("pathological", 1),
+    ]
     table = pd.read_csv(exp / "table.csv")
     assert table["partitioning"].tolist() == ["Dirichlet(0.5)", "#C=2"] and (table["n"] == 2).all()
     for _, cell in table.iterrows():
@@ -448,8 +580,20 @@ def test_the_niid_bench_sweep_file_runs_end_to_end_and_lays_out_its_table(tmp_pa
 def test_an_app_with_its_own_loop_is_told_which_metrics_it_has(tmp_path):
     """A strategy that loops itself has no central metrics: the default metric is refused, naming what it has."""
     own_loop = os.path.join(REPO, "tests", "apps", "own_loop")
-    code, output, leftovers = Run(["--app", own_loop, "--set", "pool_size=4", "--grid", "num-server-rounds=1,2",
-                                   "--storage-path", str(tmp_path / "results"), "--name", "wrong"]).to_end()
+    code, output, leftovers = Run(
+        [
+            "--app",
+            own_loop,
+            "--set",
+            "pool_size=4",
+            "--grid",
+            "num-server-rounds=1,2",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "wrong",
+        ]
+    ).to_end()
     assert code == 2 and "reports no central_accuracy per round; it reports fed_mean" in output, output[-2000:]
     assert leftovers == []
     assert not (tmp_path / "results" / "wrong").exists()

@@ -43,5 +43,10 @@ def main(grid: Grid, context: Context) -> None:
     """Every node trains every round, no evaluation; fedsweep runs the rounds (fl_core.start)."""
     fl_core.wait_for_nodes(grid)
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-    fl_core.start(strategy, grid, initial_arrays=ArrayRecord([np.zeros(10, np.float32)]),
-                  num_rounds=context.run_config["num-server-rounds"], train_config=ConfigRecord())
+    fl_core.start(
+        strategy,
+        grid,
+        initial_arrays=ArrayRecord([np.zeros(10, np.float32)]),
+        num_rounds=context.run_config["num-server-rounds"],
+        train_config=ConfigRecord(),
+    )

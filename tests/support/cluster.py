@@ -54,7 +54,7 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
             text = f.read()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
     return fields[0], int(fields[1]), int(fields[3]), int(fields[19])
 
 
@@ -141,8 +141,12 @@ def ray_env(**extra: str) -> dict:
     clients let them override the address they are given.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               PATH=BIN + os.pathsep + env.get("PATH", ""))
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        PATH=BIN + os.pathsep + env.get("PATH", ""),
+    )
     env.update(extra)
     return env
 
@@ -157,11 +161,24 @@ class RayNode:
         self.temp_dir = tempfile.mkdtemp(prefix=f"fsc{name}", dir="/tmp")  # short: socket paths <= 107 bytes
         self.log_path = os.path.join(self.temp_dir, "ray_start.log")
         self.since = _stat(os.getpid())[3]  # no process of this node is older than the test process
-        command = [RAY, "start", *args, "--temp-dir", self.temp_dir, "--disable-usage-stats",
-                   "--object-store-memory", str(200 * 1024 * 1024), "--min-worker-port", "0", "--max-worker-port", "0"]
+        command = [
+            RAY,
+            "start",
+            *args,
+            "--temp-dir",
+            self.temp_dir,
+            "--disable-usage-stats",
+            "--object-store-memory",
+            str(200 * 1024 * 1024),
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",
+        ]
         with open(self.log_path, "w") as log:
-            proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.session = proc.pid
         try:
             code = proc.wait(timeout=START_TIMEOUT_S)
@@ -186,8 +203,11 @@ class RayNode:
     def raylet_pid(self) -> int:
         """The pid of this node's raylet (told apart by its node manager port)."""
         flag = f"--node_manager_port={self.node_manager_port}"
-        pids = [pid for pid in self.processes() if os.path.basename((cmdline(pid) or [""])[0]) == "raylet"
-                and flag in cmdline(pid)]
+        pids = [
+            pid
+            for pid in self.processes()
+            if os.path.basename((cmdline(pid) or [""])[0]) == "raylet" and flag in cmdline(pid)
+        ]
         assert len(pids) == 1, f"expected one raylet of node {self.name}, found {pids}"
         return pids[0]
 
@@ -232,17 +252,49 @@ class Head(RayNode):
     def __init__(self, num_cpus: int, env: dict, num_gpus: int = 0) -> None:
         """Start the head (with `num_gpus` logical GPUs: Ray hands out their ids with none present) and wait until
         its Jobs API answers."""
-        (self.gcs_port, self.dashboard_port, agent_http, agent_grpc, client_server, node_manager, object_manager,
-         metrics, runtime_env_agent) = free_ports(9)
+        (
+            self.gcs_port,
+            self.dashboard_port,
+            agent_http,
+            agent_grpc,
+            client_server,
+            node_manager,
+            object_manager,
+            metrics,
+            runtime_env_agent,
+        ) = free_ports(9)
         self.env = env
-        args = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
-                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                "--dashboard-port", str(self.dashboard_port),
-                "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-                "--ray-client-server-port", str(client_server), "--node-manager-port", str(node_manager),
-                "--object-manager-port", str(object_manager), "--metrics-export-port", str(metrics),
-                "--runtime-env-agent-port", str(runtime_env_agent), "--num-cpus", str(num_cpus),
-                "--num-gpus", str(num_gpus)]
+        args = [
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(self.gcs_port),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--dashboard-agent-listen-port",
+            str(agent_http),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--ray-client-server-port",
+            str(client_server),
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(runtime_env_agent),
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            str(num_gpus),
+        ]
         super().__init__("h", args, env, node_manager)
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
         # Jobs are handed to the head's dashboard agent: wait for the dashboard and the agent both.
@@ -277,8 +329,14 @@ class Head(RayNode):
 
     def actors(self, class_name: str, job_id: str) -> list[dict]:
         """Actors of `class_name` created by job `job_id` (hex), alive or dead, with their node ids."""
-        reply = self.get("/api/v0/actors", detail="1", limit="10000", filter_keys=["class_name", "job_id"],
-                         filter_predicates=["=", "="], filter_values=[class_name, job_id])
+        reply = self.get(
+            "/api/v0/actors",
+            detail="1",
+            limit="10000",
+            filter_keys=["class_name", "job_id"],
+            filter_predicates=["=", "="],
+            filter_values=[class_name, job_id],
+        )
         return reply["data"]["result"]["result"]
 
     def job_id(self, submission_id: str) -> str:
@@ -287,18 +345,34 @@ class Head(RayNode):
 
     def alive_node_ids(self) -> set[str]:
         """Ids of the cluster's live nodes."""
-        reply = self.get("/api/v0/nodes", limit="1000", filter_keys="state", filter_predicates="=",
-                         filter_values="ALIVE")
+        reply = self.get(
+            "/api/v0/nodes", limit="1000", filter_keys="state", filter_predicates="=", filter_values="ALIVE"
+        )
         return {node["node_id"] for node in reply["data"]["result"]["result"]}
 
     def add_node(self, name: str, num_cpus: int) -> RayNode:
         """Join a second node on this machine (`ray start --address`), with ports and a temp dir of its own."""
         agent_http, agent_grpc, node_manager, object_manager, metrics, runtime_env_agent = free_ports(6)
-        args = ["--address", f"127.0.0.1:{self.gcs_port}", "--node-ip-address", "127.0.0.1",
-                "--num-cpus", str(num_cpus), "--node-manager-port", str(node_manager),
-                "--object-manager-port", str(object_manager), "--dashboard-agent-listen-port", str(agent_http),
-                "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-                "--runtime-env-agent-port", str(runtime_env_agent)]
+        args = [
+            "--address",
+            f"127.0.0.1:{self.gcs_port}",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(num_cpus),
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--dashboard-agent-listen-port",
+            str(agent_http),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(runtime_env_agent),
+        ]
         node = RayNode(name, args, self.env, node_manager)
         deadline = time.time() + 60
         while node.node_id not in self.alive_node_ids():
@@ -354,12 +428,25 @@ def sweep_command(storage: str, name: str, *extra: str, script: str = "tune_sear
     return ["python", script, "--storage-path", storage, "--name", name, *TINY, *extra]
 
 
-def ray_job_submit(head: Head, entrypoint: list[str], runtime_env: str = "runtime_env.yaml",
-                   submission_id: str | None = None) -> list[str]:
+def ray_job_submit(
+    head: Head, entrypoint: list[str], runtime_env: str = "runtime_env.yaml", submission_id: str | None = None
+) -> list[str]:
     """The documented submission command line (blocks; exits with the job's status)."""
     ids = ["--submission-id", submission_id] if submission_id else []
-    return [RAY, "job", "submit", "--address", head.url, *ids, "--runtime-env", runtime_env,
-            "--working-dir", ".", "--", *entrypoint]
+    return [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        head.url,
+        *ids,
+        "--runtime-env",
+        runtime_env,
+        "--working-dir",
+        ".",
+        "--",
+        *entrypoint,
+    ]
 
 
 def run(command: list[str], env: dict, timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:

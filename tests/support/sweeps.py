@@ -16,9 +16,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(REPO, "tune_search.py")
 HOOKED = os.path.join(REPO, "tests", "hooked_sweep.py")  # the same, with round log and failure hooks
 TINY = [
-    "--set", "dataset=synthetic", "--set", "synthetic-size=600", "--set", "pool_size=4",
-    "--set", "min-train-nodes=1", "--set", "min-evaluate-nodes=1", "--set", "eval-batch-size=200",
-    "--set", "num-server-rounds=2",
+    "--set",
+    "dataset=synthetic",
+    "--set",
+    "synthetic-size=600",
+    "--set",
+    "pool_size=4",
+    "--set",
+    "min-train-nodes=1",
+    "--set",
+    "min-evaluate-nodes=1",
+    "--set",
+    "eval-batch-size=200",
+    "--set",
+    "num-server-rounds=2",
 ]
 
 
@@ -70,8 +81,9 @@ class Run:
     def start(self) -> "Run":
         """Start in a new session (its own process group)."""
         self.out = open(os.path.join(self.ray_tmp, "out.log"), "w+")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=REPO, env=self.env, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def wait(self, timeout: float = 300) -> tuple[int, str]:

@@ -54,7 +54,9 @@ def train_fn(msg: Message, context: Context) -> Message:
         x_global = parameter_arrays(model)
         c, c_i = client_controls(msg, context, x_global)
     loss = train(
-        model, x, y,
+        model,
+        x,
+        y,
         epochs=epochs,
         batch_size=run_config["batch-size"],
         lr=lr,

@@ -93,7 +93,9 @@ def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise ValueError(f"{folder} is incomplete (missing {', '.join(missing)}): restore it or delete it to re-download")
+        raise ValueError(
+            f"{folder} is incomplete (missing {', '.join(missing)}): restore it or delete it to re-download"
+        )
     try:
         parts = [_read_batch(os.path.join(folder, n)) for n in names]
     except Exception as exc:
@@ -141,8 +143,16 @@ def make_synthetic(num_train: int, seed: int, labels_only: bool = False):
 # Partitioning
 
 
-def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alpha: float, self_balancing: bool,
-                      classes_per_client: int, class_assignment: str, seed: int):
+def _make_partitioner(
+    partition: str,
+    num_partitions: int,
+    num_samples: int,
+    alpha: float,
+    self_balancing: bool,
+    classes_per_client: int,
+    class_assignment: str,
+    seed: int,
+):
     """The Flower Datasets partitioner for the scheme."""
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
@@ -170,9 +180,17 @@ def _make_partitioner(partition: str, num_partitions: int, num_samples: int, alp
     )
 
 
-def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *, alpha: float = 0.5,
-                      self_balancing: bool = False, classes_per_client: int = 2, class_assignment: str = "random",
-                      seed: int = 0):
+def build_partitioner(
+    labels: np.ndarray,
+    partition: str,
+    num_partitions: int,
+    *,
+    alpha: float = 0.5,
+    self_balancing: bool = False,
+    classes_per_client: int = 2,
+    class_assignment: str = "random",
+    seed: int = 0,
+):
     """The scheme's Flower Datasets partitioner with its dataset assigned: a table of `label` and `idx` (row index).
 
     The one place the split is defined: `partition_indices` reads the clients'
@@ -186,8 +204,9 @@ def build_partitioner(labels: np.ndarray, partition: str, num_partitions: int, *
     if partition == "iid":
         # IidPartitioner takes contiguous shards: shuffle first, as FederatedDataset does.
         table = table.shuffle(seed=seed).flatten_indices()
-    partitioner = _make_partitioner(partition, num_partitions, len(labels), alpha, self_balancing, classes_per_client,
-                                    class_assignment, seed)
+    partitioner = _make_partitioner(
+        partition, num_partitions, len(labels), alpha, self_balancing, classes_per_client, class_assignment, seed
+    )
     partitioner.dataset = table
     try:
         with warnings.catch_warnings():
@@ -214,7 +233,9 @@ def partition_indices(labels: np.ndarray, partition: str, num_partitions: int, *
     return [idx[r] for r in rows]
 
 
-def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def split_validation(
+    indices: list[np.ndarray], val_ratio: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Hold out `val_ratio` of each client's samples (at least one when possible) as its validation split."""
     train, val = [], []
     for cid, idx in enumerate(indices):
@@ -229,22 +250,29 @@ def split_validation(indices: list[np.ndarray], val_ratio: float, seed: int) -> 
 
 def check_data_config(run_config, num_partitions: int) -> None:
     """Raise ValueError, with what to change, on the first bad value of the keys load_data reads."""
+
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ValueError(message)
 
     rc = run_config
     need(rc["dataset"] in ("cifar10", "synthetic"), f"dataset must be cifar10 or synthetic, got {rc['dataset']!r}")
-    need(rc["partition"] in ("iid", "dirichlet", "pathological"),
-         f"partition must be one of iid, dirichlet, pathological, got {rc['partition']!r}")
+    need(
+        rc["partition"] in ("iid", "dirichlet", "pathological"),
+        f"partition must be one of iid, dirichlet, pathological, got {rc['partition']!r}",
+    )
     need(rc["alpha"] > 0 and math.isfinite(rc["alpha"]), f"alpha must be a positive number, got {rc['alpha']}")
     need(rc["classes-per-client"] >= 1, f"classes-per-client must be at least 1, got {rc['classes-per-client']}")
-    need(rc["class-assignment"] in CLASS_ASSIGNMENTS,
-         f"class-assignment must be one of {', '.join(CLASS_ASSIGNMENTS)}, got {rc['class-assignment']!r}")
+    need(
+        rc["class-assignment"] in CLASS_ASSIGNMENTS,
+        f"class-assignment must be one of {', '.join(CLASS_ASSIGNMENTS)}, got {rc['class-assignment']!r}",
+    )
     need(0 <= rc["val-ratio"] < 1, f"val-ratio must be in [0, 1), got {rc['val-ratio']}")
     need(rc["synthetic-size"] >= 10, f"synthetic-size must be at least 10, got {rc['synthetic-size']}")
-    need(rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
-         f"data-dir {rc['data-dir']} does not exist: create it or point it at the folder holding cifar-10-batches-py")
+    need(
+        rc["data-dir"] == "" or os.path.isdir(rc["data-dir"]),
+        f"data-dir {rc['data-dir']} does not exist: create it or point it at the folder holding cifar-10-batches-py",
+    )
     need(num_partitions >= 1, f"--pool-size must be at least 1, got {num_partitions}")
 
 
@@ -265,8 +293,10 @@ def _scheme(run_config) -> dict:
     if partition == "dirichlet":
         scheme = dict(alpha=float(run_config["alpha"]), self_balancing=bool(run_config["self-balancing"]))
     elif partition == "pathological":
-        scheme = dict(classes_per_client=int(run_config["classes-per-client"]),
-                      class_assignment=str(run_config["class-assignment"]))
+        scheme = dict(
+            classes_per_client=int(run_config["classes-per-client"]),
+            class_assignment=str(run_config["class-assignment"]),
+        )
     return dict(partition=partition, seed=int(run_config["seed"]), **scheme)
 
 
@@ -287,15 +317,17 @@ def test_set(run_config) -> tuple[np.ndarray, np.ndarray]:
 
     Read once per process and data set (the training set is read with it and dropped).
     """
-    return _test_set(run_config["dataset"], run_config["data-dir"], int(run_config["synthetic-size"]),
-                     int(run_config["seed"]))
+    return _test_set(
+        run_config["dataset"], run_config["data-dir"], int(run_config["synthetic-size"]), int(run_config["seed"])
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _test_set(dataset: str, data_dir: str, synthetic_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """test_set's cache: keyed by what `_arrays` reads."""
-    _, _, images, labels = _arrays({"dataset": dataset, "data-dir": data_dir, "synthetic-size": synthetic_size,
-                                    "seed": seed})
+    _, _, images, labels = _arrays(
+        {"dataset": dataset, "data-dir": data_dir, "synthetic-size": synthetic_size, "seed": seed}
+    )
     return images, labels
 
 
@@ -328,7 +360,8 @@ def partition_summary(data: FederatedData, show: int = 5) -> str:
     top_share = hist.max(axis=1) / sizes.clip(lower=1)
     val_sizes = np.array([len(v) for v in data.client_val])
     lines = [
-        f"{data.num_clients} clients; train samples per client min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}; "
+        f"{data.num_clients} clients; train samples per client min {sizes.min()} / mean "
+        f"{sizes.mean():.1f} / max {sizes.max()}; "
         f"validation min {val_sizes.min()} / max {val_sizes.max()}",
         f"classes per client min {classes.min()} / mean {classes.mean():.2f} / max {classes.max()}; "
         f"largest-class share mean {top_share.mean():.2f}",

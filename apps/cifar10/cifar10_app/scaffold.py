@@ -73,8 +73,9 @@ def updated_control(c_i: Controls, c: Controls, x: Controls, y: Controls, steps:
     return {k: c_i[k] - c[k] + (x[k] - y[k]) / np.float32(steps * lr) for k in x}
 
 
-def store_control(context: Context, c: Controls, c_i: Controls, x: Controls, y: Controls, steps: int,
-                  lr: float) -> ArrayRecord:
+def store_control(
+    context: Context, c: Controls, c_i: Controls, x: Controls, y: Controls, steps: int, lr: float
+) -> ArrayRecord:
     """Keep c_i+ in the node's Context.state; returns delta c_i for the reply."""
     c_i_new = updated_control(c_i, c, x, y, steps, lr)
     context.state[STATE_KEY] = to_record(c_i_new)
@@ -100,8 +101,9 @@ class Scaffold(FedAvg):
         self.control: Controls = {}
         self.num_nodes = 0
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """FedAvg's train messages, each also carrying c as a second ArrayRecord."""
         self.num_nodes = len(list(grid.get_node_ids()))
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -110,8 +112,9 @@ class Scaffold(FedAvg):
             message.content[CONTROL_KEY] = control
         return messages
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Take each reply's delta c_i out (FedAvg accepts one ArrayRecord a reply), aggregate, then update c."""
         replies = list(replies)
         deltas = []

@@ -18,8 +18,9 @@ from cifar10_app.task import evaluation_sums, initial_model, pick_device, to_ten
 app = ServerApp()
 
 
-def evaluate_test_shard(server_round: int, arrays: ArrayRecord, shard: int, *, run_config: dict, num_nodes: int,
-                        size: int) -> dict:
+def evaluate_test_shard(
+    server_round: int, arrays: ArrayRecord, shard: int, *, run_config: dict, num_nodes: int, size: int
+) -> dict:
     """Sums of the model's loss and correct predictions on the test images shard x size onwards (one batch).
 
     Runs wherever fedsweep puts the shard: a client worker (on its device) or the server.

@@ -40,19 +40,23 @@ def _need(ok: bool, message: str) -> None:
 
 
 def check_rounds(run_config, num_partitions: int) -> None:
-    """Raise ValueError on a bad value of Flower's template keys for rounds and sampling, or of local-epochs/batch-size."""
+    """ValueError on a bad value of Flower's template keys for rounds and sampling, or of local-epochs/batch-size."""
     rc = run_config
     _need(rc["num-server-rounds"] >= 1, f"num-server-rounds must be at least 1, got {rc['num-server-rounds']}")
     _need(0 < rc["fraction-train"] <= 1, f"fraction-train must be in (0, 1], got {rc['fraction-train']}")
     _need(0 <= rc["fraction-evaluate"] <= 1, f"fraction-evaluate must be in [0, 1], got {rc['fraction-evaluate']}")
     for key in ("min-train-nodes", "min-evaluate-nodes", "local-epochs", "batch-size"):
         _need(rc[key] >= 1, f"{key} must be at least 1, got {rc[key]}")
-    _need(num_partitions >= rc["min-train-nodes"],
-          f"--pool-size {num_partitions} is smaller than min-train-nodes {rc['min-train-nodes']}: "
-          "raise the pool size or lower min-train-nodes")
-    _need(rc["fraction-evaluate"] == 0 or num_partitions >= rc["min-evaluate-nodes"],
-          f"--pool-size {num_partitions} is smaller than min-evaluate-nodes {rc['min-evaluate-nodes']}: "
-          "raise the pool size or lower min-evaluate-nodes")
+    _need(
+        num_partitions >= rc["min-train-nodes"],
+        f"--pool-size {num_partitions} is smaller than min-train-nodes {rc['min-train-nodes']}: "
+        "raise the pool size or lower min-train-nodes",
+    )
+    _need(
+        rc["fraction-evaluate"] == 0 or num_partitions >= rc["min-evaluate-nodes"],
+        f"--pool-size {num_partitions} is smaller than min-evaluate-nodes {rc['min-evaluate-nodes']}: "
+        "raise the pool size or lower min-evaluate-nodes",
+    )
 
 
 def check_run_config(run_config: dict, num_partitions: int) -> None:
@@ -66,7 +70,9 @@ def check_run_config(run_config: dict, num_partitions: int) -> None:
     _need(rc["momentum"] >= 0, f"momentum must be >= 0, got {rc['momentum']}")
     _need(rc["weight-decay"] >= 0, f"weight-decay must be >= 0, got {rc['weight-decay']}")
     _need(rc["fedprox.proximal-mu"] >= 0, f"fedprox.proximal-mu must be >= 0, got {rc['fedprox.proximal-mu']}")
-    _need(rc["strategy"] != "scaffold" or rc["dp"] == "off",
-          f"strategy scaffold does not take a DP wrapper (its replies carry two ArrayRecords), got dp {rc['dp']!r}: "
-          "set dp to off")
+    _need(
+        rc["strategy"] != "scaffold" or rc["dp"] == "off",
+        f"strategy scaffold does not take a DP wrapper (its replies carry two ArrayRecords), got dp {rc['dp']!r}: "
+        "set dp to off",
+    )
     build_strategy(rc, num_partitions)  # the strategy's own checks (unknown name, DP parameters...)

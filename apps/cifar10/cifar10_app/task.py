@@ -63,8 +63,11 @@ def pick_device() -> torch.device:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if device.type == "cuda" or visible:
         where = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
-        print(f"cifar10_app: process {os.getpid()} computes on {device} ({where}CUDA_VISIBLE_DEVICES="
-              f"{'unset' if visible is None else repr(visible)})", flush=True)
+        print(
+            f"cifar10_app: process {os.getpid()} computes on {device} ({where}CUDA_VISIBLE_DEVICES="
+            f"{'unset' if visible is None else repr(visible)})",
+            flush=True,
+        )
     return device
 
 
@@ -95,7 +98,7 @@ def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's examples' Normalize(0.5, 0.5)), in the device's memory_format."""
+    """uint8 NCHW images -> float32 tensor in [-1, 1] (Flower's Normalize(0.5, 0.5)), in the device's memory_format."""
     if not images.flags.writeable:  # object-store arrays are read-only; torch warns on those
         images = images.copy()
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -113,7 +116,9 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # Advanced indexing puts the indexed dims first: (B, H, W, C) -> (B, C, H, W).
     cropped = padded[batch_index, :, rows, cols].permute(0, 3, 1, 2)
     flip = (torch.rand(b, generator=generator) < 0.5).to(batch.device)
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous(memory_format=memory_format(batch.device))
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous(
+        memory_format=memory_format(batch.device)
+    )
 
 
 def train(

@@ -3,11 +3,10 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import Compose, Normalize, ToTensor
-
 from cifar10_app.data import load_data as load_federated_data
 from cifar10_app.data import test_set
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 
 class Net(nn.Module):

@@ -15,12 +15,19 @@ class OwnLoopFedAvg(FedAvg):
         super().__init__()
         self.loop = loop
 
-    def start(self, grid, initial_arrays, num_rounds=3, timeout=3600, train_config=None, evaluate_config=None,
-              evaluate_fn=None) -> Result:
+    def start(
+        self,
+        grid,
+        initial_arrays,
+        num_rounds=3,
+        timeout=3600,
+        train_config=None,
+        evaluate_config=None,
+        evaluate_fn=None,
+    ) -> Result:
         """Its own loop over the rounds, or Flower's (super().start) with loop = "super"."""
         if self.loop == "super":
-            return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
-                                 evaluate_fn)
+            return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
         result, arrays = Result(arrays=initial_arrays), initial_arrays
         for server_round in range(1, num_rounds + 1):
             replies = grid.send_and_receive(self.configure_train(server_round, arrays, ConfigRecord(), grid))
@@ -40,5 +47,9 @@ def central_mean(server_round: int, arrays: ArrayRecord) -> MetricRecord:
 def main(grid: Grid, context: Context) -> None:
     """Start OwnLoopFedAvg from zeros."""
     strategy = OwnLoopFedAvg(context.run_config["loop"])
-    strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(3)]),
-                   num_rounds=context.run_config["num-server-rounds"], evaluate_fn=central_mean)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord([np.zeros(3)]),
+        num_rounds=context.run_config["num-server-rounds"],
+        evaluate_fn=central_mean,
+    )
