@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
+from fl_core.logs import LOGGER, show_on_stderr
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources, setting_type
 from fl_core.tracking import add_tracking_flags
 
@@ -131,7 +132,11 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         "(no checkpoints, no resume)",
     )
     add_tracking_flags(parser, "the run", "the app", "the run's folder")
-    parser.add_argument("--verbose", action="store_true", help="keep Ray's and Flower's info logging")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show fedsweep's debug messages (its worker pool and groups); keep Ray's and Flower's info logging",
+    )
 
 
 def build_parser(app: FlowerApp) -> argparse.ArgumentParser:
@@ -277,16 +282,18 @@ def _draw_partitions(loading, app: FlowerApp, run_config: dict, num_partitions: 
     try:
         write_partition_files(app, run_config, num_partitions, out_dir)
     except ConfigError as exc:
-        print(f"fl_core: warning: {' '.join(str(exc).split())}; no partitions.csv/.png", file=sys.stderr)
+        LOGGER.warning(f"{' '.join(str(exc).split())}; no partitions.csv/.png")
     except Exception as exc:  # a picture is a by-product: never worth the run
-        print(f"fl_core: warning: partitions.csv/.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        LOGGER.warning(f"partitions.csv/.png not written ({type(exc).__name__}: {exc})")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_on_stderr("fl_core")
     try:
         app, run_config, settings, resume, out_dir, args = prepare(argv)
+        show_on_stderr("fl_core", verbose=args.get("verbose", False))
         if args["engine"] == "flower":  # Flower's engine reports through Flower's log: keep it
             if resume is not None:
                 raise ConfigError("--engine flower cannot --resume: Flower's engine has no checkpoints")
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             run_with_flower(app, run_config, settings, verbose=args.get("verbose", False))
             return 0
     except ConfigError as exc:
-        print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        LOGGER.error(" ".join(str(exc).split()))
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             if owns_ray:
                 ray.shutdown()
-            print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            LOGGER.error(" ".join(str(exc).split()))
             return 2
         where = f"resuming after round {resume.round}" if resume else "starting"
         print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
@@ -362,15 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                     tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
                 raise
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
-            print(f"fl_core: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            LOGGER.error(" ".join(str(exc).split()))
             return 2
         except (ClientAppError, NodeLostError) as exc:  # the fault policy stopped the run: say where to go on
-            print(f"fl_core: run stopped: {exc}", file=sys.stderr)
+            LOGGER.error(f"run stopped: {exc}")
             if os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE)):
-                print(
-                    f"fl_core: its last checkpoint is in {out_dir}: continue with {PROG} --resume {out_dir}",
-                    file=sys.stderr,
-                )
+                LOGGER.info(f"its last checkpoint is in {out_dir}: continue with {PROG} --resume {out_dir}")
             return 1
         finally:
             if owns_ray:

@@ -3,10 +3,11 @@ evaluation (central.py), both run by the worker pool (pool.py), which retries th
 
 from __future__ import annotations
 
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from fl_core.logs import LOGGER
 
 
 class ClientAppError(RuntimeError):
@@ -53,7 +54,7 @@ def raise_first_failure(results: list, what: Callable[[int], str]) -> list:
 
 
 class FailureReporter:
-    """Hears of every failed attempt of a pool's calls: one stderr line each, the traceback once per call.
+    """Hears of every failed attempt of a pool's calls: one warning each, with the traceback the first time.
 
     `name(i)` says what call i is; `final` what happens when its retries are
     spent (with {attempts}).
@@ -67,14 +68,8 @@ class FailureReporter:
         """Report one failed attempt of call `index` (the pool's report signature)."""
         outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
         first = detail.strip().splitlines()[-1] if detail.strip() else kind
-        print(
-            f"fl_core: {self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}", file=sys.stderr
-        )
-        if kind == "raised" and index not in self._shown:  # retries would repeat it
+        line = f"{self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}"
+        if kind == "raised" and index not in self._shown:  # the traceback once: retries would repeat it
             self._shown.add(index)
-            print(_indent(detail), file=sys.stderr)
-
-
-def _indent(text: str) -> str:
-    """`text` with every line indented, for a traceback under its report line."""
-    return "\n".join("    " + line for line in text.strip().splitlines())
+            line += "\n" + detail.strip()
+        LOGGER.warning(line)

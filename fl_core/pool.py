@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import sys
 import time
 from collections import deque
 
@@ -46,6 +45,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fl_core import shared_data
 from fl_core.failures import CallFailure, Raised, outcome
+from fl_core.logs import LOGGER
 from fl_core.seeding import seeded_call
 from fl_core.settings import ConfigError, RunSettings, clients_per_round
 
@@ -227,6 +227,11 @@ class WorkerPool:
             self.devices = [device for device, _, _ in answers]
             self.where = [where for _, where, _ in answers]
             self.nodes = [node for _, _, node in answers]
+            LOGGER.debug(
+                "%d client workers ready: %s",
+                self.size,
+                "; ".join(f"{self.describe(w)} on {self.devices[w]}" for w in range(self.size)),
+            )
         return self.devices
 
     def describe(self, worker: int) -> str:
@@ -258,6 +263,7 @@ class WorkerPool:
         results: list = [None] * len(items)
         attempts = [0] * len(items)
         waiting = deque(plan_groups(range(len(items)), sizes, self.live_size(), self.nodes_per_call))
+        LOGGER.debug("%d %s calls in %d group(s): %s", len(items), method, len(waiting), [len(g) for g in waiting])
         busy = {w for w, _ in self._restarting.values()} | self.retired
         idle = [w for w in reversed(range(self.size)) if w not in busy]
         running: dict = {}  # ObjectRefGenerator -> [worker, item indices, position of the next result, last progress]
@@ -410,10 +416,8 @@ class WorkerPool:
                 f"client {self.describe(worker)} {why}, and no client worker is left: the run stops "
                 "here (inside Tune the trial is retried from its last checkpoint)"
             )
-        print(
-            f"fl_core: client {self.describe(worker)} {why}; the run goes on with {left} worker(s), "
-            "its results unchanged",
-            file=sys.stderr,
+        LOGGER.warning(
+            f"client {self.describe(worker)} {why}; the run goes on with {left} worker(s), its results unchanged"
         )
 
     def shutdown(self) -> None:

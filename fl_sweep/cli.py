@@ -13,6 +13,7 @@ import os
 import sys
 
 from fl_core.apps import FlowerApp, bind_seed, fuse_run_config, load_app_folder
+from fl_core.logs import LOGGER, show_on_stderr
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources
 from fl_core.tracking import add_tracking_flags, open_experiment, wandb_mode
 from fl_sweep.report import write_report
@@ -297,7 +298,7 @@ def prepare(args: argparse.Namespace) -> tuple[SweepSpec, str]:
         spec = build_spec(args, 0, 0)  # cluster size filled in once connected
         validate_spec(spec, None, None)
     for note in same_runs(spec):
-        print(f"{PROG}: warning: {note}", file=sys.stderr)
+        LOGGER.warning(note)
     if args.mlflow:
         open_experiment(args.mlflow, os.path.basename(experiment.rstrip("/")))  # before Ray: a bad store is one line
     if args.wandb:
@@ -329,7 +330,7 @@ def run_main(argv: list[str] | None) -> int:
 def fail(exc: Exception) -> int:
     """Print the one-line error and return the bad-input exit status."""
     message = " ".join(str(exc).split())
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    LOGGER.error(message)
     return 2
 
 
@@ -354,6 +355,7 @@ def report_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python tune_search.py` and `fedsweep-tune`; returns the exit status (2: bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_on_stderr(PROG)
     try:
         if argv[:1] == ["report"]:
             return report_main(argv[1:])

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 from fl_core.callbacks import Callback
+from fl_core.logs import show_on_stderr
 from fl_core.metrics import client_evaluation_metrics
 from fl_sweep.resources import ResourcePlan, client_slots, trial_resources
 from fl_sweep.spec import SweepSpec, trials
@@ -118,6 +119,7 @@ def fedsweep_trial(
     from fl_core import load_app_folder, load_checkpoint, run_app
     from fl_core.apps import ROUNDS_KEY
 
+    show_on_stderr("fl_core")  # the trial's warnings (a client's failed attempt) as a run alone prints them
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint otherwise
     settings, run_config = plan.trial(config)

@@ -87,6 +87,17 @@ SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"
 
 
 @pytest.fixture
+def fedsweep_log():
+    """The `fedsweep` logger shown on stderr as `python -m fl_core` shows it; put back as it was afterwards."""
+    from fl_core.logs import LOGGER, show_on_stderr
+
+    saved = LOGGER.handlers[:], LOGGER.level, LOGGER.propagate
+    show_on_stderr("fl_core")
+    yield LOGGER
+    LOGGER.handlers, LOGGER.level, LOGGER.propagate = saved
+
+
+@pytest.fixture
 def no_ray(monkeypatch):
     """Fail the test if the CLI gets as far as starting Ray (bad input must be refused before)."""
     import ray

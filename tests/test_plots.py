@@ -200,7 +200,7 @@ def _done(exception: BaseException | None = None) -> Future:
     return future
 
 
-def test_a_hook_failing_during_the_run_is_a_warning_line(hooked, tmp_path, capsys):
+def test_a_hook_failing_during_the_run_is_a_warning_line(hooked, tmp_path, capsys, fedsweep_log):
     """Found only after Ray started: the command line warns in one line and the run goes on without the files."""
     cli._draw_partitions(_done(), hooked("raises"), {}, 4, str(tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
