@@ -28,8 +28,18 @@ loop (the round loop, start, evaluate_all_nodes), observer (rounds of a
 strategy with its own loop), central (central evaluation: when, and where:
 server or workers), checkpoint (safe .npz checkpoints), callbacks (progress,
 checkpoints, metrics files), plots (metrics.png; partitions.csv/.png from an
-app's `[tool.fedsweep] partitioner` hook), runner (one run), cli (the command
+app's `[tool.fedsweep] partitioner` hook), partitions (a partitioner's row
+indices and label counts without a data set per partition), tracking (MLflow
+and W&B), logs (the `fedsweep` logger), runner (one run), flower_engine (the
+same app on Flower's simulation engine, for comparison), cli (the command
 line).
+
+A run is one federated job: one call of the app's ServerApp. Its names:
+RunSettings (the engine's settings: pool size, resources, seed, faults),
+run_config (the app's own settings, Flower's run config), runner.RunInProgress
+(what the round loop and the observer share while it runs, found on the grid
+as `grid.run_in_progress`), RunEnd (what callbacks learn once it is over), and
+Flower's `Run` (the run id and status record Flower's Grid API carries).
 """
 
 from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_folder, parse_run_config

@@ -76,7 +76,7 @@ class RayGrid(Grid):
         self.seed = seed
         self.on_client_failure = on_client_failure
         self.min_reply_share = min_reply_share
-        self.active_run = None  # the fedsweep run this grid serves (runner.ActiveRun), set by run_app
+        self.run_in_progress = None  # the fedsweep run this grid serves (runner.RunInProgress), set by run_app
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
         states = node_states or {}

@@ -81,8 +81,8 @@ def start(
 
 
 def running_here(grid):
-    """The fedsweep run (runner.ActiveRun) whose ServerApp runs on `grid` now; None under any other engine."""
-    return getattr(grid, "active_run", None)
+    """The fedsweep run (runner.RunInProgress) whose ServerApp runs on `grid` now; None under any other engine."""
+    return getattr(grid, "run_in_progress", None)
 
 
 @contextmanager

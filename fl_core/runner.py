@@ -26,7 +26,7 @@ RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at 
 SERVER_NODE_ID = 0  # the ServerApp's Context.node_id, as in Flower's simulation
 
 
-class ActiveRun:
+class RunInProgress:
     """What the round loop and the grid's observer need of the run in progress."""
 
     def __init__(self, app: FlowerApp, settings: RunSettings, run_config: dict, grid, callbacks, resume) -> None:
@@ -231,10 +231,10 @@ def run_app(
             on_client_failure=settings.on_client_failure,
             min_reply_share=settings.min_reply_share,
         )
-        run = ActiveRun(app, settings, run_config, grid, callbacks, resume)
+        run = RunInProgress(app, settings, run_config, grid, callbacks, resume)
         server_app = app.load("server")
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
-        grid.active_run = run  # what fl_core.start and Strategy.start find on the grid the ServerApp gets
+        grid.run_in_progress = run  # what fl_core.start and Strategy.start find on the grid the ServerApp gets
         with (
             server_process(settings, server_visible),
             seeding.seeded_node_sampling(run.sampler),

@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--ray-temp-dir", help="temp/session folder of the local Ray started here (keep it short)")
     o.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
+    o.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show fedsweep's debug messages, the sweep's and every trial's (its worker pool and groups); "
+        "keep Ray's and Flower's info logging",
+    )
     return p
 
 
@@ -314,6 +320,7 @@ def run_main(argv: list[str] | None) -> int:
     """`tune_search [options]`: run or resume a sweep, then write its report."""
     try:
         args = build_parser().parse_args(argv)
+        show_on_stderr(PROG, verbose=args.verbose)
         spec, experiment = prepare(args)
         shared_values = share_data(spec)  # before Ray: bad data is bad input too
     except ConfigError as exc:

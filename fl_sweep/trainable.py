@@ -108,19 +108,26 @@ class TuneReporter(Callback):
 
 
 def fedsweep_trial(
-    config: dict, shared_values: list, plan: ResourcePlan, app_dir: str, checkpoint_every: int = 1
+    config: dict,
+    shared_values: list,
+    plan: ResourcePlan,
+    app_dir: str,
+    checkpoint_every: int = 1,
+    verbose: bool = False,
 ) -> None:
     """Tune function trainable: one fl_core run, resumed from the trial's last checkpoint if any.
 
-    `config` holds the trial's sampled values only; the fixed ones come with `plan`.
+    `config` holds the trial's sampled values only; the fixed ones come with `plan`. `verbose` is
+    the sweep's --verbose: fedsweep's debug messages and Flower's info logging.
     """
     from ray import tune
 
     from fl_core import load_app_folder, load_checkpoint, run_app
     from fl_core.apps import ROUNDS_KEY
 
-    show_on_stderr("fl_core")  # the trial's warnings (a client's failed attempt) as a run alone prints them
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    show_on_stderr("fl_core", verbose)  # the trial's warnings (a client's failed attempt) as a run alone prints them
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint otherwise
     settings, run_config = plan.trial(config)
     # The pool then uses exactly the K client bundles of this trial's placement group.
@@ -142,13 +149,18 @@ def fedsweep_trial(
     )
 
 
-def make_trainable(spec: SweepSpec, shared_values: list):
+def make_trainable(spec: SweepSpec, shared_values: list, verbose: bool = False):
     """The trainable as Tune sees it: shared data by object-store reference, resources from the trial's config."""
     from ray import tune
 
     plan = spec.plan()
     transfer = [value.for_transfer() for value in shared_values]  # the refs only, not the data again
     trainable = tune.with_parameters(
-        fedsweep_trial, shared_values=transfer, plan=plan, app_dir=spec.app_dir, checkpoint_every=spec.checkpoint_every
+        fedsweep_trial,
+        shared_values=transfer,
+        plan=plan,
+        app_dir=spec.app_dir,
+        checkpoint_every=spec.checkpoint_every,
+        verbose=verbose,
     )
     return tune.with_resources(trainable, functools.partial(trial_resources, plan=plan))

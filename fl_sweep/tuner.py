@@ -121,11 +121,12 @@ def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
     # Trials run in the driver's working directory (Tune propagates this to them), so an app's relative
     # paths (data-dir...) mean what they mean for python -m fl_core.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    level = logging.INFO if args.verbose else logging.WARNING
     if args.address is None:
         kwargs = {"_temp_dir": os.path.abspath(args.ray_temp_dir)} if args.ray_temp_dir else {}
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **kwargs)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=level, **kwargs)
         return
-    ray.init(address=args.address, logging_level=logging.WARNING)
+    ray.init(address=args.address, logging_level=level)
     if fresh:
         total = ray.cluster_resources()
         spec.cluster_cpus, spec.cluster_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
@@ -167,7 +168,7 @@ def execute(args: argparse.Namespace, spec: SweepSpec, experiment: str, shared_v
     timings = {"ray_start_s": time.perf_counter() - t0}
     try:
         shared_data.publish(shared_values)
-        trainable = make_trainable(spec, shared_values)
+        trainable = make_trainable(spec, shared_values, verbose=args.verbose)
         if args.resume:
             logging.getLogger("ray.tune.execution.tune_controller").addFilter(_GoneCheckpointFilter())
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)

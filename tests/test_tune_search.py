@@ -278,7 +278,8 @@ def test_reporter_checkpoints_every_n_rounds_and_the_last(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Run a 2x2 sweep (fraction-train x local-epochs, 2 rounds) in which one trial fails once in round 2."""
+    """Run a 2x2 sweep (fraction-train x local-epochs, 2 rounds, --verbose) in which one trial fails once in round
+    2."""
     root = tmp_path_factory.mktemp("sweep")
     hooks = {"FEDSWEEP_TEST_FAIL_ONCE": str(root / "failed_once"), "FEDSWEEP_TEST_ROUND_LOG": str(root / "rounds.log")}
     run = Run(
@@ -292,6 +293,7 @@ def sweep(tmp_path_factory):
             str(root / "results"),
             "--name",
             "grid",
+            "--verbose",
         ],
         hooks=hooks,
     )
@@ -334,6 +336,13 @@ def test_sweep_writes_results(sweep):
     for trial_id in trials["trial_id"]:  # Tune's TensorBoard files, a round a step (also after the retry)
         board = tensorboard_scalars(os.path.join(exp, f"trial_{trial_id}"))
         assert sorted(step for step, _ in board["ray/tune/central_accuracy"]) == [1, 2], board.keys()
+
+
+def test_verbose_reaches_every_trial(sweep):
+    """--verbose: each trial's pool logs its workers and groups at debug level, as `python -m fl_core --verbose`."""
+    assert sweep["code"] == 0, sweep["output"][-3000:]
+    ready = [line for line in sweep["output"].splitlines() if "fl_core: debug: " in line and "workers ready" in line]
+    assert len(ready) >= 4, sweep["output"][-3000:]  # a pool per trial run (the retried trial starts one more)
 
 
 def test_failed_trial_retried_from_its_checkpoint(sweep):
