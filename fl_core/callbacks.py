@@ -214,7 +214,7 @@ class TensorBoardWriter(Callback):
         self._writer = None
 
     def _write(self, values: dict, step: int) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # it imports torch (seconds): at the first round, not at start
 
         if self._writer is None:
             self._writer = SummaryWriter(self.directory)

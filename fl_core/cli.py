@@ -20,9 +20,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fl_core.apps import FlowerApp, bind_seed, coerce, fuse_run_config, load_app_folder, parse_run_config
+from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter, TensorBoardWriter
+from fl_core.checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    check_app,
+    check_resume,
+    checkpoint_path,
+    load_checkpoint,
+    remove_stale_temp_files,
+)
+from fl_core.failures import ClientAppError, NodeLostError
+from fl_core.flower_engine import run_with_flower
 from fl_core.logs import LOGGER, show_on_stderr
+from fl_core.plots import MetricsPlotter, write_partition_files
+from fl_core.runner import prepare_shared, run_app
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources, setting_type
-from fl_core.tracking import add_tracking_flags
+from fl_core.tracking import MlflowLogger, WandbLogger, add_tracking_flags, open_experiment, run_params, wandb_mode
+
+# Ray (imported by the pool) is imported where a run starts: bad input and --help answer without it.
 
 PROG = "python -m fl_core"
 SETTING_HELP = {
@@ -184,15 +200,6 @@ def prepare(argv: list[str]):
 
     Returns (app, run_config, settings, resume state or None, output folder, args).
     """
-    from fl_core.checkpoint import (
-        CHECKPOINT_FILE,
-        CheckpointError,
-        check_app,
-        check_resume,
-        checkpoint_path,
-        load_checkpoint,
-    )
-
     early = _pre_parse(argv)
     resume = load_checkpoint(early.resume) if early.resume is not None else None
     if resume is not None and early.app is None and not os.path.isdir(resume.app_dir):
@@ -249,12 +256,8 @@ def prepare(argv: list[str]):
         if values.get(flag) and values["engine"] == "flower":
             raise ConfigError(f"--{flag} logs fedsweep's rounds: drop it with --engine flower")
     if values.get("mlflow"):
-        from fl_core.tracking import open_experiment
-
         values["mlflow_experiment"] = open_experiment(values["mlflow"], app.name)  # before Ray: a bad store is one line
     if values.get("wandb"):
-        from fl_core.tracking import wandb_mode
-
         values["wandb_mode"] = wandb_mode(values["wandb"])
     return app, run_config, settings, resume, out_dir, values
 
@@ -275,8 +278,6 @@ def _draw_partitions(loading, app: FlowerApp, run_config: dict, num_partitions: 
     A hook found broken only now gets a warning line and the run goes on: the
     files are a picture of the data, not worth stopping a run that has its data.
     """
-    from fl_core.plots import write_partition_files
-
     if loading.exception() is not None:  # bad data: the run ends with that error and writes nothing
         return
     try:
@@ -297,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         if args["engine"] == "flower":  # Flower's engine reports through Flower's log: keep it
             if resume is not None:
                 raise ConfigError("--engine flower cannot --resume: Flower's engine has no checkpoints")
-            from fl_core.flower_engine import run_with_flower
-
             run_with_flower(app, run_config, settings, verbose=args.get("verbose", False))
             return 0
     except ConfigError as exc:
@@ -309,13 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.get("verbose"):
         logging.getLogger("flwr").setLevel(logging.WARNING)
     import ray
-
-    from fl_core.callbacks import CheckpointWriter, MetricsWriter, ProgressPrinter, TensorBoardWriter
-    from fl_core.checkpoint import CHECKPOINT_FILE, remove_stale_temp_files
-    from fl_core.failures import ClientAppError
-    from fl_core.plots import MetricsPlotter
-    from fl_core.pool import NodeLostError
-    from fl_core.runner import prepare_shared, run_app
 
     if resume is not None:  # a killed run may have left a temp file of a write it never finished
         remove_stale_temp_files(out_dir)
@@ -350,8 +342,6 @@ def main(argv: list[str] | None = None) -> int:
         ]
         trackers = []
         if args.get("mlflow_experiment") or args.get("wandb_mode"):
-            from fl_core.tracking import MlflowLogger, WandbLogger, run_params
-
             params = run_params(run_config, settings.to_dict())
             if args.get("mlflow_experiment"):
                 trackers.append(MlflowLogger(*args["mlflow_experiment"], out_dir, params))

@@ -14,6 +14,10 @@ class ClientAppError(RuntimeError):
     """A client call failed on every attempt (or too few replied) and the run's policy stops the run."""
 
 
+class NodeLostError(RuntimeError):
+    """Every client worker was lost with its node (or never came back from a restart): the run cannot go on."""
+
+
 @dataclass
 class CallFailure:
     """A call that failed on every attempt: what happened the last time."""

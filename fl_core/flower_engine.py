@@ -47,7 +47,7 @@ class _ServerAppWithRunConfig(ServerApp):
 
 def run_with_flower(app: FlowerApp, run_config: dict, settings: RunSettings, verbose: bool = False) -> None:
     """Run the app for `settings.pool_size` nodes on Flower's Ray backend, one client per num_client_cpus/gpus."""
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # imports Ray: only for --engine flower
 
     # Flower's Ray backend gives its actors this process's sys.path, where loading the app put its folder.
     backend_config = {"client_resources": {"num_cpus": settings.num_client_cpus, "num_gpus": settings.num_client_gpus}}

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numbers
 import os
 
+import pandas as pd
+
 from fl_core.callbacks import Callback, RunEnd
 from fl_core.checkpoint import write_atomically
 from fl_core.metrics import model_metrics, scored_round
@@ -48,8 +50,7 @@ def metric_panels(history: list[dict]) -> dict[str, list[str]]:
 
 def metrics_figure(history: list[dict], title: str = ""):
     """The model's metrics per round, one panel per group of `metric_panels`; None when the history has none."""
-    import pandas as pd
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib only when a figure is drawn (not for bad input)
     from matplotlib.ticker import MaxNLocator
 
     panels = metric_panels(history)
@@ -98,6 +99,7 @@ def label_distribution(partitioner, label_column: str, title: str):
     then counted in full from the partitioner's rows (`fl_core.partitions`: the
     same table without a dataset per partition).
     """
+    # Flower Datasets imports Hugging Face datasets: only for an app with a partitioner hook.
     from datasets import ClassLabel
     from flwr_datasets.visualization import plot_label_distributions
     from matplotlib.figure import Figure

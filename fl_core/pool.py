@@ -44,7 +44,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fl_core import shared_data
-from fl_core.failures import CallFailure, Raised, outcome
+from fl_core.failures import CallFailure, NodeLostError, Raised, outcome
 from fl_core.logs import LOGGER
 from fl_core.seeding import seeded_call
 from fl_core.settings import ConfigError, RunSettings, clients_per_round
@@ -52,10 +52,6 @@ from fl_core.settings import ConfigError, RunSettings, clients_per_round
 READY_TIMEOUT_S = 300
 RESTART_TIMEOUT_S = 120  # a restarted worker on a live node that is not back by then: the run stops
 NODE_POLL_S = 1.0  # how often a restarting worker's node is checked for liveness
-
-
-class NodeLostError(RuntimeError):
-    """Every client worker was lost with its node (or never came back from a restart): the run cannot go on."""
 
 
 class ClientAppWorker:

@@ -13,6 +13,9 @@ import os
 import time
 from contextlib import contextmanager
 
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
 from fl_core import central, seeding, shared_data
 from fl_core.apps import FlowerApp, bind_seed
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
@@ -21,6 +24,9 @@ from fl_core.grid import RayGrid
 from fl_core.loop import strategy_start_runs_here
 from fl_core.observer import RoundObserver
 from fl_core.settings import ConfigError, RunSettings
+
+# Ray, torch and the pool (which imports Ray) are imported in the functions that use them: fl_core is imported by
+# apps (for @shared and start, also under Flower's engine) and by the command line before it checks its input.
 
 RUN_ID = 1  # Flower gives each run an id; fedsweep runs one app per process at a time
 SERVER_NODE_ID = 0  # the ServerApp's Context.node_id, as in Flower's simulation
@@ -199,10 +205,8 @@ def run_app(
     started locally if it is not running.
     """
     import ray
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
-    from fl_core.pool import WorkerPool  # imports Ray: not when fl_core is imported
+    from fl_core.pool import WorkerPool
 
     settings.validate()
     run_config = bind_seed(app, run_config, settings.seed)

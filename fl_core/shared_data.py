@@ -31,6 +31,8 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+# Ray is imported where a value is put or fetched: an app's `import fl_core` for @shared must not need it.
+
 ALL_KEYS = "*"  # recorded when the function read the whole run config (iterated it)
 
 _REGISTRY: dict[str, "SharedFunction"] = {}

@@ -152,7 +152,7 @@ class MlflowLogger(Callback):
         remember_run(saved, "tracking_uri", client.tracking_uri, self.run_id)
 
     def _log(self, metrics: dict | None = None, step: int = 0, params: dict | None = None) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # mlflow and wandb are optional: imported only when asked for
 
         now = int(time.time() * 1000)
         self.client.log_batch(
