@@ -78,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -113,6 +114,7 @@ PRIVSEP_DIR = "/run/sshd"  # Debian's sshd (as root) refuses to start without it
 UP_TIMEOUT_S = 180  # `ray up`: SSH, rsync, setup check, `ray start` (about 25 s here)
 JOB_TIMEOUT_S = 240  # the tiny sweep as a job (about 40 s here)
 DOWN_TIMEOUT_S = 120  # `ray down` (about 10 s here)
+DASHBOARD_TIMEOUT_S = 120  # after `ray up`, until the head's job API answers (at once or a few seconds here)
 
 # ssh's ProxyCommand: joins ssh's stdin/stdout to 127.0.0.1:PORT (Ray's SSH runner always dials port 22).
 RELAY = '''\
@@ -298,6 +300,20 @@ class LoopbackSshd:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         return left
+
+
+def job_api_ready(dashboard: str, timeout_s: float) -> bool:
+    """Whether the dashboard at `dashboard` lists jobs (HTTP 200 from /api/jobs/) within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never through a proxy
+    while True:
+        with contextlib.suppress(OSError):  # refused, reset, or an HTTP error while it starts
+            with direct.open(f"{dashboard}/api/jobs/", timeout=5) as response:
+                if response.status == 200:
+                    return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def _port_open(port: int) -> bool:
@@ -598,7 +614,11 @@ def test_ray_up_sweep_ray_down(sshd, base_dir):
         assert code == 0, output[-4000:]
         sessions = head_sessions(ray_temp)
         assert sessions, f"`ray up` succeeded but no raylet or GCS uses {ray_temp}:\n{output[-3000:]}"
-        assert _port_open(ports[1]), f"no dashboard on {dashboard}"
+        # `ray up` returns once `ray start` did; the dashboard and its job agent come up in their own time (seconds
+        # more on a loaded machine), so the submission waits until the job API answers instead of assuming it does.
+        start = time.monotonic()
+        assert job_api_ready(dashboard, DASHBOARD_TIMEOUT_S), f"no job API on {dashboard} {DASHBOARD_TIMEOUT_S} s later"
+        timings["job API up"] = time.monotonic() - start
 
         # What Ray put in the head's ~: the synced checkout (rsync excludes applied) and its bootstrap files.
         home = sshd.home
