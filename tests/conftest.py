@@ -86,15 +86,23 @@ def checkpoint_state(round_=2, run=None):
 SMALL = ["--dataset", "synthetic", "--synthetic-size", "200", "--pool-size", "4"]  # a tiny `python -m fl_core` run
 
 
-@pytest.fixture
-def fedsweep_log():
-    """The `fedsweep` logger shown on stderr as `python -m fl_core` shows it; put back as it was afterwards."""
-    from fl_core.logs import LOGGER, show_on_stderr
+@pytest.fixture(autouse=True)
+def _fedsweep_logger_as_it_was():
+    """Every test leaves the `fedsweep` logger as it found it (a command line run in-process installs its handler)."""
+    from fl_core.logs import LOGGER
 
     saved = LOGGER.handlers[:], LOGGER.level, LOGGER.propagate
-    show_on_stderr("fl_core")
-    yield LOGGER
+    yield
     LOGGER.handlers, LOGGER.level, LOGGER.propagate = saved
+
+
+@pytest.fixture
+def fedsweep_log():
+    """The `fedsweep` logger shown on stderr as `python -m fl_core` shows it (for the test's duration)."""
+    from fl_core.logs import LOGGER, show_on_stderr
+
+    show_on_stderr("fl_core")
+    return LOGGER
 
 
 @pytest.fixture

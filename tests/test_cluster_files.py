@@ -338,7 +338,7 @@ def test_nodes_install_the_synced_project(name):
     commands = config["setup_commands"]
     assert any(re.search(r"pip install .*-e ~/fedsweep\b", c) for c in commands), commands
     excludes = " ".join(config.get("rsync_exclude", []))
-    for path in ("data/", ".venv/", ".git/"):
+    for path in ("data/", ".venv/", ".git"):
         assert path in excludes, f"{name}: rsync_exclude misses {path}"
 
 
@@ -366,7 +366,7 @@ REQUIRED_EXCLUDES = [
     "ray_results/",
     ".venv/",
     "venv/",
-    ".git/",
+    ".git",
     ".whl/",
     "__pycache__/",
     "*.egg-info",

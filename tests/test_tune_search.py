@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tune_search is a top-level module of the repository
 
 import tune_search  # noqa: E402
+from fl_core.logs import show_on_stderr  # noqa: E402
 from fl_core.settings import ConfigError  # noqa: E402
 from fl_sweep.cli import build_parser, build_spec  # noqa: E402
 from fl_sweep.resources import trial_bundles, trial_resources  # noqa: E402
@@ -201,8 +202,9 @@ def test_grid_points_that_make_the_same_runs_are_named(capsys, tmp_path):
     assert same_runs(spec_of(["--set", "dataset=synthetic", "--set", "pool_size=100"])) == []  # the default grid
     evaluate = same_runs(spec_of(small + ["--grid", "fraction-evaluate=0.01,0.05"]))
     assert evaluate and evaluate[0].startswith("fraction-evaluate values 0.01, 0.05 sample the same 2 of 20")
-    from fl_sweep.cli import prepare
+    from fl_sweep.cli import PROG, prepare
 
+    show_on_stderr(PROG)  # as tune_search's main does
     prepare(parse(small + ["--grid", "fraction-train=0.05,0.1", "--storage-path", str(tmp_path)]))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tune_search: warning: fraction-train values 0.05, 0.1"), err
