@@ -224,7 +224,7 @@ class WorkerPool:
             self.where = [where for _, where, _ in answers]
             self.nodes = [node for _, _, node in answers]
             LOGGER.debug(
-                "%d client workers ready: %s",
+                "%d client worker(s) ready: %s",
                 self.size,
                 "; ".join(f"{self.describe(w)} on {self.devices[w]}" for w in range(self.size)),
             )

@@ -343,7 +343,7 @@ def test_sweep_writes_results(sweep):
 def test_verbose_reaches_every_trial(sweep):
     """--verbose: each trial's pool logs its workers and groups at debug level, as `python -m fl_core --verbose`."""
     assert sweep["code"] == 0, sweep["output"][-3000:]
-    ready = [line for line in sweep["output"].splitlines() if "fl_core: debug: " in line and "workers ready" in line]
+    ready = [line for line in sweep["output"].splitlines() if "fl_core: debug: " in line and "worker(s) ready" in line]
     assert len(ready) >= 4, sweep["output"][-3000:]  # a pool per trial run (the retried trial starts one more)
 
 
