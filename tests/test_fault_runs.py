@@ -32,7 +32,7 @@ key. The fault points (round, node, phase, delay, kill moment) are drawn from
   `python -m fl_core --resume DIR`; the Ray processes it leaves are ended;
 * node: a two-node cluster started with `ray start` (head and second node, 1 CPU
   each, own ports and temp dirs, token authentication off; the helpers of
-  tests/test_ray_cluster.py), `python -m fl_core --address HEAD
+  tests/support/cluster.py), `python -m fl_core --address HEAD
   --num-client-cpus 1`, so that the pool has one worker on each node (checked
   with the state API); the second node's raylet is SIGKILLed 0-0.3 s after a
   random round (1..last-4) was printed. The run must go on with the head's
@@ -358,7 +358,7 @@ class CliRun:
     """`python -m fl_core ARGS` in a session of its own; its round lines are followed as they are printed."""
 
     def __init__(self, args: list[str], env: dict, log_path: str) -> None:
-        from tests.test_ray_cluster import _stat
+        from tests.support.cluster import _stat
 
         self.since = _stat(os.getpid())[3]
         self.log_path = log_path
@@ -421,7 +421,7 @@ class CliRun:
 
         Returns how many such processes were found still alive 5 s after it ended.
         """
-        from tests.test_ray_cluster import session_processes, terminate
+        from tests.support.cluster import session_processes, terminate
 
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -661,7 +661,7 @@ class TwoNodes:
     """A head and a second node started with `ray start` (1 CPU each); the second can be replaced by a fresh one."""
 
     def __init__(self) -> None:
-        from tests.test_ray_cluster import Head, extra_node, ray_env, started
+        from tests.support.cluster import Head, extra_node, ray_env, started
 
         self._extra_node = extra_node
         self.head = started(lambda: Head(num_cpus=1, env=ray_env()), "the head")
