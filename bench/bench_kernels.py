@@ -1,22 +1,12 @@
-"""Where a round's compute goes, without Ray or Flower: the kernels fedsweep's built-in app runs.
-
-Measures, on one device and with the built-in app's own `cifar10_app.task.train`
-and `cifar10_app.task.evaluate` (what fedsweep's client workers and server run):
-
-* one client's local epoch (450 samples, batch 32, SGD with momentum), as a
-  client worker runs it: samples/s, with the model and data in NCHW layout and
-  in channels_last layout;
-* central evaluation on 10,000 test-shaped images (batch 500), as the server
-  runs it: seconds per pass, NCHW and channels_last;
-* K clients trained at once in one process with `torch.func.vmap` over stacked
-  parameters (the "cohort" alternative to one client per worker): samples/s
-  for each K in --vmap-clients.
-
-Data is random (the kernels' speed does not depend on pixel values). Each
-figure is the best of --repeats passes after one warm-up pass.
+"""Where a round's compute goes, without Ray or Flower: the built-in app's own kernels on one device.
 
     python bench/bench_kernels.py --out kernels.json                  # CPU, 1 training thread
     python bench/bench_kernels.py --device cuda --out kernels.json    # on a GPU machine
+
+One client's local epoch (450 samples, batch 32, `cifar10_app.task.train`) and central evaluation of 10,000
+images (batch 500, `evaluate`), each in NCHW and channels_last layout; K clients trained at once with
+`torch.func.vmap` over stacked parameters, for each K in --vmap-clients. Random data; best of --repeats passes
+after a warm-up.
 """
 
 from __future__ import annotations
@@ -29,11 +19,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO_ROOT, "apps", "cifar10")]  # cifar10_app without an install (the GPU machine)
-from cifar10_app.task import evaluate, initial_model, train  # noqa: E402
-from provenance import git_commit, versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from cifar10_app.task import evaluate, initial_model, train
+from common import versions, write_results
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -159,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     result = {
         "benchmark": "bench_kernels",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_commit": git_commit(),
         "settings": vars(args),
         "versions": versions(),
         "client_epoch_samples_per_s": {},

@@ -1,77 +1,33 @@
 """What per-client state costs under fedsweep: time per client call and driver memory, by size of Context.state.
 
-    python bench/bench_state.py [--sizes 0,62006,1000000,11700000] [--call-nodes 10] [--rounds 4]
-                                [--memory-nodes 100] [--out results/bench_state.json]
+    python bench/bench_state.py [--sizes 0,62006,1000000,11700000] [--out results/bench_state.json]
+    python bench/bench_state.py --smoke
 
-fedsweep keeps every node's `Context.state` in the driver and sends it with
-each message, so a node's state follows it to any worker and every checkpoint
-holds it (fl_core/grid.py). This measures that design's price with the minimal
-app in bench/state_app/, whose nodes keep N float32 numbers in their state (0,
-Flower's 62k-parameter CIFAR CNN, 1M, and ResNet-18's 11.7M by default) and do
-nothing else:
-
-* time per client call: `--call-nodes` nodes, every node trains every round,
-  one worker (calls run one after another, so a round's train time divided by
-  its calls is the cost of one call); median over rounds 2.. (round 1 starts
-  the worker, and nodes have no state to send yet). `app_s` is the part spent
-  inside the ClientApp reading, changing and storing the state (ArrayRecord <->
-  numpy); the rest is the engine: Ray transfers of message, Context and reply.
-* driver memory: `--memory-nodes` nodes each train twice (2 rounds, the pool's
-  default workers); the bytes of state the driver holds afterwards, the
-  driver's RSS growth (after the run, and at its peak, polled every 20 ms)
-  and USS growth (private memory: RSS without object-store pages) over its
-  memory before, and the time and size of writing one checkpoint of it.
-  Sizes whose states would exceed `--memory-max-gib` are left out.
+fedsweep keeps every node's `Context.state` in the driver and sends it with each message. The minimal app in
+bench/state_app/ keeps N float32 numbers a node and does nothing else. Per call: --call-nodes nodes on one
+worker, a round's train time over its calls, median of rounds 2..; `app_s` is the ClientApp's own part. Memory:
+--memory-nodes nodes train twice; the state the driver holds, its RSS growth (after, and peak polled every
+20 ms) and USS growth, and one checkpoint's write time and size. Sizes over --memory-max-gib skip the memory run.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
 
+import pandas as pd
 import psutil
+from common import PeakMemory, start_ray, steady, versions, write_results
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
-
-import fl_core  # noqa: E402
-from fl_core.checkpoint import CHECKPOINT_FILE, save_checkpoint  # noqa: E402
+import fl_core
+from fl_core.checkpoint import CHECKPOINT_FILE, save_checkpoint
 
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "state_app")
 MIB = 2**20
-
-
-class DriverMemory:
-    """Polls this process's RSS in a thread; `peak` is the largest seen."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.peak = interval, 0
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        """Sample until stopped."""
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "DriverMemory":
-        """Start polling."""
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """Stop polling."""
-        self._stop.set()
-        self._thread.join()
 
 
 def memory_now() -> tuple[int, int]:
@@ -105,12 +61,9 @@ def state_bytes(node_states: dict) -> int:
 def call_cost(size: int, nodes: int, rounds: int) -> dict:
     """Median seconds per client call (and the ClientApp's own part of it) over rounds 2..`rounds`, one worker."""
     end = run_state_app(size, nodes, rounds, max_parallel=1)
-    steady = end.history[1:] or end.history
-    per_call = [row["train_seconds"] / row["train_clients"] for row in steady]
-    app = [row["train_app_seconds"] for row in steady]
     return {
-        "call_s": statistics.median(per_call),
-        "app_s": statistics.median(app),
+        "call_s": steady([row["train_seconds"] / row["train_clients"] for row in end.history]),
+        "app_s": steady([row["train_app_seconds"] for row in end.history]),
         "rounds": [
             {k: row[k] for k in ("round", "train_seconds", "train_clients", "train_app_seconds")} for row in end.history
         ],
@@ -120,7 +73,7 @@ def call_cost(size: int, nodes: int, rounds: int) -> dict:
 def driver_memory(size: int, nodes: int) -> dict:
     """Driver memory once `nodes` nodes hold `size` numbers each, and one checkpoint's cost."""
     before, before_uss = memory_now()
-    with DriverMemory() as memory:
+    with PeakMemory(lambda: [psutil.Process()], interval=0.02) as memory:
         end = run_state_app(size, nodes, 2, max_parallel=None)
     after, after_uss = memory_now()
     held = state_bytes(end.state.node_states)
@@ -135,7 +88,7 @@ def driver_memory(size: int, nodes: int) -> dict:
         "state_mib": held / MIB,
         "rss_growth_mib": (after - before) / MIB,
         "uss_growth_mib": (after_uss - before_uss) / MIB,
-        "peak_rss_growth_mib": (max(memory.peak, after) - before) / MIB,
+        "peak_rss_growth_mib": (max(memory.peak_rss, after) - before) / MIB,
         "checkpoint_s": seconds,
         "checkpoint_mib": file_bytes / MIB,
     }
@@ -154,15 +107,16 @@ def main() -> int:
         default=8.0,
         help="skip the memory run of sizes whose states would exceed this (the machine may be shared)",
     )
+    ap.add_argument("--smoke", action="store_true", help="sizes 0 and 62006, 4 call nodes, 10 memory nodes, 2 rounds")
     ap.add_argument("--out", default=os.path.join("results", "bench_state.json"))
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.call_nodes, args.memory_nodes, args.rounds = "0,62006", 4, 10, 2
     sizes = [int(s) for s in args.sizes.split(",")]
 
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    start_ray()
     results = {
         "benchmark": "bench_state",
         "versions": versions(),
@@ -190,32 +144,18 @@ def main() -> int:
     ray.shutdown()
     write_results(args.out, results)
 
-    base = results["sizes"].get("0", {}).get("call_s")
-    print(
-        f"\nper client call: {args.call_nodes} nodes, 1 worker, median of rounds 2-{args.rounds}; "
-        f"memory: {args.memory_nodes} nodes, 2 rounds"
+    table = pd.DataFrame(
+        {
+            "ms/call": 1e3 * entry["call_s"],
+            "in app": 1e3 * entry["app_s"],
+            "added by state": 1e3 * (entry["call_s"] - results["sizes"][str(sizes[0])]["call_s"]),
+            **(entry["memory"] or {}),
+        }
+        for entry in results["sizes"].values()
     )
-    print(
-        f"{'numbers/node':>13} {'MiB/node':>9} | {'ms/call':>8} {'in app':>7} {'vs 0':>7} | "
-        f"{'state MiB':>9} {'USS +MiB':>9} {'RSS +MiB':>9} {'peak RSS':>9} {'ckpt s':>7} {'ckpt MiB':>8}"
-    )
-    for size, entry in results["sizes"].items():
-        extra = f"{(entry['call_s'] - base) * 1e3:>7.1f}" if base is not None else f"{'':>7}"
-        mem = entry["memory"]
-        memory = (
-            f"{mem['state_mib']:>9.1f} {mem['uss_growth_mib']:>9.1f} {mem['rss_growth_mib']:>9.1f} "
-            f"{mem['peak_rss_growth_mib']:>9.1f} {mem['checkpoint_s']:>7.2f} {mem['checkpoint_mib']:>8.1f}"
-            if mem
-            else f"{'skipped':>9}"
-        )
-        print(
-            f"{int(size):>13,} {entry['mib_per_node']:>9.2f} | {entry['call_s'] * 1e3:>8.1f} "
-            f"{entry['app_s'] * 1e3:>7.1f} {extra} | {memory}"
-        )
-    print(
-        f"load average at the end: {', '.join(f'{x:.1f}' for x in results['load_average_at_end'])}; "
-        f"results written to {args.out}"
-    )
+    print(f"\nper call: {args.call_nodes} nodes, 1 worker, rounds 2-{args.rounds}; memory: {args.memory_nodes} nodes")
+    print(table.set_index(pd.Index(sizes, name="numbers a node")).to_string(float_format=lambda x: f"{x:.1f}"))
+    print(f"results written to {args.out}")
     return 0
 
 

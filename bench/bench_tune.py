@@ -1,24 +1,13 @@
 """What Ray Tune costs a fedsweep sweep: trial packing and per-round overhead.
 
-    python bench/bench_tune.py [--data-dir DIR] [--rounds 5] [--out bench_tune.json]
+    python bench/bench_tune.py [--data-dir DIR] [--rounds 8] [--out bench_tune.json]
 
-1. A sweep of 4 trials (local_epochs {1, 2} x lr {0.01, 0.02}) through
-   tune_search's own code path on the local machine. Packing efficiency =
-   (sum of the trials' own times / trials that fit at once) / sweep wall time:
-   1.0 means Tune kept every slot busy; the rest is scheduling, trial start-up
-   and idle slots at the end.
-2. The first trial's config run by `fl_core.run_app` alone, in-process,
-   with the same client workers (K) and server CPUs. Per-round overhead =
-   the trial's wall time between two round reports minus fl_core's alone, over
-   rounds 2..N-1: round 1 holds the workers' start-up, and the last round's
-   report waits for the all-node evaluation (every client scores the final
-   model), which a run alone does after its last round too but which is no
-   per-round cost. Tune's side includes writing the round's checkpoint and
-   `tune.report`; the trial also times those two directly (a wrapped trial
-   function, as tests/hooked_sweep.py wraps it), which noise cannot blur.
-
-Synthetic data by default; real CIFAR-10 with --data-dir (a folder holding
-cifar-10-batches-py, e.g. made by `python ../shared/datasets/make_cifar10.py DIR`).
+A sweep of 4 trials (local-epochs {1, 2} x lr {0.01, 0.02}) through tune_search's own code path; packing
+efficiency = (sum of the trials' own times / trials that fit at once) / sweep wall time. Then the first trial's
+config through `fl_core.run_app` alone with the same workers; per-round overhead = the trial's wall time between
+round reports minus the run's alone, over rounds 2..N-1 (round 1 holds start-up, the last report waits for the
+all-node evaluation). The trial also times `tune.report` and the checkpoint write where they run (a wrapped trial
+function). Synthetic data by default; CIFAR-10 with --data-dir.
 """
 
 from __future__ import annotations
@@ -33,12 +22,11 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import PHASES, REPO, write_results
+
 os.chdir(REPO)  # Ray puts the driver's working directory on its workers' path: tune_search must import there
 
 import pandas as pd  # noqa: E402
-from provenance import write_results  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 from fl_core import Callback, load_app_folder, run_app  # noqa: E402
 from fl_sweep import trainable  # noqa: E402
@@ -47,8 +35,6 @@ from fl_sweep.report import write_report  # noqa: E402
 from fl_sweep.resources import client_slots, server_bundle_cpus, trial_bundles  # noqa: E402
 from fl_sweep.trainable import share_data  # noqa: E402
 from fl_sweep.tuner import execute  # noqa: E402
-
-PHASES = ("train_seconds", "fed_seconds", "central_seconds")  # the engine's timing keys, in round order
 
 
 class RoundClock(Callback):
@@ -92,30 +78,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sweep_argv(args: argparse.Namespace, storage: str) -> list[str]:
     """tune_search arguments of the 4-trial sweep."""
-    data = (
-        ["--set", "dataset=cifar10", "--set", f"data-dir={args.data_dir}"]
-        if args.data_dir
-        else ["--set", "dataset=synthetic", "--set", f"synthetic-size={args.synthetic_size}"]
-    )
-    return data + [
-        "--set",
-        f"pool_size={args.pool_size}",
-        "--set",
-        f"fraction-train={args.fraction_train}",
-        "--set",
-        f"num-server-rounds={args.rounds}",
-        "--set",
-        "fraction-evaluate=0.2",
-        "--grid",
-        "local-epochs=1,2",
-        "--grid",
-        "lr=0.01,0.02",
-        "--checkpoint-every",
-        str(args.checkpoint_every),
-        "--storage-path",
-        storage,
-        "--name",
-        time.strftime("bench-%Y%m%d-%H%M%S"),
+    synthetic = {"dataset": "synthetic", "synthetic-size": args.synthetic_size}
+    sets = {
+        **({"dataset": "cifar10", "data-dir": args.data_dir} if args.data_dir else synthetic),
+        "pool_size": args.pool_size,
+        "fraction-train": args.fraction_train,
+        "num-server-rounds": args.rounds,
+        "fraction-evaluate": 0.2,
+    }
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")] + [
+        *("--grid", "local-epochs=1,2", "--grid", "lr=0.01,0.02"),
+        *("--checkpoint-every", str(args.checkpoint_every), "--storage-path", storage),
+        *("--name", time.strftime("bench-%Y%m%d-%H%M%S")),
     ]
 
 
@@ -274,37 +248,19 @@ def overhead(sweep: dict, sampled: dict, clock: RoundClock, alone_total: float) 
 
 
 def print_tables(pack: dict, over: dict) -> None:
-    """The figures as two small tables."""
-    print("\nPacking (4-trial sweep)")
-    rows = [
-        ("CPUs per trial / trials at once", f"{pack['cpus_per_trial']:g} / {pack['trials_at_once']}"),
-        ("trials' own times (s)", ", ".join(f"{t:.1f}" for t in pack["trial_seconds"])),
-        ("sum of trial times / at once (s)", f"{pack['ideal_wall_s']:.1f}"),
-        ("sweep wall time, Tuner.fit (s)", f"{pack['sweep_wall_s']:.1f}"),
-        ("packing efficiency", f"{pack['packing_efficiency']:.2f}"),
-        ("Ray start (s, not in the wall time)", f"{pack['ray_start_s']:.1f}"),
-        ("driver's own CPU (s, cores on average)", f"{pack['driver_cpu_s']:.1f} ({pack['driver_cpu_share']:.2f})"),
-    ]
-    print("\n".join(f"  {name:<38} {value}" for name, value in rows))
-    print(f"\nPer-round cost, trial {over['config']} (rounds {over['rounds_compared']})")
-    print(f"  {'':<34} {'in Tune':>9} {'fl_core alone':>14} {'difference':>11}")
-    for label, t, a in (
-        ("wall time per round (s)", over["tune_round_wall_s"], over["alone_round_wall_s"]),
-        ("round loop's own time (s)", over["tune_round_loop_s"], over["alone_round_loop_s"]),
-        *((f"  of which {k} (s)", over[f"tune_{k}"], over[f"alone_{k}"]) for k in PHASES),
-        ("end of round 1 from start (s)", over["tune_first_round_end_s"], over["alone_first_round_end_s"]),
-        ("whole run (s)", over["tune_trial_s"], over["alone_run_s"]),
-    ):
-        print(f"  {label:<34} {t:>9.3f} {a:>14.3f} {t - a:>+11.3f}")
+    """The figures: packing, then the per-round cost in Tune and alone, then what reporting costs inside a trial."""
+    print("\nPacking (4-trial sweep)\n" + pd.Series(pack).to_string())
+    rows = ["round_wall_s", "round_loop_s", *PHASES]
+    table = pd.DataFrame({"in Tune": [over[f"tune_{k}"] for k in rows], "alone": [over[f"alone_{k}"] for k in rows]})
+    table["difference"] = table["in Tune"] - table["alone"]
+    print(f"\nPer round, trial {over['config']}, rounds {over['rounds_compared']} (seconds)")
+    print(table.set_axis(rows).to_string(float_format=lambda x: f"{x:.3f}"))
     print(
-        f"  per-round overhead of Tune: {over['overhead_per_round_s'] * 1000:.0f} ms "
-        f"({over['overhead_per_round_pct']:.1f}% of a round)"
-    )
-    print(
-        f"  inside the trials: tune.report {over['report_s_per_round'] * 1000:.1f} ms + checkpoint write "
-        f"{over['checkpoint_write_s_per_round'] * 1000:.1f} ms per round ({over['reporting_pct_of_round']:.1f}% "
-        f"of a round); the last round's report came {over['last_round_wall_s']:.2f} s after the one before "
-        "(it waits for the all-node evaluation)"
+        f"Tune's per-round overhead {over['overhead_per_round_s'] * 1000:.0f} ms "
+        f"({over['overhead_per_round_pct']:.1f}%); inside the trials, a round: "
+        f"tune.report {over['report_s_per_round'] * 1000:.1f} ms, checkpoint write "
+        f"{over['checkpoint_write_s_per_round'] * 1000:.1f} ms ({over['reporting_pct_of_round']:.1f}% of it); "
+        f"the last report {over['last_round_wall_s']:.2f} s after the one before (the all-node evaluation)"
     )
 
 

@@ -1,20 +1,11 @@
-"""Flower's template way of writing the job: a `ClientApp` and a `ServerApp` (Message API, FedAvg).
+"""The job as Flower 1.42's PyTorch app template (`flwr new`) writes it, in one module: a `ClientApp` with
+per-sample torchvision transforms behind a `DataLoader`, a `ServerApp` running the Message-API
+`FedAvg.start(...)` with a central `evaluate_fn`.
 
-This follows Flower 1.42's PyTorch app template (`flwr new`: task.py,
-client_app.py and server_app.py, folded into one module): per-sample torchvision
-transforms (`ToTensor`, `Normalize((0.5,)*3, (0.5,)*3)`) behind a `DataLoader`,
-the model travels as an `ArrayRecord` of its state_dict, and the server runs
-`flwr.serverapp.strategy.FedAvg.start(...)` with a central `evaluate_fn`.
-
-Only the data source and the model differ from the template, so that both
-sides of bench_flower.py train on exactly the same partitions from the same
-weights: the client reads the built-in app's `FederatedData`
-(`cifar10_app.data.load_data`) from Ray's object store (zero-copy, once per
-worker process) and takes the indices of its node's `partition-id`; the model is
-`cifar10_app.task.initial_model` (Flower's CIFAR CNN, seeded).
-
-Ray's worker processes import this module by name (bench_flower.py puts bench/
-on PYTHONPATH), so the per-process cache below persists between messages.
+Only the data source and the model differ from the template, so that both sides of `bench_engine.py --against
+flower` train on the same partitions from the same weights: the client reads the built-in app's `FederatedData`
+from Ray's object store (once per worker process) and its node's `partition-id`; the model is
+`cifar10_app.task.initial_model`. Ray's workers import this module by name (bench/ is on their PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -31,7 +22,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize, ToTensor
@@ -150,38 +140,20 @@ def make_client_app(data_ref: ray.ObjectRef) -> ClientApp:
 
 @dataclass
 class RoundRecorder:
-    """Per-round wall time and central metrics, taken in the ServerApp.
+    """Per-round wall time and central accuracy, taken in the ServerApp.
 
-    `Strategy.start` calls `evaluate_fn` once before round 1 and once at the end
-    of every round (after training, aggregation and federated evaluation), so
-    the time between two calls is one round, central evaluation included.
+    `Strategy.start` calls `evaluate_fn` once before round 1 and once at the end of every round (after training,
+    aggregation and federated evaluation), so the time between two calls is one round, central evaluation included.
     """
 
     rounds: list[dict] = field(default_factory=list)
     last_mark: float | None = None
-    pending_samples: int = 0
-    start_seconds: float | None = None  # ServerApp start -> end of initial evaluation
 
-    def train_metrics_aggr_fn(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
-        """FedAvg's default metric aggregation, also noting the round's training samples."""
-        self.pending_samples = int(sum(next(iter(r.metric_records.values()))[weighting_key] for r in records))
-        return aggregate_metricrecords(records, weighting_key)
-
-    def mark(self, server_round: int, loss: float, accuracy: float) -> None:
-        """Close round `server_round` (0: the initial evaluation) with its central metrics."""
+    def mark(self, server_round: int, accuracy: float) -> None:
+        """Close round `server_round` (0: the initial evaluation) with its central accuracy."""
         now = time.perf_counter()
         if server_round > 0:
-            seconds = now - self.last_mark
-            self.rounds.append(
-                {
-                    "round": server_round,
-                    "seconds": seconds,
-                    "central_accuracy": accuracy,
-                    "central_loss": loss,
-                    "train_samples": self.pending_samples,
-                    "samples_per_s": self.pending_samples / seconds,
-                }
-            )
+            self.rounds.append({"round": server_round, "seconds": now - self.last_mark, "central_accuracy": accuracy})
         self.last_mark = now
 
 
@@ -200,7 +172,7 @@ def make_evaluate_fn(data, recorder: RoundRecorder):
         """Score the global model; closes the round's timer."""
         net.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = test_fn(net, loader, device)
-        recorder.mark(server_round, loss, accuracy)
+        recorder.mark(server_round, accuracy)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     return evaluate_fn
@@ -218,7 +190,6 @@ def make_server_app(data, run_config: dict, recorder: RoundRecorder) -> ServerAp
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         """Run FedAvg for the configured rounds."""
-        t0 = time.perf_counter()
         initial = ArrayRecord(initial_model(run_config["seed"]).state_dict())
         strategy = FedAvg(
             fraction_train=run_config["fraction-train"],
@@ -226,9 +197,7 @@ def make_server_app(data, run_config: dict, recorder: RoundRecorder) -> ServerAp
             min_train_nodes=run_config["min-train-nodes"],
             min_evaluate_nodes=run_config["min-evaluate-nodes"],
             min_available_nodes=max(run_config["min-train-nodes"], run_config["min-evaluate-nodes"]),
-            train_metrics_aggr_fn=recorder.train_metrics_aggr_fn,
         )
-        evaluate_fn = make_evaluate_fn(data, recorder)
         train_config = ConfigRecord(
             {
                 "lr": run_config["lr"],
@@ -239,20 +208,13 @@ def make_server_app(data, run_config: dict, recorder: RoundRecorder) -> ServerAp
         )
         evaluate_config = ConfigRecord({"batch-size": run_config["batch-size"]})
 
-        def timed_evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            """evaluate_fn that also notes when the initial evaluation ended."""
-            result = evaluate_fn(server_round, arrays)
-            if server_round == 0:
-                recorder.start_seconds = time.perf_counter() - t0
-            return result
-
         strategy.start(
             grid=grid,
             initial_arrays=initial,
             num_rounds=run_config["num-server-rounds"],
             train_config=train_config,
             evaluate_config=evaluate_config,
-            evaluate_fn=timed_evaluate_fn,
+            evaluate_fn=make_evaluate_fn(data, recorder),
         )
 
     return app

@@ -2,38 +2,24 @@
 
     python bench/gpu_check.py --out gpu_check.json     # on a CUDA machine (bench/run_gpu.sh runs it)
 
-Runs `python -m fl_core` with the built-in app on a small CIFAR-shaped synthetic
-set in two configurations: --num-client-gpus 0.25 with the server on no GPU
-(central evaluation then runs on the GPU workers), and --num-client-gpus 0.25
-with --server-gpus 0.25 and central evaluation in the server. While each runs,
-nvidia-smi is polled every 0.2 s: the memory each process holds and the
-device's memory in use. It then checks what a user on a GPU cluster relies on:
-
-- client workers on the GPU: exactly as many as the shares allow (4, or 3 when
-  the server takes a share), each saying (cifar10_app's line) that it computes
-  on cuda with a CUDA_VISIBLE_DEVICES of its own from Ray;
-- the server process holds GPU memory only when --server-gpus gives it a share;
-- 10 s after the run ends, no process of the run holds GPU memory and the
-  device's memory in use is back where it was before (within 64 MiB).
-
-Writes the figures and the verdicts to --out; exit status 1 if a check fails.
+Two `python -m fl_core` runs on a small synthetic set, nvidia-smi polled every 0.2 s: --num-client-gpus 0.25
+(central evaluation on the GPU workers), and with --server-gpus 0.25 and central evaluation in the server.
+Checks: exactly as many client workers on cuda as the shares allow (4, or 3 with the server's share), each with
+a CUDA_VISIBLE_DEVICES from Ray (cifar10_app's device line); GPU memory in the server only with a share; 10 s
+after the run no process of it holds GPU memory and the device's memory is back within 64 MiB. Writes the
+figures and verdicts to --out; exit status 1 if a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, BENCH_DIR)
-from provenance import versions, write_results  # noqa: E402
+from common import child_env, run_cli, versions, write_results
 
 DEVICE_LINE = re.compile(r"cifar10_app: process (\d+) computes on (\S+) \(.*CUDA_VISIBLE_DEVICES=(\S+)\)")
 CONFIGS = {
@@ -74,39 +60,25 @@ class Poller(threading.Thread):
             time.sleep(0.2)
 
 
-def run_config(name: str, flags: dict, args) -> dict:
+def run_config(flags: dict, args) -> dict:
     """One fl_core run under the poller; its figures and checks (None: not observable, nvidia-smi lists no pids)."""
     before = used_mib()
     poller = Poller()
-    with tempfile.TemporaryDirectory(prefix=f"gpu-check-{name}-") as out:
-        cmd = [
-            sys.executable,
-            "-m",
-            "fl_core",
-            "--dataset",
-            "synthetic",
-            "--synthetic-size",
-            "20000",
-            "--pool-size",
-            "40",
-            "--fraction-train",
-            "0.5",
-            "--num-server-rounds",
-            str(args.rounds),
-            "--checkpoint-dir",
-            out,
-        ] + [x for k, v in flags.items() for x in (f"--{k}", str(v))]
-        # Every worker's device line, not Ray's "repeated 3x across cluster" in their place.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
-        poller.start()
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        output, _ = proc.communicate(timeout=args.timeout)
-        wall = time.perf_counter() - start
+    flags = {"dataset": "synthetic", "synthetic-size": 20000, "pool-size": 40, "fraction-train": 0.5, **flags}
+    poller.start()
+    try:  # every worker's device line, not Ray's "repeated 3x across cluster" in their place
+        run = run_cli(
+            {**flags, "num-server-rounds": args.rounds}, timeout=args.timeout, env=child_env(RAY_DEDUP_LOGS="0")
+        )
+        returncode = 0
+    except RuntimeError as failed:  # the run's failure is a check's verdict, not the end of the check
+        run, returncode = {"lines": [(0, str(failed))], "wall_s": None, "pid": None}, 1
+    finally:
         poller.done.set()
         poller.join()
+    output = "\n".join(line for _, line in run["lines"])
     print(output[-4000:], flush=True)
-    server = proc.pid  # the server (and central evaluation in it) runs in the fl_core process itself
+    server = run["pid"]  # the server (and central evaluation in it) runs in the fl_core process itself
     lines = {int(p): (dev, vis) for p, dev, vis in DEVICE_LINE.findall(output)}
     workers = {pid: vis for pid, (dev, vis) in lines.items() if pid != server and dev.startswith("cuda")}
     time.sleep(10)
@@ -116,7 +88,7 @@ def run_config(name: str, flags: dict, args) -> dict:
     server_share = flags["server-gpus"] > 0
     expected = 3 if server_share else 4
     checks = {
-        "run_succeeded": proc.returncode == 0,
+        "run_succeeded": returncode == 0,
         "client_workers_on_cuda": len(workers) == expected,
         "each_worker_has_CUDA_VISIBLE_DEVICES": bool(workers) and all(v != "unset" for v in workers.values()),
         "server_on_gpu_only_with_a_share": None if seen is None else (server in seen) == server_share,
@@ -125,8 +97,8 @@ def run_config(name: str, flags: dict, args) -> dict:
     }
     return {
         "flags": flags,
-        "wall_s": wall,
-        "returncode": proc.returncode,
+        "wall_s": run["wall_s"],
+        "returncode": returncode,
         "server_pid": server,
         "device_lines": {str(k): v for k, v in lines.items()},
         "expected_client_workers": expected,
@@ -149,12 +121,12 @@ def main(argv=None) -> int:
     payload = {"versions": versions(), "gpu": smi("gpu=name,memory.total"), "configs": {}}
     ok = True
     for name, flags in CONFIGS.items():
-        result = run_config(name, flags, args)
+        result = run_config(flags, args)
         payload["configs"][name] = result
         write_results(args.out, payload)
         ok &= all(v is not False for v in result["checks"].values())
         print(
-            f"gpu_check {name}: {result['wall_s']:.1f} s; MiB per process {result['gpu_mib_per_process']}; "
+            f"gpu_check {name}: {result['wall_s'] or 0:.1f} s; MiB per process {result['gpu_mib_per_process']}; "
             f"device used {result['used_mib_before']} -> peak {result['used_mib_peak']} -> "
             f"{result['used_mib_after']} MiB; checks {result['checks']}",
             flush=True,

@@ -2,12 +2,9 @@
 
     torchrun --standalone --nproc_per_node 2 bench/pfl_job.py --data-dir /tmp/cifar --clients 1000 ... (all flags)
 
-Needs pfl[pytorch]==0.6.0 and `<fedsweep checkout>/apps/cifar10` on PYTHONPATH
-(the model is fedsweep's `cifar10_app.task.Net`, weights `initial_model(seed)`).
-Each process trains its share of a round's cohort, pfl all-reduces the summed
-updates once. Rank 0 prints `PFL_ROUND <round> <seconds> <accuracy or ->` per
-round: seconds from the previous round's end (central evaluation included, as
-in fedsweep's `seconds`).
+Needs pfl[pytorch]==0.6.0 and the checkout's apps/cifar10 on PYTHONPATH (the model: `cifar10_app.task.Net`,
+weights `initial_model(seed)`). Each process trains its share of a round's cohort. Rank 0 prints `PFL_ROUND
+<round> <seconds since the previous round's end> <accuracy or ->` per round.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fault injection for tests and bench/bench_faults.py: the built-in app with client calls that fail on cue.
+"""Fault injection for test_faults.py and the slow test_fault_runs.py: the built-in app with calls that fail on cue.
 
 `faulty_app(folder)` writes an app folder that is the built-in CIFAR-10 app
 (same run config, same results) whose ClientApp, and whose central

@@ -1,10 +1,8 @@
 """A ClientApp that only keeps `state-size` float32 numbers in Context.state, and a ServerApp that runs it.
 
-Each train call reads the node's state (zeros the first time), changes it and
-stores it back, as a stateful client (SCAFFOLD's control variate, a personal
-head) would; it trains nothing and echoes the 10-number model, so the call's
-time is the engine's cost of carrying the state plus this read-modify-write,
-which the reply reports as `app_seconds`.
+Each train call reads the node's state (zeros the first time), changes it and stores it back, as a stateful client
+(SCAFFOLD's control variate, a personal head) would; it trains nothing and echoes the 10-number model, so the
+call's time is the engine's cost of carrying the state plus this read-modify-write (the reply's `app_seconds`).
 """
 
 from __future__ import annotations

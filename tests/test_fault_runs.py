@@ -1,9 +1,15 @@
 """Fault injection at seeded random points over many short runs: every faulty run must end as the fault-free one.
 
-    python bench/bench_faults.py [--seed 0] [--runs-per-kind 3] [--faults-per-run 7] [--hang-faults-per-run 2]
-                                 [--node-runs 2] [--kinds raise,die,hang,storage,driver,node]
-                                 [--out results/bench_faults.json]
-    python bench/bench_faults.py --quick      # a few faults per kind (CI-sized)
+A slow test (marker `slow`, deselected by default; it starts local Rays, a two-node cluster and `python -m
+fl_core` processes), in its quick form unless FAULT_RUNS=full:
+
+    python -m pytest -m slow tests/test_fault_runs.py -s                   # 1 run per kind, about 5 minutes
+    FAULT_RUNS=full python -m pytest -m slow tests/test_fault_runs.py -s   # bench/README's table, ~9 minutes
+
+FAULT_SEED (default 0) seeds the fault points, FAULT_KINDS (comma-separated) picks kinds, FAULT_RUNS_OUT names
+the results file (default: the test's temp folder). The full form: 3 runs of raise, die, hang, storage and
+driver, 7 faults per raise and die run, 2 per hang run, 2 node runs; the quick one: 1 run per kind, 3 raise
+and 3 die faults, 1 hang.
 
 Every run is the built-in CIFAR-10 app on synthetic data (8 nodes, 4 sampled per
 round for training and 4 for federated evaluation, 5 rounds) behind the fault
@@ -26,7 +32,7 @@ key. The fault points (round, node, phase, delay, kill moment) are drawn from
   `python -m fl_core --resume DIR`; the Ray processes it leaves are ended;
 * node: a two-node cluster started with `ray start` (head and second node, 1 CPU
   each, own ports and temp dirs, token authentication off; the helpers of
-  tests/test_ray_cluster.py), `python -m fl_core --address HEAD
+  tests/support/cluster.py), `python -m fl_core --address HEAD
   --num-client-cpus 1`, so that the pool has one worker on each node (checked
   with the state API); the second node's raylet is SIGKILLed 0-0.3 s after a
   random round (1..last-4) was printed. The run must go on with the head's
@@ -75,16 +81,16 @@ Columns of the table (one row per kind):
   file was left; node: no worker on the second node, no kill, or no line of
   the pool retiring the lost worker).
 
-The script exits with status 1 if any run is not identical or not completed,
-if rounds were lost, or if a check failed; never for timing.
-Results (every run's plan, outcome and timing) go to --out, written atomically
-after every kind. Run logs are kept in a temp folder, named at the end.
+The test fails if any run is not identical or not completed, if rounds were
+lost, or if a check failed; never for timing. Results (every run's plan,
+outcome and timing) are written after every kind; the table is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import random
@@ -98,12 +104,9 @@ import tempfile
 import threading
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, REPO)
-from provenance import versions, write_results  # noqa: E402  (bench/ is on sys.path)
+import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local Ray without token authentication (see tests/conftest.py)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KINDS = ("raise", "die", "hang", "storage", "driver", "node")
 NODES = 8
@@ -297,7 +300,7 @@ def storage_run(runner: InProcess, reference, index: int, rng: random.Random) ->
     def refusing_save(state, directory):
         if state.round == refused_round and not refused:
             refused.append(state.round)
-            raise OSError(28, "No space left on device (injected by bench_faults)")
+            raise OSError(28, "No space left on device (injected by test_fault_runs)")
         return real_save(state, directory)
 
     fl_core.callbacks.save_checkpoint = refusing_save
@@ -355,7 +358,7 @@ class CliRun:
     """`python -m fl_core ARGS` in a session of its own; its round lines are followed as they are printed."""
 
     def __init__(self, args: list[str], env: dict, log_path: str) -> None:
-        from tests.test_ray_cluster import _stat
+        from tests.support.cluster import _stat
 
         self.since = _stat(os.getpid())[3]
         self.log_path = log_path
@@ -418,7 +421,7 @@ class CliRun:
 
         Returns how many such processes were found still alive 5 s after it ended.
         """
-        from tests.test_ray_cluster import session_processes, terminate
+        from tests.support.cluster import session_processes, terminate
 
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -658,7 +661,7 @@ class TwoNodes:
     """A head and a second node started with `ray start` (1 CPU each); the second can be replaced by a fresh one."""
 
     def __init__(self) -> None:
-        from tests.test_ray_cluster import Head, extra_node, ray_env, started
+        from tests.support.cluster import Head, extra_node, ray_env, started
 
         self._extra_node = extra_node
         self.head = started(lambda: Head(num_cpus=1, env=ray_env()), "the head")
@@ -814,30 +817,21 @@ def node_kind(args, app_dir: str, work: str, results: dict, save) -> None:
 # ---------------------------------------------------------------------------
 
 
-def main() -> int:
-    """Inject the faults, print the table, write the results file; status 1 if a run differs or lost rounds."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0, help="seed of the fault points (the runs' own seed stays 0)")
-    ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
-    ap.add_argument("--runs-per-kind", type=int, default=3, help="runs of raise, die, hang, storage and driver")
-    ap.add_argument("--faults-per-run", type=int, default=7, help="faults per raise and die run")
-    ap.add_argument("--hang-faults-per-run", type=int, default=2, help="faults per hang run (each costs the timeout)")
-    ap.add_argument("--node-runs", type=int, default=2, help="runs of the node kind")
-    ap.add_argument(
-        "--client-timeout",
-        type=float,
-        default=10.0,
-        help="--client-timeout of hang runs (a fresh worker's first call can take seconds)",
+@pytest.mark.slow
+def test_faulty_runs_end_as_the_fault_free_ones(tmp_path):
+    """Inject the faults, print the table, write the results; fails if a run differs, stops or lost rounds."""
+    full = os.environ.get("FAULT_RUNS") == "full"
+    args = argparse.Namespace(
+        seed=int(os.environ.get("FAULT_SEED", "0")),
+        runs_per_kind=3 if full else 1,
+        faults_per_run=7 if full else 3,
+        hang_faults_per_run=2 if full else 1,
+        node_runs=2 if full else 1,
+        client_timeout=10.0,  # of hang runs: a fresh worker's first call can take seconds
+        out=os.environ.get("FAULT_RUNS_OUT") or str(tmp_path / "fault_runs.json"),
     )
-    ap.add_argument("--quick", action="store_true", help="CI-sized: 1 run per kind, 3 raise and 3 die faults, 1 hang")
-    ap.add_argument("--out", default=os.path.join("results", "bench_faults.json"))
-    args = ap.parse_args()
-    if args.quick:
-        args.runs_per_kind, args.faults_per_run, args.hang_faults_per_run, args.node_runs = 1, 3, 1, 1
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        ap.error(f"unknown kind(s) {', '.join(unknown)}; kinds: {', '.join(KINDS)}")
+    kinds = [k.strip() for k in os.environ.get("FAULT_KINDS", ",".join(KINDS)).split(",") if k.strip()]
+    assert set(kinds) <= set(KINDS), f"FAULT_KINDS: kinds are {', '.join(KINDS)}"
 
     import pandas as pd
 
@@ -847,8 +841,6 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-faults-")
     app_dir = faulty_app(os.path.join(work, "faulty_app"))
     results = {
-        "benchmark": "bench_faults",
-        "versions": versions(),
         "settings": vars(args),
         "run_config": RUN_CONFIG,
         "node_run_config": NODE_RUN_CONFIG,
@@ -859,8 +851,11 @@ def main() -> int:
     }
 
     def save():
+        """Write the results so far (atomically: a run cut short leaves the last whole file)."""
         results["wall_s"] = time.perf_counter() - t0
-        write_results(args.out, results)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        os.replace(args.out + ".tmp", args.out)
 
     in_process = [k for k in KINDS if k in kinds and k in ("raise", "die", "hang", "storage")]
     steps = []
@@ -908,14 +903,5 @@ def main() -> int:
         print(f"warning: {len(missed)} planned fault(s) never hit a call: {missed}")
     for error in errors:
         print(f"error: {error}")
-    print(
-        f"{'PASS' if not failed else 'FAIL'}: every run identical, none lost a round"
-        if not failed
-        else "FAIL: a run differed, did not complete, lost rounds, or a check failed (see the results file)"
-    )
     print(f"results written to {args.out}; logs in {work}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    assert not failed, "a run differed, did not complete, lost rounds, or a check failed (see the results file)"
