@@ -17,7 +17,8 @@ Every test here talks to real Ray processes, as a user would:
 Only processes started here are ever signalled (never `ray stop`, which stops
 every Ray on the machine): tests/support/cluster.py says how they are found.
 
-Takes about 3.5 minutes on 2 cores. Deselect with `-m "not cluster"`.
+Takes about 3.5 minutes on 2 cores. Deselect with `-m "not cluster and not slow"` (a `-m` replaces the
+default `not slow`).
 """
 
 from __future__ import annotations

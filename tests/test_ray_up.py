@@ -59,7 +59,7 @@ terminal login (Ray's `ssh -tt`), are left alone too: the sshd runs in a mount
 namespace where they are files of the test's (LoopbackSshd._own_login_records).
 
 Takes about 80 s on 2 cores: `ray up` 25-30 s, the job 35-45 s, `ray down` 10 s
-Deselect with `-m "not cluster"`.
+Deselect with `-m "not cluster and not slow"` (a `-m` replaces the default `not slow`).
 """
 
 from __future__ import annotations
