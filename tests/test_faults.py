@@ -15,6 +15,9 @@ from fl_core.failures import ClientAppError
 from tests.conftest import model_metrics, same_arrays, tiny_run
 from tests.faults import faulty_app, plan, sampled_points
 
+# The tests read the fault reports on stderr, where the command lines show the `fedsweep` logger.
+pytestmark = pytest.mark.usefixtures("fedsweep_log")
+
 ROUNDS = 3
 
 
