@@ -128,36 +128,6 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-def test_a_sweep_logs_one_mlflow_run_per_trial_to_a_server(mlflow_server, tmp_path):
-    code, output, leftovers = Run(
-        TINY
-        + [
-            "--grid",
-            "local-epochs=1,2",
-            "--storage-path",
-            str(tmp_path / "results"),
-            "--name",
-            "tracked",
-            "--mlflow",
-            mlflow_server,
-        ]
-    ).to_end()
-    assert code == 0, output[-3000:]
-    assert leftovers == []
-    client = MlflowClient(mlflow_server)
-    runs = run_of(client, "tracked")  # the sweep's name
-    trials = pd.read_csv(tmp_path / "results" / "tracked" / "trials.csv")
-    assert len(runs) == len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    for run in runs:
-        assert run.data.tags["fedsweep.sweep"] == "tracked"
-        assert run.data.params["local-epochs"] == run.data.params["run_config.local-epochs"]  # swept and whole config
-        assert run.data.params["engine.pool_size"] == "4"
-        assert [s for s, _ in steps(client, run.info.run_id, "central_accuracy")] == [1, 2]
-    assert sorted(float(r.data.metrics["central_accuracy"]) for r in runs) == sorted(
-        trials["final_central_accuracy"].tolist()
-    )
-
-
 # ---------------------------------------------------------------------------
 # W&B, offline
 
@@ -254,7 +224,9 @@ def test_a_run_without_a_wandb_api_key_logs_offline_into_its_folder(tmp_path):
     assert {"summary.json", "metrics.csv", "metrics.png"} <= set(run["files"])
 
 
-def test_a_sweep_without_a_wandb_api_key_logs_each_trial_offline(tmp_path):
+def test_a_sweep_logs_each_trial_to_mlflow_and_to_wandb_offline(mlflow_server, tmp_path):
+    """One sweep with both trackers (a sweep costs half a minute): an MLflow run per trial on a server, and,
+    without a W&B API key, a W&B run per trial written offline."""
     run = Run(
         TINY
         + [
@@ -263,7 +235,9 @@ def test_a_sweep_without_a_wandb_api_key_logs_each_trial_offline(tmp_path):
             "--storage-path",
             str(tmp_path / "results"),
             "--name",
-            "wb",
+            "tracked",
+            "--mlflow",
+            mlflow_server,
             "--wandb",
             "fedsweep-test",
         ]
@@ -272,12 +246,24 @@ def test_a_sweep_without_a_wandb_api_key_logs_each_trial_offline(tmp_path):
     code, output, leftovers = run.to_end()
     assert code == 0, output[-3000:]
     assert leftovers == []
-    assert "logging offline into" in output
-    runs = offline_runs(tmp_path / "results" / "wb")
-    trials = pd.read_csv(tmp_path / "results" / "wb" / "trials.csv")
-    assert len(runs) == len(trials) == 2
+    trials = pd.read_csv(tmp_path / "results" / "tracked" / "trials.csv")
+    final = sorted(trials["final_central_accuracy"].tolist())
+
+    client = MlflowClient(mlflow_server)
+    runs = run_of(client, "tracked")  # the sweep's name
+    assert len(runs) == len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for found in runs:
-        assert found["project"] == "fedsweep-test" and found["group"] == "wb"
+        assert found.data.tags["fedsweep.sweep"] == "tracked"
+        assert found.data.params["local-epochs"] == found.data.params["run_config.local-epochs"]  # swept and whole
+        assert found.data.params["engine.pool_size"] == "4"
+        assert [s for s, _ in steps(client, found.info.run_id, "central_accuracy")] == [1, 2]
+    assert sorted(float(r.data.metrics["central_accuracy"]) for r in runs) == final
+
+    assert "logging offline into" in output
+    offline = offline_runs(tmp_path / "results" / "tracked")
+    assert len(offline) == len(trials) == 2
+    for found in offline:
+        assert found["project"] == "fedsweep-test" and found["group"] == "tracked"
         assert found["config"]["local-epochs"] == found["config"]["run_config.local-epochs"]  # swept and whole
         assert sorted(found["history"]) == [1, 2] and "central_accuracy" in found["history"][2]
-    assert sorted(r["history"][2]["central_accuracy"] for r in runs) == sorted(trials["final_central_accuracy"])
+    assert sorted(r["history"][2]["central_accuracy"] for r in offline) == final
