@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from flwr.common.config import flatten_dict, get_project_config, parse_config_args
 from flwr.supercore.object_ref import load_app
 
+from fl_core.logs import one_line
 from fl_core.settings import ConfigError
 
 BUILTIN_APP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "cifar10")
@@ -138,7 +139,7 @@ def load_app_folder(directory: str | None) -> FlowerApp:
     except FileNotFoundError:
         raise ConfigError(f"--app {directory or folder} has no pyproject.toml: it is not a Flower app folder") from None
     except ValueError as exc:  # Flower's validation (one line per problem), or a TOML syntax error
-        text = " ".join(str(exc).split())
+        text = one_line(exc)
         if not text.startswith("Invalid pyproject.toml"):
             text = f"cannot read pyproject.toml ({text})"
         raise ConfigError(f"--app {directory or folder}: {text}") from None

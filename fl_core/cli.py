@@ -32,7 +32,7 @@ from fl_core.checkpoint import (
 )
 from fl_core.failures import ClientAppError, NodeLostError
 from fl_core.flower_engine import run_with_flower
-from fl_core.logs import LOGGER, show_on_stderr
+from fl_core.logs import LOGGER, one_line, show_on_stderr
 from fl_core.plots import MetricsPlotter, write_partition_files
 from fl_core.runner import prepare_shared, run_app
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources, setting_type
@@ -283,7 +283,7 @@ def _draw_partitions(loading, app: FlowerApp, run_config: dict, num_partitions: 
     try:
         write_partition_files(app, run_config, num_partitions, out_dir)
     except ConfigError as exc:
-        LOGGER.warning(f"{' '.join(str(exc).split())}; no partitions.csv/.png")
+        LOGGER.warning(f"{one_line(exc)}; no partitions.csv/.png")
     except Exception as exc:  # a picture is a by-product: never worth the run
         LOGGER.warning(f"partitions.csv/.png not written ({type(exc).__name__}: {exc})")
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             run_with_flower(app, run_config, settings, verbose=args.get("verbose", False))
             return 0
     except ConfigError as exc:
-        LOGGER.error(" ".join(str(exc).split()))
+        LOGGER.error(one_line(exc))
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             if owns_ray:
                 ray.shutdown()
-            LOGGER.error(" ".join(str(exc).split()))
+            LOGGER.error(one_line(exc))
             return 2
         where = f"resuming after round {resume.round}" if resume else "starting"
         print(f"{where}: app {app.name} with {settings.pool_size} nodes; checkpoints, metrics and plots in {out_dir}")
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                     tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
                 raise
         except ConfigError as exc:  # e.g. a cluster joined with --address that cannot fit one client
-            LOGGER.error(" ".join(str(exc).split()))
+            LOGGER.error(one_line(exc))
             return 2
         except (ClientAppError, NodeLostError) as exc:  # the fault policy stopped the run: say where to go on
             LOGGER.error(f"run stopped: {exc}")

@@ -18,6 +18,11 @@ import sys
 LOGGER = logging.getLogger("fedsweep")
 
 
+def one_line(exc: BaseException | str) -> str:
+    """An error's text on one line (its line breaks and runs of spaces made single spaces), as bad input is reported."""
+    return " ".join(str(exc).split())
+
+
 class OneLine(logging.Formatter):
     """'<prog>: <level>: message' ('<prog>: message' at INFO), further lines (a traceback) indented under it."""
 

@@ -13,7 +13,7 @@ import os
 import sys
 
 from fl_core.apps import FlowerApp, bind_seed, fuse_run_config, load_app_folder
-from fl_core.logs import LOGGER, show_on_stderr
+from fl_core.logs import LOGGER, one_line, show_on_stderr
 from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, local_resources
 from fl_core.tracking import add_tracking_flags, open_experiment, wandb_mode
 from fl_sweep.report import write_report
@@ -336,8 +336,7 @@ def run_main(argv: list[str] | None) -> int:
 
 def fail(exc: Exception) -> int:
     """Print the one-line error and return the bad-input exit status."""
-    message = " ".join(str(exc).split())
-    LOGGER.error(message)
+    LOGGER.error(one_line(exc))
     return 2
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+from fl_core.logs import LOGGER, one_line
 from fl_sweep.spec import SweepSpec, trials
 
 FOLDER = "partitions"
@@ -73,7 +74,7 @@ def write_partitions(spec: SweepSpec, shared_values: list, experiment: str) -> s
 def draw_partitions(spec: SweepSpec, shared_values: list, experiment: str) -> str | None:
     """write_partitions once per sweep (a resumed sweep draws what its first run did not); a line to print, if any.
 
-    Pictures are never worth a sweep: a broken hook or storage gives a warning line.
+    Pictures are never worth a sweep: a broken hook or storage gives a logged warning instead.
     """
     from fl_sweep.storage import exists
 
@@ -82,4 +83,5 @@ def draw_partitions(spec: SweepSpec, shared_values: list, experiment: str) -> st
     try:
         return write_partitions(spec, shared_values, experiment)
     except Exception as exc:
-        return f"warning: no partition plots ({' '.join(str(exc).split())})"
+        LOGGER.warning(f"no partition plots ({one_line(exc)})")
+        return None

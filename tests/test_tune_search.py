@@ -189,6 +189,22 @@ def test_partition_files_per_distinct_data_set(tmp_path):
     assert not (tmp_path / "ranged").exists()
 
 
+def test_partition_plots_that_fail_are_a_warning_and_the_sweep_goes_on(monkeypatch, capsys, tmp_path):
+    """Pictures are never worth a sweep: a hook or storage that fails gives one warning on stderr, nothing to print."""
+    from fl_sweep import partitions
+    from fl_sweep.cli import PROG
+
+    def broken(*args):
+        raise OSError("no space left\n on device")
+
+    monkeypatch.setattr(partitions, "write_partitions", broken)
+    show_on_stderr(PROG)  # as tune_search's main does
+    spec = spec_of(["--set", "dataset=synthetic", "--set", "pool-size=4"])
+    assert partitions.draw_partitions(spec, [], str(tmp_path / "sweep")) is None
+    captured = capsys.readouterr()
+    assert captured.err == "tune_search: warning: no partition plots (no space left on device)\n" and not captured.out
+
+
 def test_grid_points_that_make_the_same_runs_are_named(capsys, tmp_path):
     """With 20 clients, fraction-train 0.05 and 0.1 both sample the 2-client minimum: a warning before Ray starts
     (and in the report); 0.2 samples 4 and is not named. A pool of 100 tells them apart: no warning."""
