@@ -245,6 +245,18 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1500]
 
 
+def failed_run(exc: BaseException, log_path: str) -> dict:
+    """The record fields of a run that raised: not completed, not identical, its error and its log's tail."""
+    return {
+        "completed": False,
+        "identical": False,
+        "identical_weights": False,
+        "identical_metrics": False,
+        "error": error_text(exc),
+        "log_tail": tail(log_path),
+    }
+
+
 def client_fault_run(runner: InProcess, reference, kind: str, index: int, plan: list[dict], settings: dict) -> dict:
     """One raise/die/hang run: its plan, the faults that hit, retries and whether it ended as the reference."""
     outcome, wall, fault_dir, log_path = runner.run(f"{kind}{index}", plan, **settings)
@@ -261,15 +273,7 @@ def client_fault_run(runner: InProcess, reference, kind: str, index: int, plan: 
         "wall_s": wall,
     }
     if isinstance(outcome, Exception):
-        record.update(
-            completed=False,
-            rounds_lost=ROUNDS,
-            identical=False,
-            identical_weights=False,
-            identical_metrics=False,
-            error=error_text(outcome),
-            log_tail=tail(log_path),
-        )
+        record.update(failed_run(outcome, log_path), rounds_lost=ROUNDS)
         return record
     record.update(
         completed=len(outcome.history) == ROUNDS,
@@ -334,14 +338,7 @@ def storage_run(runner: InProcess, reference, index: int, rng: random.Random) ->
     resumed, wall2, _, log2 = runner.run(f"storage{index}-resume", callbacks=[CheckpointWriter(folder)], resume=saved)
     record["wall_s"] = wall1 + wall2
     if isinstance(resumed, Exception):
-        record.update(
-            completed=False,
-            identical=False,
-            identical_weights=False,
-            identical_metrics=False,
-            error=error_text(resumed),
-            log_tail=tail(log2),
-        )
+        record.update(failed_run(resumed, log2))
     else:
         record.update(
             completed=len(resumed.history) == ROUNDS, **compare(resumed.state.arrays, resumed.history, reference)
