@@ -35,7 +35,15 @@ from fl_core.flower_engine import run_with_flower
 from fl_core.logs import LOGGER, one_line, show_on_stderr
 from fl_core.plots import MetricsPlotter, write_partition_files
 from fl_core.runner import prepare_shared, run_app
-from fl_core.settings import SETTING_NAMES, ConfigError, RunSettings, check_can_create, local_resources, setting_type
+from fl_core.settings import (
+    RAY_SYSTEM_CONFIG,
+    SETTING_NAMES,
+    ConfigError,
+    RunSettings,
+    check_can_create,
+    local_resources,
+    setting_type,
+)
 from fl_core.tracking import MlflowLogger, WandbLogger, add_tracking_flags, open_experiment, run_params, wandb_mode
 
 # Ray (imported by the pool) is imported where a run starts: bad input and --help answer without it.
@@ -267,7 +275,12 @@ def _start_ray(address: str | None) -> None:
     import ray
 
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _system_config=RAY_SYSTEM_CONFIG,
+        )
     else:
         ray.init(address=address, logging_level=logging.WARNING)
 

@@ -128,6 +128,10 @@ CENTRAL_EVAL_PLACES = ("auto", "workers", "server")
 RESUME_FIXED_SETTINGS = ("pool_size", "seed")
 # Settings whose change on resume changes floating-point results (thread counts change reduction order).
 THREAD_SETTINGS = ("num_client_cpus", "server_cpus", "central_eval_on")
+# The Ray system config of a Ray that fedsweep starts (and of cluster.yaml's head): a result up to 1 MiB (a small
+# model's reply) goes back to the driver inside the reply message instead of through the raylet's object store,
+# a third of the time and CPU at 250 KB; from 1 MiB on the two cost the same (bench/README.md, "Replies inline").
+RAY_SYSTEM_CONFIG = {"max_direct_call_object_size": 1 << 20}
 
 
 def setting_type(name: str) -> tuple[type, bool]:

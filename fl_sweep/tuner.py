@@ -11,7 +11,7 @@ import time
 
 from fl_core.apps import ROUNDS_KEY
 from fl_core.metrics import is_model_metric
-from fl_core.settings import ConfigError
+from fl_core.settings import RAY_SYSTEM_CONFIG, ConfigError
 from fl_sweep.partitions import draw_partitions
 from fl_sweep.resources import check_fits
 from fl_sweep.spec import SweepSpec, combinations
@@ -124,7 +124,13 @@ def start_ray(args: argparse.Namespace, spec: SweepSpec, fresh: bool) -> None:
     level = logging.INFO if args.verbose else logging.WARNING
     if args.address is None:
         kwargs = {"_temp_dir": os.path.abspath(args.ray_temp_dir)} if args.ray_temp_dir else {}
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=level, **kwargs)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=level,
+            _system_config=RAY_SYSTEM_CONFIG,
+            **kwargs,
+        )
         return
     ray.init(address=args.address, logging_level=level)
     if fresh:

@@ -27,6 +27,7 @@ dict) -> None`). If a Ray upgrade moves them, this test must follow.
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
+
+from fl_core.settings import RAY_SYSTEM_CONFIG
 
 try:
     import tomllib
@@ -318,6 +321,15 @@ def test_dashboard_is_not_public(name):
     # Ray's AWS defaults would bind the dashboard to 0.0.0.0.
     assert re.search(r"--dashboard-host[= ]127\.0\.0\.1\b", head_start), head_start
     assert "0.0.0.0" not in head_start
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_head_starts_with_fedsweeps_ray_system_config(name):
+    """A cluster's head carries the system config a local fedsweep run starts Ray with (it reaches every node)."""
+    head_start = " ".join(load_yaml(name)["head_start_ray_commands"])
+    found = re.search(r"--system-config='([^']*)'", head_start)
+    assert found, head_start
+    assert json.loads(found.group(1)) == RAY_SYSTEM_CONFIG
 
 
 def test_public_rule_detector_detects():
