@@ -5,8 +5,12 @@
 
 One client's local epoch (450 samples, batch 32, `cifar10_app.task.train`) and central evaluation of 10,000
 images (batch 500, `evaluate`), each in NCHW and channels_last layout; K clients trained at once with
-`torch.func.vmap` over stacked parameters, for each K in --vmap-clients. Random data; best of --repeats passes
-after a warm-up.
+`torch.func.vmap` over stacked parameters, for each K in --vmap-clients; and K clients trained at once as the
+built-in app's cohorts train them (`cifar10_app.cohort.train_cohort`: one grouped network), for each K in
+--cohort-clients, against the same K clients trained one after another with `task.train`, alternating. Random
+data; best of --repeats passes after a warm-up.
+
+    python bench/bench_kernels.py --client-samples 50 --batch-size 10 --vmap-clients   # pfl's cross-device shape
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-samples", type=int, default=10_000)
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument("--vmap-clients", type=int, nargs="*", default=[1, 5, 10], help="cohort sizes K to try with vmap")
+    p.add_argument(
+        "--cohort-clients", type=int, nargs="*", default=[1, 2, 4, 8, 16], help="cohort sizes K of train_cohort"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="kernels.json")
     return p.parse_args(argv)
@@ -140,6 +147,38 @@ def vmap_cohort(args: argparse.Namespace, device: torch.device, k: int) -> float
     return k * args.client_samples / best_seconds(epoch, device, args.repeats)
 
 
+def grouped_cohort(args: argparse.Namespace, device: torch.device, k: int) -> tuple[float, float]:
+    """Samples/s of k clients' epochs: (one after another with task.train, together with train_cohort)."""
+    from cifar10_app.cohort import train_cohort
+    from cifar10_app.task import place_model
+
+    torch.set_num_threads(args.train_threads)
+    state = {name: v.to(device) for name, v in initial_model(0).state_dict().items()}
+    data = [
+        (images(args.client_samples, device, "channels_last", 10 + i), labels(args.client_samples, device, 100 + i))
+        for i in range(k)
+    ]
+    options = dict(epochs=1, batch_size=args.batch_size, lr=0.01, momentum=0.9, weight_decay=0.0, augment="none")
+    model = place_model(initial_model(0), device)
+
+    def one_by_one() -> None:
+        """Each client from the same weights, in turn, as a worker runs a group without cohorts."""
+        for i, (x, y) in enumerate(data):
+            model.load_state_dict(state)
+            train(model, x, y, generator=torch.Generator().manual_seed(i), **options)
+
+    def together() -> None:
+        """All k clients in one grouped network."""
+        train_cohort([state] * k, data, [torch.Generator().manual_seed(i) for i in range(k)], **options)
+
+    samples = k * args.client_samples
+    alone, cohort = [], []
+    for _ in range(2):  # alternating, so that a slow spell of the machine hits both
+        alone.append(samples / best_seconds(one_by_one, device, args.repeats))
+        cohort.append(samples / best_seconds(together, device, args.repeats))
+    return max(alone), max(cohort)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print a table and write --out."""
     args = parse_args(argv)
@@ -151,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "client_epoch_samples_per_s": {},
         "central_eval_seconds": {},
         "vmap_samples_per_s": {},
+        "cohort_samples_per_s": {},
     }
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
@@ -172,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.vmap_clients:
         rate = result["vmap_samples_per_s"][str(k)] = vmap_cohort(args, device, k)
         print(f"  vmap K={k:<3}: {rate:8.0f} samples/s ({args.train_threads} thread(s))", flush=True)
+        save()
+    for k in args.cohort_clients:
+        alone, together = grouped_cohort(args, device, k)
+        result["cohort_samples_per_s"][str(k)] = {"one_by_one": alone, "train_cohort": together}
+        print(
+            f"  cohort K={k:<3}: one by one {alone:8.0f}, train_cohort {together:8.0f} samples/s "
+            f"({together / alone:.2f}x; {args.train_threads} thread(s))",
+            flush=True,
+        )
         save()
     print(f"results written to {args.out}")
     return 0

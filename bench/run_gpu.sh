@@ -55,6 +55,7 @@ status=${PIPESTATUS[0]}
 device=cuda
 [ "${1:-}" = "--device" ] && device=${2:-cuda} # the CPU smoke check passes --device cpu first
 timeout --kill-after=5 "$KERNELS_S" python3 bench/bench_kernels.py --device "$device" --vmap-clients 1 8 64 \
+    --cohort-clients 1 8 64 \
     --repeats 3 --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
 echo "run_gpu.sh: bench_engine.py exit status ${status}; total $(($(date +%s) - START)) s; results in $OUT"
 exit "$status"

@@ -12,6 +12,9 @@ In an app (these work under Flower's own engine too)::
     @fl_core.shared                                  # loaded once per run, read from Ray's object store
     def load_data(run_config, num_partitions): ...
 
+    @fl_core.cohort(app, "train")                    # several nodes' messages in one call (fedsweep only)
+    def train_cohort(messages, contexts): ...
+
 Library use (what `python -m fl_core` and each Tune trial do)::
 
     from fl_core import RunSettings, load_app_folder, fuse_run_config, run_app
@@ -20,7 +23,8 @@ Library use (what `python -m fl_core` and each Tune trial do)::
 
 Modules, one role each: settings (the engine's settings), apps (loading app
 folders and run configs), shared_data (the @shared decorator: data in the
-object store), seeding (randomness per round, node and phase), failures (failed
+object store), cohorts (an app's cohort functions: several nodes in one
+call), seeding (randomness per round, node and phase), failures (failed
 calls and their reports), pool (Ray workers hosting the ClientApp), grid (the
 Flower Grid over the pool, nodes' Contexts), strategies (Flower strategies by
 name, their state), metrics (the names of what a round reports, and its row),
@@ -46,6 +50,7 @@ from fl_core.apps import BUILTIN_APP_DIR, FlowerApp, fuse_run_config, load_app_f
 from fl_core.callbacks import Callback, RoundEnd, RunEnd
 from fl_core.central import ShardedEvaluation
 from fl_core.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from fl_core.cohorts import cohort
 from fl_core.loop import evaluate_all_nodes, start, wait_for_nodes
 from fl_core.runner import run_app
 from fl_core.settings import ConfigError, RunSettings
@@ -61,6 +66,7 @@ __all__ = [
     "RunSettings",
     "ServerState",
     "ShardedEvaluation",
+    "cohort",
     "evaluate_all_nodes",
     "fuse_run_config",
     "load_app_folder",

@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fl_core.apps import ROUNDS_KEY, fuse_run_config
-from fl_core.settings import RESUME_FIXED_SETTINGS, SETTING_NAMES, THREAD_SETTINGS, ConfigError, setting_type
+from fl_core.settings import RESUME_FIXED_SETTINGS, ROUNDING_SETTINGS, SETTING_NAMES, ConfigError, setting_type
 from fl_core.strategies import StrategyState
 
 CHECKPOINT_FILE = "fl_checkpoint.npz"
@@ -315,8 +315,8 @@ def check_resume(state: ServerState, app, run_config: dict, settings) -> list[st
         )
     return [
         f"{k} changed from {state.settings.get(k)} to {getattr(settings, k)}: the results from here on are not "
-        "bit-identical to an uninterrupted run (other thread counts sum in another order)"
-        for k in THREAD_SETTINGS
+        "bit-identical to an uninterrupted run (other thread counts or cohorts sum in another order)"
+        for k in ROUNDING_SETTINGS
         if k in state.settings and state.settings[k] != getattr(settings, k)
     ]
 

@@ -59,8 +59,11 @@ SETTING_HELP = {
     "bundle's CPUs, alone every local core (client workers idle meanwhile)",
     "server_gpus": "GPUs the server process may use (0: it sees none)",
     "max_parallel_clients": "cap on client workers (default: the clients a round uses, as the cluster allows)",
-    "nodes_per_call": "most messages of a phase one worker call carries (default: the phase's messages split "
-    "over the workers, one call each); results are the same for any value",
+    "nodes_per_call": "most messages (or cohorts, see --cohort-size) of a phase one worker call carries (default: "
+    "the phase's messages split over the workers, one call each); results are the same for any value",
+    "cohort_size": "most clients of a phase trained together by an app's cohort function (fl_core.cohorts; the "
+    "built-in app's train); cohorts follow message order, so results are the same for any number of workers, "
+    "but differ in the last digits from --cohort-size 1 (one ClientApp call per client)",
     "client_retries": "times a client call that raised, lost its worker or timed out is run again (same inputs, "
     "same result)",
     "client_timeout": "seconds one client call may take before its worker is restarted and the call counts as "

@@ -60,17 +60,18 @@ def raise_first_failure(results: list, what: Callable[[int], str]) -> list:
 class FailureReporter:
     """Hears of every failed attempt of a pool's calls: one warning each, with the traceback the first time.
 
-    `name(i)` says what call i is; `final` what happens when its retries are
-    spent (with {attempts}).
+    `name(i)` says what call i is; `final` (or `final(i)`) what happens when
+    its retries are spent (with {attempts}).
     """
 
-    def __init__(self, what: str, name: Callable[[int], str], retries: int, final: str) -> None:
+    def __init__(self, what: str, name: Callable[[int], str], retries: int, final: str | Callable[[int], str]) -> None:
         self.what, self.name, self.retries, self.final = what, name, retries, final
         self._shown: set[int] = set()  # calls whose traceback was printed
 
     def __call__(self, index: int, attempt: int, kind: str, worker: str, detail: str, retrying: bool) -> None:
         """Report one failed attempt of call `index` (the pool's report signature)."""
-        outcome = f"running it again ({attempt} of {self.retries})" if retrying else self.final.format(attempts=attempt)
+        final = self.final(index) if callable(self.final) else self.final
+        outcome = f"running it again ({attempt} of {self.retries})" if retrying else final.format(attempts=attempt)
         first = detail.strip().splitlines()[-1] if detail.strip() else kind
         line = f"{self.what} failed: {self.name(index)}: {kind} on {worker}: {first}; {outcome}"
         if kind == "raised" and index not in self._shown:  # the traceback once: retries would repeat it

@@ -7,7 +7,9 @@ grid keeps every node's `Context` (node config with `partition-id` and
 each message, so a node's state follows it to whichever worker runs it, and a
 checkpoint can hold it.
 
-A phase's messages go to the workers in groups, one Ray call per group (see
+A phase's messages are split into cohorts by their order alone (one message
+each, unless the app has a cohort function for their type: fl_core.cohorts),
+and the cohorts go to the workers in groups, one Ray call per group (see
 pool.py), balanced by each node's num-examples in its last reply of that
 message type, so that the phase does not wait on a worker that drew the large
 clients. Replies come back in the order the messages were sent, so
@@ -18,8 +20,10 @@ it timed out) with the same inputs; every failed attempt is reported on stderr
 (node, round, what happened, on which worker; the traceback the first time). A
 call whose retries are spent aborts the run (ClientAppError), or, with
 `on_client_failure="drop"`, becomes an error reply, as Flower's engine makes
-one: Flower's strategies aggregate the other replies. A phase of a round whose
-share of replies falls below `min_reply_share` fails the run.
+one: Flower's strategies aggregate the other replies (a cohort is first run
+again node by node, so that only the node that fails alone is dropped). A
+phase of a round whose share of replies falls below `min_reply_share` fails
+the run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fl_core.cohorts import cohort_function, split
 from fl_core.failures import CallFailure, ClientAppError, FailureReporter
 from fl_core.seeding import derive_seed, message_phase
 
@@ -70,9 +75,17 @@ class RayGrid(Grid):
         node_states: dict[int, RecordDict] | None = None,
         on_client_failure: str = "abort",
         min_reply_share: float = 0.5,
+        client_app=None,
+        cohort_size: int = 1,
     ) -> None:
-        """Nodes NODE_ID_OFFSET .. +num_nodes-1; `node_states` restores states a checkpoint held."""
+        """Nodes NODE_ID_OFFSET .. +num_nodes-1; `node_states` restores states a checkpoint held.
+
+        `client_app` is the app's ClientApp as imported here, whose cohort
+        functions (fl_core.cohorts) say which phases go in cohorts of up to
+        `cohort_size` messages.
+        """
         self.pool = pool
+        self.client_app, self.cohort_size = client_app, cohort_size
         self.seed = seed
         self.on_client_failure = on_client_failure
         self.min_reply_share = min_reply_share
@@ -169,24 +182,42 @@ class RayGrid(Grid):
             self.seed, server_round, message.metadata.dst_node_id, message_phase(message.metadata.message_type)
         )
 
+    def cohorts_of(self, messages: list[Message]) -> list[list[int]]:
+        """The phase's messages (their indices) in cohorts: fl_core.cohorts.split by message order alone.
+
+        Cohorts of one unless --cohort-size is above 1, every message is of
+        one type and the app has a cohort function for it.
+        """
+        types = {m.metadata.message_type for m in messages}
+        grouped = self.cohort_size > 1 and len(types) == 1 and cohort_function(self.client_app, *types) is not None
+        return split(len(messages), self.cohort_size if grouped else 1)
+
     def _execute(self, message_ids: list[str]) -> None:
         """Run the pushed messages on the pool; store replies and node states, applying the failure policy."""
         messages = [self._pushed.pop(i) for i in message_ids]
-        items = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
-
-        final = (
-            "dropped from the round after {attempts} attempt(s) (--on-client-failure drop)"
-            if self.on_client_failure == "drop"
-            else "the run stops after {attempts} attempt(s) (--on-client-failure abort)"
-        )
-        report = FailureReporter("client", lambda i: describe(messages[i]), self.pool.retries, final)
-        results = self.pool.run(items, report, sizes=[self._sizes.get(_work_key(m)) for m in messages])
+        calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
+        groups = self.cohorts_of(messages)
+        results = self._run_cohorts(messages, calls, groups)
+        if self.on_client_failure == "drop":
+            # A cohort that failed for good is run again node by node: only the node that fails alone is dropped.
+            failed = [
+                i for g, result in zip(groups, results) if isinstance(result, CallFailure) and len(g) > 1 for i in g
+            ]
+            if failed:
+                alone = self._run_cohorts(messages, calls, [[i] for i in failed])
+                results += alone
+                groups += [[i] for i in failed]
+        outcomes: dict[int, object] = {}
+        for group, result in zip(groups, results):
+            if isinstance(result, CallFailure) and self.on_client_failure != "drop":
+                raise result.error(f"the ClientApp of {describe_nodes([messages[i] for i in group])}")
+            for position, i in enumerate(group):
+                outcomes[i] = result if isinstance(result, CallFailure) else result[position]
         ok = 0
-        for message, result in zip(messages, results):
+        for i, message in enumerate(messages):
+            result = outcomes[i]
             node_id = message.metadata.dst_node_id
             if isinstance(result, CallFailure):
-                if self.on_client_failure != "drop":
-                    raise result.error(f"the ClientApp of {describe(message)}")
                 reply = Message(
                     Error(code=DROPPED_CODES[result.kind], reason=f"{result.kind}: {result.detail}"), reply_to=message
                 )
@@ -204,6 +235,33 @@ class RayGrid(Grid):
                 f"fewer than --min-reply-share {self.min_reply_share:g} of them: the run stops"
             )
 
+    def _run_cohorts(self, messages: list[Message], calls: list[tuple], groups: list[list[int]]) -> list:
+        """The pool's result for each cohort (indices into `calls`): its [(reply, state), ...] or a CallFailure."""
+        if self.on_client_failure != "drop":
+            final = "the run stops after {attempts} attempt(s) (--on-client-failure abort)"
+        else:
+            final = {
+                False: "dropped from the round after {attempts} attempt(s) (--on-client-failure drop)",
+                True: "its nodes run again one by one after {attempts} attempt(s)",
+            }
+        report = FailureReporter(
+            "client",
+            lambda c: describe_nodes([messages[i] for i in groups[c]]),
+            self.pool.retries,
+            final if isinstance(final, str) else lambda c: final[len(groups[c]) > 1],
+        )
+        sizes = [self._sizes.get(_work_key(m)) for m in messages]
+        known = [size for size in sizes if size is not None]
+        mean = sum(known) / len(known) if known else None
+        # A cohort's expected work: its nodes' sizes, an unknown one counted as the known mean; None if none is known.
+        work = [
+            None if all(sizes[i] is None for i in g) else sum(mean if sizes[i] is None else sizes[i] for i in g)
+            for g in groups
+        ]
+        return self.pool.run(
+            [[calls[i] for i in g] for g in groups], report, sizes=work, spans=[len(g) for g in groups]
+        )
+
 
 def num_examples(reply: Message) -> float | None:
     """The `num-examples` of a reply's first MetricRecord (Flower's weighting key), if it has one."""
@@ -219,6 +277,17 @@ def _work_key(message: Message) -> tuple[int, str]:
     """What a call's size is remembered by: its node and message type (a node trains and validates on different
     splits)."""
     return message.metadata.dst_node_id, message.metadata.message_type
+
+
+def describe_nodes(messages: list[Message]) -> str:
+    """`describe` of one message; of several (a cohort): 'nodes N1, N2 (partition-ids P1, P2), round R (train)'."""
+    if len(messages) == 1:
+        return describe(messages[0])
+    nodes = [m.metadata.dst_node_id for m in messages]
+    return (
+        f"nodes {', '.join(map(str, nodes))} (partition-ids {', '.join(str(n - NODE_ID_OFFSET) for n in nodes)}), "
+        f"{describe(messages[0], node=False)}"
+    )
 
 
 def describe(message: Message, node: bool = True) -> str:

@@ -1,12 +1,13 @@
 """Client work on Ray: long-lived worker actors, each hosting the app's `ClientApp`.
 
-A worker runs any node's messages. It is sent a group of them, one Ray call
-per group, each as (message, that node's Context, seed), runs them one after
-another and streams back each reply with the node's updated Context state as
-soon as it has it (a Ray streaming generator). What the messages of a group
-share crosses once per call instead of once per message; the group is also the
-unit a worker could one day train at once (many clients on one GPU). Nodes are
-not tied to workers, so a node's state lives with the driver (see grid.py).
+A worker runs any node's messages. It is sent a group of cohorts, one Ray call
+per group, each cohort a list of (message, that node's Context, seed), runs
+the cohorts one after another (a cohort of one is one ClientApp call, a larger
+one goes to the app's cohort function: fl_core.cohorts) and streams back each
+cohort's replies with the nodes' updated Context states as soon as it has them
+(a Ray streaming generator). What the messages of a group share crosses once
+per call instead of once per message. Nodes are not tied to workers, so a
+node's state lives with the driver (see grid.py).
 
 The pool is sized to what the run owns. Inside a Ray Tune trial that is the
 trial's placement group: bundle 0 is the trainable's own, every further bundle
@@ -14,14 +15,15 @@ holds one worker. Alone, it is the cluster's resources divided by one client's,
 capped by the clients a round sends work to (read from the run config, see
 settings.clients_per_round) and --max-parallel-clients.
 
-Faults: a node's call whose ClientApp raises, whose worker process dies or that
-runs past --client-timeout is run again alone (on any worker, with the same
-message, Context and seed, so its result is the same), up to --client-retries
-times; the call's failure is then handed to the grid, which applies the run's
-policy. When a worker dies or is killed mid-group, the group's nodes it had not
-answered go to other calls, uncounted. A dead worker is restarted by Ray
-(max_restarts) in the same place (a hung one is killed first), so the pool
-keeps its size within the run's own resources. A worker whose node left the
+Faults: a cohort whose call raises, whose worker process dies or that runs
+past --client-timeout (per node it holds) is run again alone (on any worker,
+with the same messages, Contexts and seeds, so its results are the same), up to
+--client-retries times; the call's failure is then handed to the grid, which
+applies the run's policy. When a worker dies or is killed mid-group, the
+group's cohorts it had not answered go to other calls, uncounted. A dead
+worker is restarted by Ray (max_restarts) in the same place (a hung one is
+killed first), so the pool keeps its size within the run's own resources. A
+worker whose node left the
 cluster (Ray declares a node dead some seconds after it stops answering) or
 that is not back within RESTART_TIMEOUT_S is retired: the run goes on with the
 other workers, its results unchanged. The run stops with NodeLostError when no
@@ -43,7 +45,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from fl_core import shared_data
+from fl_core import cohorts, shared_data
 from fl_core.failures import CallFailure, NodeLostError, Raised, outcome
 from fl_core.logs import LOGGER
 from fl_core.seeding import seeded_call
@@ -82,16 +84,18 @@ class ClientAppWorker:
         return ("cuda" if ray.get_gpu_ids() else "cpu"), where, context.get_node_id()
 
     def handle(self, items: list):
-        """Yield (reply, state) of each (message, Context, seed) in turn, or Raised if its ClientApp raised.
+        """Yield [(reply, state), ...] of each cohort of (message, Context, seed) in turn, or Raised if it raised.
 
-        The messages of a group share their content (a strategy sends every node
-        the same RecordDict, and it crosses to the worker once); each call gets
-        its own copy, as if it had been sent alone, so a ClientApp that changes
-        what it was sent changes nothing for the next node.
+        A cohort of one is one ClientApp call; a larger one goes to the app's
+        cohort function, if it has one (fl_core.cohorts). The messages of a
+        group share their content (a strategy sends every node the same
+        RecordDict, and it crosses to the worker once); each message gets its
+        own copy, as if it had been sent alone, so an app that changes what it
+        was sent changes nothing for the next node.
         """
-        for item in items:
-            message, context, seed = pickle.loads(pickle.dumps(item, protocol=5))
-            yield outcome(lambda: (seeded_call(seed, self.client_app, message, context), context.state))
+        for cohort in items:
+            calls = [pickle.loads(pickle.dumps(call, protocol=5)) for call in cohort]
+            yield outcome(cohorts.handle, self.client_app, calls)
 
     def apply(self, function, *args):
         """Yield `function(*common, arg)` for each (arg, seed) of the group, or Raised if it raised.
@@ -239,7 +243,14 @@ class WorkerPool:
         return self.size - len(self.retired)
 
     def run(
-        self, items: list, report=None, *, method: str = "handle", common: tuple = (), sizes: list | None = None
+        self,
+        items: list,
+        report=None,
+        *,
+        method: str = "handle",
+        common: tuple = (),
+        sizes: list | None = None,
+        spans: list[int] | None = None,
     ) -> list:
         """Results of `worker.<method>(*common, group)` for every item, in the order of `items`.
 
@@ -252,7 +263,8 @@ class WorkerPool:
         failed and the group's unfinished items go to other calls. An item that
         fails 1 + `self.retries` times yields a CallFailure instead.
         `report(index, attempt, kind, worker, detail, retrying)` hears of every
-        failed attempt.
+        failed attempt. `spans` says how many nodes each item holds (a cohort):
+        its time limit is --client-timeout times that.
         """
         self.wait_ready()
         common = tuple(ray.put(value) for value in common)  # crosses to the workers once, not once per group
@@ -291,7 +303,9 @@ class WorkerPool:
                 call = getattr(self.workers[worker], method).options(num_returns="streaming")
                 stream = call.remote(*common, [items[i] for i in group])
                 running[stream] = [worker, group, 0, time.monotonic()]
-            done, _ = ray.wait(list(running) + list(self._restarting), num_returns=1, timeout=self._wait_s(running))
+            done, _ = ray.wait(
+                list(running) + list(self._restarting), num_returns=1, timeout=self._wait_s(running, spans)
+            )
             for ready in done:
                 if ready in self._restarting:
                     back = self._back(ready)
@@ -321,19 +335,27 @@ class WorkerPool:
                     results[group[position]] = result
             now = time.monotonic()
             if self.timeout is not None:
-                for stream, (worker, _, _, progress) in list(running.items()):
-                    if now - progress > self.timeout:
+                for stream, (worker, group, position, progress) in list(running.items()):
+                    limit = self._limit_s(spans, group, position)
+                    if now - progress > limit:
                         self._restart(worker, kill=True)
-                        stopped(stream, "timed out", f"no reply within --client-timeout {self.timeout:g} s")
+                        stopped(stream, "timed out", f"no reply within {limit:g} s (--client-timeout {self.timeout:g})")
             self._check_restarting(now)
         return results
 
-    def _wait_s(self, running: dict) -> float | None:
+    def _limit_s(self, spans: list[int] | None, group: list[int], position: int) -> float:
+        """The time limit of the item a running group is at: --client-timeout for each node it holds."""
+        nodes = spans[group[position]] if spans is not None and position < len(group) else 1
+        return self.timeout * nodes
+
+    def _wait_s(self, running: dict, spans: list[int] | None = None) -> float | None:
         """How long `run` may block for the next result: until the earliest timeout or node check is due."""
         limits = []
         if self.timeout is not None and running:
-            first = min(progress for _, _, _, progress in running.values())
-            limits.append(max(0.0, first + self.timeout - time.monotonic()))
+            due = min(
+                progress + self._limit_s(spans, group, position) for _, group, position, progress in running.values()
+            )
+            limits.append(max(0.0, due - time.monotonic()))
         if self._restarting:
             limits.append(NODE_POLL_S)
         return min(limits) if limits else None

@@ -234,6 +234,8 @@ def run_app(
             node_states=resume.node_states if resume is not None else None,
             on_client_failure=settings.on_client_failure,
             min_reply_share=settings.min_reply_share,
+            client_app=app.load("client"),
+            cohort_size=settings.cohort_size,
         )
         run = RunInProgress(app, settings, run_config, grid, callbacks, resume)
         server_app = app.load("server")

@@ -29,7 +29,8 @@ class RunSettings:
     server_cpus: int | None = None  # torch threads of the server process; None: what it owns (see runner)
     server_gpus: float = 0.0  # 0: the server process sees no GPU (Ray did not reserve one for it)
     max_parallel_clients: int | None = None  # cap on client workers
-    nodes_per_call: int | None = None  # most messages one worker call carries; None: a phase's split over the workers
+    nodes_per_call: int | None = None  # most messages (cohorts) one worker call carries; None: split over the workers
+    cohort_size: int = 8  # most messages of a phase one cohort function call takes (fl_core.cohorts); 1: none
     # Faults (see pool.py and grid.py): none of these changes a result, but for dropping a client.
     client_retries: int = 2  # attempts after the first of a call that raised, lost its worker or timed out
     client_timeout: float | None = None  # seconds one ClientApp call may take; None: no limit
@@ -87,6 +88,7 @@ class RunSettings:
             self.nodes_per_call is None or self.nodes_per_call >= 1,
             f"--nodes-per-call must be at least 1, got {self.nodes_per_call}",
         )
+        need(self.cohort_size >= 1, f"--cohort-size must be at least 1, got {self.cohort_size}")
         need(self.client_retries >= 0, f"--client-retries must be 0 or more, got {self.client_retries}")
         need(
             self.client_timeout is None or (self.client_timeout > 0 and math.isfinite(self.client_timeout)),
@@ -126,8 +128,8 @@ FAILURE_POLICIES = ("abort", "drop")
 CENTRAL_EVAL_PLACES = ("auto", "workers", "server")
 # Settings that decide the data and the sampling: a checkpoint resumes only under the same values.
 RESUME_FIXED_SETTINGS = ("pool_size", "seed")
-# Settings whose change on resume changes floating-point results (thread counts change reduction order).
-THREAD_SETTINGS = ("num_client_cpus", "server_cpus", "central_eval_on")
+# Settings whose change on resume changes floating-point results (thread counts and cohorts change reduction order).
+ROUNDING_SETTINGS = ("num_client_cpus", "server_cpus", "central_eval_on", "cohort_size")
 # The Ray system config of a Ray that fedsweep starts (and of cluster.yaml's head): a result up to 1 MiB (a small
 # model's reply) goes back to the driver inside the reply message instead of through the raylet's object store,
 # a third of the time and CPU at 250 KB; from 1 MiB on the two cost the same (bench/README.md, "Replies inline").

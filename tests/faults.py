@@ -1,7 +1,8 @@
 """Fault injection for test_faults.py and the slow test_fault_runs.py: the built-in app with calls that fail on cue.
 
 `faulty_app(folder)` writes an app folder that is the built-in CIFAR-10 app
-(same run config, same results) whose ClientApp, and whose central
+(same run config, same results) whose ClientApp, its cohort function (a fault
+of any node of a cohort strikes the cohort's call), and whose central
 evaluation's shard function, first read two extra run-config keys:
 
 * `fault-plan`: JSON, a list of faults `{"kind", "round", "node", "phase",
@@ -35,7 +36,9 @@ import signal
 import threading
 import time
 
+import fl_core
 from cifar10_app.client_app import app as inner
+from cifar10_app.client_app import train_cohort_fn
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
@@ -82,6 +85,19 @@ def _run(message, context, phase):
 @app.train()
 def train(message, context):
     return _run(message, context, "train")
+
+
+@fl_core.cohort(app, "train")
+def train_cohort(messages, contexts):
+    """The built-in cohort training; the fault due for any of its nodes strikes the whole cohort's call."""
+    run_config = contexts[0].run_config
+    server_round = int(messages[0].content.config_records["config"]["server-round"])
+    work = lambda: train_cohort_fn(messages, contexts)
+    for context in contexts:
+        node = int(context.node_config["partition-id"])
+        work = (lambda inner_work, node: lambda: faulty(inner_work, run_config, server_round, node, "train"))(
+            work, node)
+    return work()
 
 
 @app.evaluate()

@@ -37,18 +37,36 @@ def faulty_run(app_dir, fault_dir, faults=(), callbacks=(), resume=None, **setti
 
 @pytest.fixture(scope="module")
 def fault_free(ray_local, app_dir, tmp_path_factory):
-    """The run every faulty run must equal."""
+    """The run every faulty run must equal (a round's two training clients in one cohort)."""
     return faulty_run(app_dir, tmp_path_factory.mktemp("no_faults"))
+
+
+@pytest.fixture(scope="module")
+def fault_free_alone(ray_local, app_dir, tmp_path_factory):
+    """The same with one ClientApp call per client (--cohort-size 1)."""
+    return faulty_run(app_dir, tmp_path_factory.mktemp("no_faults_alone"), cohort_size=1)
+
+
+def trained(server_round: int) -> list[int]:
+    """The nodes (partition-ids) the run trains in `server_round`, in message order."""
+    app, run_config, engine = tiny_run()
+    return [
+        node
+        for r, phase, node in sampled_points(engine.seed, run_config, engine.pool_size, ROUNDS)
+        if (r, phase) == (server_round, "train")
+    ]
 
 
 def sampled(server_round: int) -> int:
     """A node (partition-id) the run trains in `server_round`: fault it and it is sure to be hit."""
-    app, run_config, engine = tiny_run()
-    return next(
-        node
-        for r, phase, node in sampled_points(engine.seed, run_config, engine.pool_size, ROUNDS)
-        if (r, phase) == (server_round, "train")
-    )
+    return trained(server_round)[0]
+
+
+def named(nodes: list[int]) -> str:
+    """How reports name the call of these nodes (partition-ids): one node, or a cohort."""
+    if len(nodes) == 1:
+        return f"node {1000 + nodes[0]} (partition-id {nodes[0]})"
+    return f"nodes {', '.join(str(1000 + n) for n in nodes)} (partition-ids {', '.join(map(str, nodes))})"
 
 
 def assert_same(run, reference):
@@ -60,27 +78,33 @@ def assert_same(run, reference):
 @pytest.mark.parametrize(
     "kind, settings",
     [
+        # A round's two training clients are one cohort: the cohort is retried whole.
         ("raise", {}),
         ("die", {}),
-        ("hang", {"client_timeout": 10}),  # a first call (imports, data) may take seconds
-        # One worker: both clients of a round in one call, the faulty one retried alone, the other kept or rerun.
-        ("raise", {"max_parallel_clients": 1}),
-        ("die", {"max_parallel_clients": 1}),
-        ("hang", {"client_timeout": 10, "max_parallel_clients": 1}),
+        ("hang", {"client_timeout": 5}),  # 5 s a node, 10 for the cohort: a first call (imports, data) takes seconds
+        # One worker, one ClientApp call per client: both clients of a round in one Ray call, the faulty one
+        # retried alone, the other kept or rerun.
+        ("raise", {"max_parallel_clients": 1, "cohort_size": 1}),
+        ("die", {"max_parallel_clients": 1, "cohort_size": 1}),
+        ("hang", {"client_timeout": 10, "max_parallel_clients": 1, "cohort_size": 1}),
     ],
 )
-def test_one_fault_is_retried_and_changes_nothing(kind, settings, app_dir, fault_free, tmp_path, capsys):
+def test_one_fault_is_retried_and_changes_nothing(
+    kind, settings, app_dir, fault_free, fault_free_alone, tmp_path, capsys
+):
     node = sampled(2)
     end = faulty_run(app_dir, tmp_path, [{"kind": kind, "round": 2, "node": node}], **settings)
-    assert_same(end, fault_free)
+    assert_same(end, fault_free_alone if settings.get("cohort_size") == 1 else fault_free)
     assert [row["retries"] for row in end.history] == [0, 1, 0]
     assert all(row["train_dropped"] == 0 for row in end.history)
     err = capsys.readouterr().err
     what = {"raise": "raised", "die": "worker died", "hang": "timed out"}[kind]
-    assert f"client failed: node {1000 + node} (partition-id {node}), round 2 (train): {what} on worker" in err, err
+    call = named([node] if settings.get("cohort_size") == 1 else trained(2))
+    assert f"client failed: {call}, round 2 (train): {what} on worker" in err, err
     assert "running it again (1 of 2)" in err
     if kind == "raise":
-        assert "RuntimeError: injected fault: round 2" in err and "in _run" in err  # and its traceback
+        caller = "in _run" if settings.get("cohort_size") == 1 else "in train_cohort"
+        assert "RuntimeError: injected fault: round 2" in err and caller in err  # and its traceback
 
 
 def test_faults_in_evaluation_and_several_at_once(app_dir, fault_free, tmp_path):
@@ -99,10 +123,8 @@ def test_spent_retries_abort_with_node_round_and_traceback(app_dir, fault_free, 
     with pytest.raises(ClientAppError) as error:
         faulty_run(app_dir, tmp_path, [{"kind": "raise", "round": 2, "node": node, "times": 5}], client_retries=1)
     text = str(error.value)
-    assert (
-        f"the ClientApp of node {1000 + node} (partition-id {node}), round 2 (train) failed 2 time(s) (raised" in text
-    )
-    assert "RuntimeError: injected fault" in text and "in _run" in text
+    assert f"the ClientApp of {named(trained(2))}, round 2 (train) failed 2 time(s) (raised" in text
+    assert "RuntimeError: injected fault" in text and "in train_cohort" in text
     assert "the run stops after 2 attempt(s) (--on-client-failure abort)" in capsys.readouterr().err
 
 
@@ -133,7 +155,11 @@ def test_a_central_evaluation_shard_whose_retries_are_spent_stops_the_run(app_di
         )
 
 
-def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_free, tmp_path):
+@pytest.mark.parametrize("cohort_size", [8, 1])
+def test_drop_leaves_the_client_out_of_that_round_and_says_so(
+    cohort_size, app_dir, fault_free, fault_free_alone, tmp_path, capsys
+):
+    """In a cohort, the cohort that failed for good is run again node by node: only the failing node is dropped."""
     node = sampled(2)
     end = faulty_run(
         app_dir,
@@ -141,11 +167,19 @@ def test_drop_leaves_the_client_out_of_that_round_and_says_so(app_dir, fault_fre
         [{"kind": "raise", "round": 2, "node": node, "times": 9}],
         on_client_failure="drop",
         client_retries=0,
+        cohort_size=cohort_size,
     )
+    reference = fault_free if cohort_size > 1 else fault_free_alone
     assert [row["train_dropped"] for row in end.history] == [0, 1, 0]
     assert [row["train_clients"] for row in end.history] == [2, 1, 2]
-    assert model_metrics(end.history)[0] == model_metrics(fault_free.history)[0]  # round 1 untouched
-    assert model_metrics(end.history)[1] != model_metrics(fault_free.history)[1]  # one client fewer
+    assert model_metrics(end.history)[0] == model_metrics(reference.history)[0]  # round 1 untouched
+    assert model_metrics(end.history)[1] != model_metrics(reference.history)[1]  # one client fewer
+    err = capsys.readouterr().err
+    if cohort_size > 1:
+        assert f"client failed: {named(trained(2))}, round 2 (train): raised on worker" in err, err
+        assert "its nodes run again one by one after 1 attempt(s)" in err, err
+    assert f"client failed: {named([node])}, round 2 (train): raised on worker" in err, err
+    assert "dropped from the round after 1 attempt(s)" in err, err
 
 
 def test_too_few_replies_fail_the_round(app_dir, fault_free, tmp_path):

@@ -70,17 +70,20 @@ class SizesPool:
     def wait_ready(self):
         return ["cpu"]
 
-    def run(self, items, report=None, *, sizes=None):
+    def run(self, items, report=None, *, sizes=None, spans=None):
         self.seen.append(sizes)
         return [
-            (
-                Message(
-                    RecordDict({"metrics": MetricRecord({"num-examples": self.sizes[m.metadata.dst_node_id]})}),
-                    reply_to=m,
-                ),
-                context.state,
-            )
-            for m, context, _ in items
+            [
+                (
+                    Message(
+                        RecordDict({"metrics": MetricRecord({"num-examples": self.sizes[m.metadata.dst_node_id]})}),
+                        reply_to=m,
+                    ),
+                    context.state,
+                )
+                for m, context, _ in cohort
+            ]
+            for cohort in items
         ]
 
 
@@ -123,11 +126,11 @@ def test_each_call_of_a_group_gets_its_own_copy_of_the_shared_content(message_id
             )
         )
     worker = types.SimpleNamespace(client_app=client_app)
-    out = list(ClientAppWorker.handle(worker, items))
+    out = list(ClientAppWorker.handle(worker, [[item] for item in items]))  # cohorts of one: one call each
     assert seen == [0.1, 0.1, 0.1]
     assert content["config"]["lr"] == 0.1
     assert isinstance(out[1], Raised) and "ValueError: node 1 fails" in out[1].detail
-    assert [state["calls"]["n"] for _, state in (out[0], out[2])] == [1, 1]  # the rest of the group still ran
+    assert [state["calls"]["n"] for [(_, state)] in (out[0], out[2])] == [1, 1]  # the rest of the group still ran
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,18 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
+import fl_core
+from cifar10_app.cohort import train_cohort
 from cifar10_app.data import load_data
 from cifar10_app.scaffold import DELTA_KEY, client_controls, correction, parameter_arrays, store_control
 from cifar10_app.task import client_seed, evaluate, local_steps, pick_device, to_tensor, train, working_model
 
+CLIENT_DP_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
+
 
 def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
     """Flower's client-side clipping mod when the run config asks for client-side DP, else nothing."""
-    mods = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
-    mod = mods.get(context.run_config["dp"])
+    mod = CLIENT_DP_MODS.get(context.run_config["dp"])
     return call_next(msg, context) if mod is None else mod(msg, context, call_next)
 
 
@@ -73,6 +76,61 @@ def train_fn(msg: Message, context: Context) -> Message:
         steps = local_steps(len(y), epochs, run_config["batch-size"])
         content[DELTA_KEY] = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, lr)
     return Message(content, reply_to=msg)
+
+
+@fl_core.cohort(app, "train")
+def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Message] | None:
+    """`train_fn` for several nodes at once (fedsweep's cohorts): one grouped network trains them all.
+
+    None (each node through `train_fn`) under client-side DP, whose clipping
+    mod wraps one message at a time, and when the nodes were sent different
+    training settings.
+    """
+    run_config = contexts[0].run_config
+    configs = [msg.content["config"] for msg in msgs]
+    settings = {(float(c["lr"]), int(c["local-epochs"]), float(c.get("proximal-mu", 0.0))) for c in configs}
+    if run_config["dp"] in CLIENT_DP_MODS or len(settings) > 1:
+        return None
+    ((lr, epochs, proximal_mu),) = settings
+    device = pick_device()
+    # In the model's dtypes, as load_state_dict casts them (a strategy such as FedAdam sends float64 arrays).
+    dtypes = {k: v.dtype for k, v in working_model(str(device)).state_dict().items()}
+    states = [
+        {k: v.to(device, dtypes[k]) for k, v in msg.content["arrays"].to_torch_state_dict().items()} for msg in msgs
+    ]
+    data = [_partition(context, "train", device) for context in contexts]
+    seeds = [
+        client_seed(run_config["seed"], c["server-round"], x.node_config["partition-id"])
+        for c, x in zip(configs, contexts)
+    ]
+    scaffold = run_config["strategy"] == "scaffold"
+    if scaffold:
+        x_globals = [{k: v.cpu().numpy() for k, v in state.items()} for state in states]
+        controls = [client_controls(msg, context, x) for msg, context, x in zip(msgs, contexts, x_globals)]
+    finals, losses = train_cohort(
+        states,
+        data,
+        [torch.Generator().manual_seed(seed) for seed in seeds],
+        epochs=epochs,
+        batch_size=run_config["batch-size"],
+        lr=lr,
+        momentum=run_config["momentum"],
+        weight_decay=run_config["weight-decay"],
+        augment=run_config["augment"],
+        proximal_mu=proximal_mu,
+        corrections=[correction(c, c_i, device) for c, c_i in controls] if scaffold else None,
+    )
+    replies = []
+    for k, (msg, context) in enumerate(zip(msgs, contexts)):
+        num_examples = len(data[k][1])
+        metrics = MetricRecord({"train_loss": losses[k], "num-examples": num_examples})
+        content = RecordDict({"arrays": ArrayRecord(finals[k]), "metrics": metrics})
+        if scaffold:
+            steps = local_steps(num_examples, epochs, run_config["batch-size"])
+            y = {name: t.detach().cpu().numpy() for name, t in finals[k].items()}
+            content[DELTA_KEY] = store_control(context, *controls[k], x_globals[k], y, steps, lr)
+        replies.append(Message(content, reply_to=msg))
+    return replies
 
 
 @app.evaluate()

@@ -45,8 +45,12 @@ def from_record(record: ArrayRecord | None) -> Controls:
 
 
 def parameter_arrays(model: nn.Module) -> Controls:
-    """The model's trainable parameters as float32 numpy arrays (C order, whatever the memory format on device)."""
-    return {n: np.ascontiguousarray(p.detach().cpu().numpy()) for n, p in model.named_parameters()}
+    """Copies of the model's trainable parameters as float32 numpy arrays (C order, whatever the memory format).
+
+    Copies: on the CPU `.numpy()` shares the parameter's memory, and the
+    global model x must not follow the local steps taken after it is read.
+    """
+    return {n: np.array(p.detach().cpu().numpy(), dtype=np.float32, order="C") for n, p in model.named_parameters()}
 
 
 # ---------------------------------------------------------------------------
