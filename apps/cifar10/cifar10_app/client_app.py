@@ -32,6 +32,20 @@ def _partition(context: Context, split: str, device: torch.device) -> tuple[torc
     return to_tensor(images, device), torch.from_numpy(labels).to(device)
 
 
+def _sgd_options(run_config, config) -> dict:
+    """The settings of local SGD that `task.train` and `cohort.train_cohort` take, from the run config and the
+    message's config (which carries lr and epochs, and FedProx's configure_train the proximal mu)."""
+    return {
+        "epochs": int(config["local-epochs"]),
+        "batch_size": run_config["batch-size"],
+        "lr": float(config["lr"]),
+        "momentum": run_config["momentum"],
+        "weight_decay": run_config["weight-decay"],
+        "augment": run_config["augment"],
+        "proximal_mu": float(config.get("proximal-mu", 0.0)),
+    }
+
+
 def _received_model(msg: Message, device: torch.device):
     """This process's model, holding the weights the server sent."""
     model = working_model(str(device))
@@ -51,7 +65,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     model = _received_model(msg, device)
     x, y = _partition(context, "train", device)
     seed = client_seed(run_config["seed"], config["server-round"], context.node_config["partition-id"])
-    lr, epochs = float(config["lr"]), int(config["local-epochs"])
+    options = _sgd_options(run_config, config)
     scaffold = run_config["strategy"] == "scaffold"
     if scaffold:
         x_global = parameter_arrays(model)
@@ -60,21 +74,16 @@ def train_fn(msg: Message, context: Context) -> Message:
         model,
         x,
         y,
-        epochs=epochs,
-        batch_size=run_config["batch-size"],
-        lr=lr,
-        momentum=run_config["momentum"],
-        weight_decay=run_config["weight-decay"],
-        augment=run_config["augment"],
         generator=torch.Generator().manual_seed(seed),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx's configure_train sends it
         correction=correction(c, c_i, device) if scaffold else None,
+        **options,
     )
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(y)})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     if scaffold:
-        steps = local_steps(len(y), epochs, run_config["batch-size"])
-        content[DELTA_KEY] = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, lr)
+        steps = local_steps(len(y), options["epochs"], options["batch_size"])
+        delta = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, options["lr"])
+        content[DELTA_KEY] = delta
     return Message(content, reply_to=msg)
 
 
@@ -88,10 +97,9 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
     """
     run_config = contexts[0].run_config
     configs = [msg.content["config"] for msg in msgs]
-    settings = {(float(c["lr"]), int(c["local-epochs"]), float(c.get("proximal-mu", 0.0))) for c in configs}
-    if run_config["dp"] in CLIENT_DP_MODS or len(settings) > 1:
+    options = _sgd_options(run_config, configs[0])
+    if run_config["dp"] in CLIENT_DP_MODS or any(_sgd_options(run_config, c) != options for c in configs):
         return None
-    ((lr, epochs, proximal_mu),) = settings
     device = pick_device()
     # In the model's dtypes, as load_state_dict casts them (a strategy such as FedAdam sends float64 arrays).
     dtypes = {k: v.dtype for k, v in working_model(str(device)).state_dict().items()}
@@ -111,14 +119,8 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
         states,
         data,
         [torch.Generator().manual_seed(seed) for seed in seeds],
-        epochs=epochs,
-        batch_size=run_config["batch-size"],
-        lr=lr,
-        momentum=run_config["momentum"],
-        weight_decay=run_config["weight-decay"],
-        augment=run_config["augment"],
-        proximal_mu=proximal_mu,
         corrections=[correction(c, c_i, device) for c, c_i in controls] if scaffold else None,
+        **options,
     )
     replies = []
     for k, (msg, context) in enumerate(zip(msgs, contexts)):
@@ -126,9 +128,9 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
         metrics = MetricRecord({"train_loss": losses[k], "num-examples": num_examples})
         content = RecordDict({"arrays": ArrayRecord(finals[k]), "metrics": metrics})
         if scaffold:
-            steps = local_steps(num_examples, epochs, run_config["batch-size"])
+            steps = local_steps(num_examples, options["epochs"], options["batch_size"])
             y = {name: t.detach().cpu().numpy() for name, t in finals[k].items()}
-            content[DELTA_KEY] = store_control(context, *controls[k], x_globals[k], y, steps, lr)
+            content[DELTA_KEY] = store_control(context, *controls[k], x_globals[k], y, steps, options["lr"])
         replies.append(Message(content, reply_to=msg))
     return replies
 
