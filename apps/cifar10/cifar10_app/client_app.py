@@ -82,8 +82,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     if scaffold:
         steps = local_steps(len(y), options["epochs"], options["batch_size"])
-        delta = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, options["lr"])
-        content[DELTA_KEY] = delta
+        content[DELTA_KEY] = store_control(context, c, c_i, x_global, parameter_arrays(model), steps, options["lr"])
     return Message(content, reply_to=msg)
 
 
