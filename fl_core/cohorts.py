@@ -17,7 +17,17 @@ It gets the messages of a cohort and their nodes' Contexts and returns one
 reply per message, in order (each what `train` would reply, up to rounding),
 having updated each Context's state as `train` would; or None to have the
 ClientApp handle them one by one (say, for a run config it does not cover).
-Under Flower's own engine it is never called.
+The messages may share their content (every node sent the same RecordDict
+arrives as one object): read it, never change it. Under Flower's own engine
+it is never called.
+
+Where the strategy's aggregate is a weighted mean of the replies (Flower's
+FedAvg family: fl_core.strategies.mean_weighting_key), the worker also folds a
+cohort's replies into one (`combine`): their weighted mean, weighted by their
+`num-examples`, which that sum carries. The strategy's mean of the cohorts'
+means is the mean of the nodes' replies; only the order of the sums changes
+(the last digits). Fewer, smaller replies cross to the server, which then
+aggregates one reply per cohort instead of one per node.
 
 fedsweep splits a phase's messages into cohorts by their order alone (`split`:
 near-equal runs of at most --cohort-size), never by worker, so a run's numbers
@@ -28,8 +38,12 @@ with the same inputs (see grid.py for what happens when its retries are spent).
 
 from __future__ import annotations
 
+import pickle
 import weakref
 from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fl_core.seeding import seeded_call
 
@@ -52,31 +66,126 @@ def cohort_function(client_app, message_type: str) -> Callable | None:
 
 
 def split(count: int, size: int) -> list[list[int]]:
-    """Indices 0..count-1 in ceil(count / size) consecutive cohorts of near-equal length (the first ones longer)."""
+    """Indices 0..count-1 in consecutive cohorts of near-equal length (the first ones longer), at most `size` each.
+
+    There are ceil(count / size) of them rounded up to a power of two (at
+    most `count`), so that they share out evenly over 2, 4, 8... workers: 50
+    messages in cohorts of up to 8 make 8 cohorts of 6 or 7, 25 clients for
+    each of two workers, where 7 cohorts would leave one worker 28 of them.
+    """
     if count == 0:
         return []
     cohorts = -(-count // max(size, 1))
+    cohorts = min(count, 1 << (cohorts - 1).bit_length())
     length, longer = divmod(count, cohorts)
     starts = [c * length + min(c, longer) for c in range(cohorts + 1)]
     return [list(range(starts[c], starts[c + 1])) for c in range(cohorts)]
 
 
-def handle(client_app, calls: list[tuple]) -> list[tuple]:
+def handle(client_app, calls: list[tuple], weighting_key: str | None = None) -> list[tuple]:
     """(reply, Context state) of each (message, Context, seed) of a cohort: by its cohort function, or one by one.
 
+    With a `weighting_key`, a cohort's replies are folded into the first
+    node's (`combine`) where they can be, and the others' replies are None.
+
     The cohort function runs with the global generators seeded by the first
-    call's seed; one by one, each call with its own seed.
+    call's seed and gets the messages as they came, sharing what they share
+    (the same content object, when a strategy sent every node the same), so
+    that it can convert that once. One by one, each call runs with its own
+    seed on its own copy of the message and Context, as if sent alone, so a
+    ClientApp that changes what it was sent changes nothing for the next node.
     """
     messages = [message for message, _, _ in calls]
     contexts = [context for _, context, _ in calls]
     function = cohort_function(client_app, messages[0].metadata.message_type) if len(calls) > 1 else None
     replies = None if function is None else seeded_call(calls[0][2], function, messages, contexts)
     if replies is None:
-        replies = [seeded_call(seed, client_app, message, context) for message, context, seed in calls]
+        copies = [pickle.loads(pickle.dumps(call, protocol=5)) for call in calls]
+        contexts = [context for _, context, _ in copies]
+        replies = [seeded_call(seed, client_app, message, context) for message, context, seed in copies]
     replies = list(replies)
     if len(replies) != len(messages):
         raise ValueError(
             f"the cohort function {function.__qualname__} returned {len(replies)} replies for {len(messages)} "
             "messages: it must return one per message, in order, or None"
         )
+    combined = combine(messages[0], replies, weighting_key) if weighting_key is not None and len(replies) > 1 else None
+    if combined is not None:
+        replies = [combined] + [None] * (len(replies) - 1)
     return [(reply, context.state) for reply, context in zip(replies, contexts)]
+
+
+def combine(message: Message, replies: list[Message], weighting_key: str) -> Message | None:
+    """The cohort's replies as one reply to `message` (its first): their weighted mean and their weights' sum.
+
+    Each reply must hold what Flower's FedAvg aggregates and nothing else: one
+    MetricRecord with a numeric `weighting_key`, and at most one ArrayRecord,
+    with the same record names, keys and list lengths in every reply. Arrays
+    are averaged in float64 and given back in their own float dtype (integer
+    arrays stay float64, as FedAvg's weighted sums make them); metrics,
+    numbers or lists, are averaged as FedAvg averages them. None when the
+    replies have another shape or an error, or weigh nothing: they then go to
+    the server one by one.
+    """
+    if any(reply.has_error() for reply in replies):
+        return None
+    first = replies[0].content
+    metric_keys, array_keys = list(first.metric_records), list(first.array_records)
+    if len(metric_keys) != 1 or len(array_keys) > 1 or len(first) != 1 + len(array_keys):
+        return None
+    [metrics_key] = metric_keys
+    shape = _shape(first, metrics_key, array_keys)
+    if shape is None or any(_shape(reply.content, metrics_key, array_keys) != shape for reply in replies[1:]):
+        return None
+    weights = [reply.content[metrics_key].get(weighting_key) for reply in replies]
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) or not sum(weights):
+        return None
+    content = RecordDict(
+        {metrics_key: _mean_metrics([r.content[metrics_key] for r in replies], weights, weighting_key)}
+    )
+    for key in array_keys:
+        content[key] = _mean_arrays([r.content[key] for r in replies], weights)
+    return Message(content, reply_to=message)
+
+
+def _shape(content: RecordDict, metrics_key: str, array_keys: list[str]) -> tuple | None:
+    """What must match for replies to be averaged: record names, metric names and list lengths, array names, shapes
+    and dtypes. None when the records are not of the kinds named."""
+    metrics = content.get(metrics_key)
+    if not isinstance(metrics, MetricRecord) or any(not isinstance(content.get(k), ArrayRecord) for k in array_keys):
+        return None
+    return (
+        sorted(content.keys()),
+        sorted((name, len(v) if isinstance(v, list) else -1) for name, v in metrics.items()),
+        [[(name, tuple(a.shape), a.dtype) for name, a in content[k].items()] for k in array_keys],
+    )
+
+
+def _mean_metrics(records: list, weights: list, weighting_key: str) -> MetricRecord:
+    """Each metric's weighted mean over the records (lists element by element); the weights' sum as `weighting_key`."""
+    total = sum(weights)
+    mean = MetricRecord()
+    for name in records[0].keys():
+        if name == weighting_key:
+            mean[name] = total
+        elif isinstance(records[0][name], list):
+            length = len(records[0][name])
+            mean[name] = [sum(w * r[name][i] for r, w in zip(records, weights)) / total for i in range(length)]
+        else:
+            mean[name] = sum(w * r[name] for r, w in zip(records, weights)) / total
+    return mean
+
+
+def _mean_arrays(records: list[ArrayRecord], weights: list) -> ArrayRecord:
+    """The weighted mean of each array over the records, in float64, then in the array's own float dtype."""
+    total = sum(weights)
+    mean = {}
+    for name in records[0].keys():
+        values = [record[name].numpy() for record in records]
+        acc = np.zeros(values[0].shape, np.float64)
+        for value, weight in zip(values, weights):
+            acc += weight * value.astype(np.float64, copy=False)
+        acc /= total
+        dtype = values[0].dtype
+        mean[name] = acc.astype(dtype) if np.issubdtype(dtype, np.floating) else acc
+    return ArrayRecord({name: Array(value) for name, value in mean.items()})

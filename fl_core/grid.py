@@ -13,7 +13,10 @@ and the cohorts go to the workers in groups, one Ray call per group (see
 pool.py), balanced by each node's num-examples in its last reply of that
 message type, so that the phase does not wait on a worker that drew the large
 clients. Replies come back in the order the messages were sent, so
-aggregation does not depend on which worker ran or finished first.
+aggregation does not depend on which worker ran or finished first. While the
+round loop says the strategy aggregates a weighted mean of the replies
+(`combining`), a cohort's replies come back as one, their mean, and
+`nodes_in` says how many nodes a reply stands for.
 
 Faults: the pool retries a failed call (the ClientApp raised, its worker died,
 it timed out) with the same inputs; every failed attempt is reported on stderr
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -108,6 +112,8 @@ class RayGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._sent = 0
         self._sizes: dict[tuple[int, str], float] = {}  # (node, message type) -> num-examples of its last reply
+        self.weighting_key: str | None = None  # set (by `combining`) while a strategy's phase may fold replies
+        self._stands_for: dict[str, int] = {}  # reply message id -> nodes whose replies it holds, where more than one
 
     # -- Grid API ---------------------------------------------------------------------------
 
@@ -164,6 +170,21 @@ class RayGrid(Grid):
 
     # -- fedsweep ---------------------------------------------------------------------------
 
+    @contextmanager
+    def combining(self, weighting_key: str | None):
+        """While in it, a cohort's replies come back as one (fl_core.cohorts.combine), weighted by `weighting_key`;
+        None changes nothing. For a strategy that aggregates a weighted mean of the replies only
+        (fl_core.strategies.mean_weighting_key): others, and fedsweep's own per-node evaluation, see every reply."""
+        self.weighting_key = weighting_key
+        try:
+            yield
+        finally:
+            self.weighting_key = None
+
+    def nodes_in(self, reply: Message) -> int:
+        """How many nodes' replies `reply` holds: 1, or a cohort's number for the replies `combining` folded."""
+        return self._stands_for.get(reply.metadata.message_id, 1)
+
     @property
     def failed_attempts(self) -> int:
         """Calls run again after a fault, over the run (rounds report their share)."""
@@ -195,6 +216,7 @@ class RayGrid(Grid):
     def _execute(self, message_ids: list[str]) -> None:
         """Run the pushed messages on the pool; store replies and node states, applying the failure policy."""
         messages = [self._pushed.pop(i) for i in message_ids]
+        self._stands_for = {}  # of the last phase's replies only
         calls = [(m, self.contexts[m.metadata.dst_node_id], self.call_seed(m)) for m in messages]
         groups = self.cohorts_of(messages)
         results = self._run_cohorts(messages, calls, groups)
@@ -208,11 +230,14 @@ class RayGrid(Grid):
                 results += alone
                 groups += [[i] for i in failed]
         outcomes: dict[int, object] = {}
+        folded: dict[int, list[int]] = {}  # message index -> the cohort whose replies its reply holds
         for group, result in zip(groups, results):
             if isinstance(result, CallFailure) and self.on_client_failure != "drop":
                 raise result.error(f"the ClientApp of {describe_nodes([messages[i] for i in group])}")
             for position, i in enumerate(group):
                 outcomes[i] = result if isinstance(result, CallFailure) else result[position]
+            if not isinstance(result, CallFailure) and len(group) > 1 and result[1][0] is None:
+                folded[group[0]] = group
         ok = 0
         for i, message in enumerate(messages):
             result = outcomes[i]
@@ -223,11 +248,17 @@ class RayGrid(Grid):
                 )
             else:
                 reply, self.contexts[node_id].state = result
-                ok += not reply.has_error()
+                if reply is None:  # folded into its cohort's first reply
+                    continue
+                nodes = folded.get(i, [i])
+                ok += 0 if reply.has_error() else len(nodes)
                 size = num_examples(reply)
-                if size is not None:
-                    self._sizes[_work_key(message)] = size
+                if size is not None:  # a folded cohort's, shared out evenly: only the balance of the calls uses it
+                    for j in nodes:
+                        self._sizes[_work_key(messages[j])] = size / len(nodes)
             reply.metadata.__dict__["_message_id"] = f"r{message.metadata.message_id}"
+            if i in folded:
+                self._stands_for[reply.metadata.message_id] = len(folded[i])
             self._replies[message.metadata.message_id] = reply
         if ok < self.min_reply_share * len(messages):
             raise ClientAppError(
@@ -259,7 +290,11 @@ class RayGrid(Grid):
             for g in groups
         ]
         return self.pool.run(
-            [[calls[i] for i in g] for g in groups], report, sizes=work, spans=[len(g) for g in groups]
+            [[calls[i] for i in g] for g in groups],
+            report,
+            common=(self.weighting_key,),
+            sizes=work,
+            spans=[len(g) for g in groups],
         )
 
 

@@ -39,7 +39,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fl_core import central, seeding
 from fl_core.checkpoint import CheckpointError, ServerState
 from fl_core.metrics import CENTRAL_ROUND, Phase, prefixed, round_row
-from fl_core.strategies import innermost, restore_strategy_state, strategy_state
+from fl_core.strategies import innermost, mean_weighting_key, restore_strategy_state, strategy_state
 
 
 def start(
@@ -195,24 +195,26 @@ def run_rounds(
         run.sampler.start_round(server_round)
         with run.seeded(server_round, seeding.TRAIN):
             messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=timeout)
+        with grid.combining(mean_weighting_key(strategy, "train")):
+            replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_TRAIN):
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         t1 = time.perf_counter()
-        train = Phase.of("train_", train_metrics, replies, weighting_key, t1 - t0)
+        train = Phase.of("train_", train_metrics, replies, weighting_key, t1 - t0, grid.nodes_in)
         if new_arrays is not None:
             arrays = result.arrays = new_arrays
         if train_metrics is not None:
             result.train_metrics_clientapp[server_round] = train_metrics
         with run.seeded(server_round, seeding.EVALUATE):
             messages = strategy.configure_evaluate(server_round, arrays, evaluate_config, grid)
-        replies = grid.send_and_receive(messages, timeout=timeout)
+        with grid.combining(mean_weighting_key(strategy, "evaluate")):
+            replies = grid.send_and_receive(messages, timeout=timeout)
         with run.seeded(server_round, seeding.AGGREGATE_EVALUATE):
             fed_metrics = strategy.aggregate_evaluate(server_round, replies)
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
         t2 = time.perf_counter()
-        fed = Phase.of("fed_", fed_metrics, replies, weighting_key, t2 - t1)
+        fed = Phase.of("fed_", fed_metrics, replies, weighting_key, t2 - t1, grid.nodes_in)
         if evaluate_fn is not None and central.is_due(server_round, num_rounds, run.settings.central_eval_every):
             scored = central.evaluate(run, evaluate_fn, server_round, arrays)
             if scored is not None:

@@ -72,8 +72,9 @@ def prefixed(prefix: str, record) -> dict:
     return out
 
 
-def reply_counts(replies: list, weighting_key: str) -> tuple[int, int | float]:
-    """(replies without error, sum of their `weighting_key` metric) of a phase's reply Messages."""
+def reply_counts(replies: list, weighting_key: str, nodes_in=None) -> tuple[int, int | float]:
+    """(nodes that replied without error, sum of their `weighting_key` metric) of a phase's reply Messages;
+    `nodes_in(reply)` says how many nodes' replies one holds (a cohort's, folded: RayGrid.nodes_in)."""
     valid = [r for r in replies if not r.has_error()]
     total = 0
     for reply in valid:
@@ -81,7 +82,7 @@ def reply_counts(replies: list, weighting_key: str) -> tuple[int, int | float]:
             value = record.get(weighting_key)
             total += value if isinstance(value, (int, float)) else 0
             break
-    return len(valid), total
+    return sum(nodes_in(r) if nodes_in else 1 for r in valid), total
 
 
 @dataclass
@@ -95,10 +96,10 @@ class Phase:
     seconds: float = 0.0
 
     @classmethod
-    def of(cls, prefix: str, record, replies: list, weighting_key: str, seconds: float) -> Phase:
-        """The phase whose aggregated metrics are `record` and whose replies are `replies`."""
-        clients, samples = reply_counts(replies, weighting_key)
-        return cls(prefixed(prefix, record), clients, len(replies) - clients, samples, seconds)
+    def of(cls, prefix: str, record, replies: list, weighting_key: str, seconds: float, nodes_in=None) -> Phase:
+        """The phase whose aggregated metrics are `record` and whose replies are `replies` (see reply_counts)."""
+        clients, samples = reply_counts(replies, weighting_key, nodes_in)
+        return cls(prefixed(prefix, record), clients, sum(r.has_error() for r in replies), samples, seconds)
 
 
 def round_row(

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import time
 from collections import deque
 
@@ -83,19 +82,17 @@ class ClientAppWorker:
         where = f"pid {os.getpid()} at {ray.util.get_node_ip_address()}"
         return ("cuda" if ray.get_gpu_ids() else "cpu"), where, context.get_node_id()
 
-    def handle(self, items: list):
+    def handle(self, weighting_key: str | None, items: list):
         """Yield [(reply, state), ...] of each cohort of (message, Context, seed) in turn, or Raised if it raised.
 
         A cohort of one is one ClientApp call; a larger one goes to the app's
-        cohort function, if it has one (fl_core.cohorts). The messages of a
-        group share their content (a strategy sends every node the same
-        RecordDict, and it crosses to the worker once); each message gets its
-        own copy, as if it had been sent alone, so an app that changes what it
-        was sent changes nothing for the next node.
+        cohort function, if it has one, and with a `weighting_key` its replies
+        are folded into one (fl_core.cohorts.handle). The messages of a group
+        share their content (a strategy sends every node the same RecordDict,
+        and it crosses to the worker once): see cohorts.handle for who gets a copy.
         """
         for cohort in items:
-            calls = [pickle.loads(pickle.dumps(call, protocol=5)) for call in cohort]
-            yield outcome(cohorts.handle, self.client_app, calls)
+            yield outcome(cohorts.handle, self.client_app, cohort, weighting_key)
 
     def apply(self, function, *args):
         """Yield `function(*common, arg)` for each (arg, seed) of the group, or Raised if it raised.

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_core.settings import ConfigError
 
@@ -107,6 +108,32 @@ def from_run_config(
             {"strategy": strategy, "num_sampled_clients": num_sampled_clients, **table(run_config, params)},
         )
     return strategy
+
+
+# Flower's strategies whose aggregate of a phase is FedAvg's weighted mean of the replies (FedAvgM and the FedOpt
+# family then step from that mean); robust ones (Krum, median, trimmed mean), QFedAvg and DP wrappers need each reply.
+WEIGHTED_MEAN_STRATEGIES = (
+    flower.FedAvg,
+    flower.FedProx,
+    flower.FedAvgM,
+    flower.FedAdam,
+    flower.FedYogi,
+    flower.FedAdagrad,
+)
+
+
+def mean_weighting_key(strategy, phase: str) -> str | None:
+    """The key `strategy` weighs replies by, when its aggregate of `phase` ("train" or "evaluate") is their weighted
+    mean and nothing else, so that a cohort's replies may reach it as their mean (fl_core.cohorts.combine); else None.
+
+    Only the exact classes of WEIGHTED_MEAN_STRATEGIES with Flower's default
+    metric aggregation: a subclass or a custom `*_metrics_aggr_fn` may look at
+    each reply.
+    """
+    if type(strategy) not in WEIGHTED_MEAN_STRATEGIES:
+        return None
+    aggregate = strategy.train_metrics_aggr_fn if phase == "train" else strategy.evaluate_metrics_aggr_fn
+    return strategy.weighted_by_key if aggregate is aggregate_metricrecords else None
 
 
 def innermost(strategy):

@@ -17,14 +17,18 @@ from cifar10_app.client_app import train_cohort_fn
 from cifar10_app.cohort import cohort_logits, train_cohort
 from cifar10_app.scaffold import client_controls, correction
 from cifar10_app.task import Net, initial_model, place_model, train
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, Krum
 
 from fl_core import cohort, run_app
 from fl_core.checkpoint import check_resume
-from fl_core.cohorts import cohort_function, handle, split
+from fl_core.cohorts import cohort_function, combine, handle, split
 from fl_core.failures import Raised
+from fl_core.grid import RayGrid
+from fl_core.metrics import reply_counts
 from fl_core.pool import ClientAppWorker
+from fl_core.strategies import mean_weighting_key
 from tests.conftest import checkpoint_state, model_metrics, same_arrays, tiny_run
 
 
@@ -39,7 +43,9 @@ def message_identity():
 
 def test_split_makes_near_equal_runs_of_at_most_size_by_order_alone():
     assert split(10, 8) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    assert [len(c) for c in split(50, 8)] == [8, 7, 7, 7, 7, 7, 7]
+    assert [len(c) for c in split(50, 8)] == [7, 7, 6, 6, 6, 6, 6, 6]  # 8 cohorts (a power of two), not 7
+    assert [len(c) for c in split(20, 8)] == [5, 5, 5, 5]
+    assert len(split(1000, 8)) == 128 and max(len(c) for c in split(1000, 8)) == 8
     assert split(3, 1) == [[0], [1], [2]]
     assert split(2, 8) == [[0, 1]]
     assert split(0, 8) == []
@@ -108,13 +114,40 @@ def test_a_cohort_function_may_decline_and_a_wrong_count_is_an_error():
         handle(short, _calls(2))
 
 
+def test_a_cohort_function_sees_the_shared_content_once_and_the_clientapp_its_own_copy():
+    """A strategy sends every node one RecordDict: the cohort function gets it as one object (to convert once);
+    when it declines, each ClientApp call gets its own copy, so an app that writes into it changes no other node."""
+    content = RecordDict({"config": ConfigRecord({"x": 1.0})})
+    calls = [(Message(content, 1000 + i, MessageType.TRAIN), c, s) for i, (_, c, s) in enumerate(_calls(3))]
+    shared = []
+
+    def declining(messages, contexts):
+        shared.append(len({id(m.content) for m in messages}))
+        return None
+
+    app = ClientApp()
+    cohort(app, "train")(declining)
+
+    @app.train()
+    def train_writes(message, context):
+        config = message.content["config"]
+        config["x"] = config["x"] + 1  # an app that changes what it received
+        context.state["alone"] = MetricRecord({"n": 1})
+        return _reply(message, config["x"])
+
+    out = handle(app, calls)
+    assert shared == [1]
+    assert [reply.content["metrics"]["v"] for reply, _ in out] == [2.0, 2.0, 2.0]
+    assert content["config"]["x"] == 1.0 and all("alone" in state for _, state in out)
+
+
 def test_a_worker_reports_a_cohort_that_raised_as_one_failure():
     def broken(messages, contexts):
         raise RuntimeError("cohort broke")
 
     worker = types.SimpleNamespace(client_app=_app_with_cohort(broken))
     calls = _calls(3)
-    out = list(ClientAppWorker.handle(worker, [calls[:2], calls[2:]]))
+    out = list(ClientAppWorker.handle(worker, None, [calls[:2], calls[2:]]))
     assert isinstance(out[0], Raised) and "RuntimeError: cohort broke" in out[0].detail
     assert [reply.content["metrics"]["v"] for reply, _ in out[1]] == [2.0]
 
@@ -276,6 +309,133 @@ def test_client_controls_and_correction_are_what_the_cohort_path_uses():
     assert set(correction(c, c_i, torch.device("cpu"))) == set(dict(Net().named_parameters()))
 
 
+# -- a cohort's replies folded into one (fl_core.cohorts.combine) -----------------------------------
+
+
+def _train_replies(messages: list[Message], weights: list) -> list[Message]:
+    """Replies to the messages as the built-in app's, with arrays, a metric list and these num-examples."""
+    rng = np.random.default_rng(0)
+    return [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(
+                        {
+                            "w": Array(rng.standard_normal((4, 3)).astype(np.float32)),
+                            "steps": Array(np.array([k + 1], np.int64)),
+                        }
+                    ),
+                    "metrics": MetricRecord({"train_loss": 2.0 - k, "per_class": [1.0 * k, 2.0], "num-examples": n}),
+                }
+            ),
+            reply_to=message,
+        )
+        for k, (n, message) in enumerate(zip(weights, messages))
+    ]
+
+
+def _fedavg(replies: list[Message]) -> tuple[dict, MetricRecord]:
+    """Flower's FedAvg aggregate of the replies: ({name: array}, metrics)."""
+    arrays, metrics = FedAvg().aggregate_train(1, replies)
+    return {name: array.numpy() for name, array in arrays.items()}, metrics
+
+
+def test_a_cohorts_combined_reply_aggregates_as_its_replies_do():
+    messages = [m for m, _, _ in _calls(4)]
+    replies = _train_replies(messages, [5, 1, 30, 4])
+    separate_arrays, separate_metrics = _fedavg(replies)
+    first = combine(messages[0], replies[:3], "num-examples")  # folded in part: with the last reply alone
+    assert first.content["metrics"]["num-examples"] == 36 and first.metadata.src_node_id == 1000
+    arrays, metrics = _fedavg([first, replies[3]])
+    for name, array in separate_arrays.items():
+        assert arrays[name].dtype == array.dtype  # float32 stays float32; FedAvg's sums make int64 float64
+        np.testing.assert_allclose(arrays[name], array, rtol=1e-6)
+    assert metrics["train_loss"] == pytest.approx(separate_metrics["train_loss"])
+    assert metrics["per_class"] == pytest.approx(separate_metrics["per_class"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["error", "config record", "metric keys", "array shape", "no weight", "zero weights"],
+)
+def test_replies_fedavg_would_not_average_alike_are_not_combined(change):
+    messages = [m for m, _, _ in _calls(2)]
+    replies = _train_replies(messages, [5, 1])
+    content = replies[1].content
+    if change == "error":
+        replies[1] = Message(Error(code=0, reason="failed"), reply_to=messages[1])
+    elif change == "config record":
+        content["config"] = ConfigRecord({"x": 1})
+    elif change == "metric keys":
+        content["metrics"]["extra"] = 1.0
+    elif change == "array shape":
+        content["arrays"]["w"] = Array(np.zeros((3, 4), np.float32))
+    elif change == "no weight":
+        del content["metrics"]["num-examples"]
+    else:
+        for reply in replies:
+            reply.content["metrics"]["num-examples"] = 0
+    assert combine(messages[0], replies, "num-examples") is None
+
+
+def test_only_a_weighted_mean_strategy_gets_combined_replies():
+    assert mean_weighting_key(FedAvg(), "train") == "num-examples"
+    assert mean_weighting_key(FedAdam(weighted_by_key="n"), "evaluate") == "n"
+    custom = FedAvg(train_metrics_aggr_fn=lambda records, key: MetricRecord())  # may look at every reply
+    assert mean_weighting_key(custom, "train") is None and mean_weighting_key(custom, "evaluate") == "num-examples"
+    assert mean_weighting_key(type("MyFedAvg", (FedAvg,), {})(), "train") is None  # a subclass may, too
+    assert mean_weighting_key(Krum(), "train") is None
+    dp = DifferentialPrivacyClientSideFixedClipping(
+        FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2
+    )
+    assert mean_weighting_key(dp, "train") is None
+
+
+class InProcessPool:
+    """A pool that runs each cohort here, as a worker would (fl_core.cohorts.handle)."""
+
+    retries = 0
+
+    def __init__(self, client_app):
+        self.client_app = client_app
+
+    def wait_ready(self):
+        return ["cpu"]
+
+    def run(self, items, report=None, *, common=(), sizes=None, spans=None):
+        return [handle(self.client_app, cohort, *common) for cohort in items]
+
+
+def test_the_grid_folds_a_cohorts_replies_only_while_combining(message_identity):
+    messages = [m for m, _, _ in _calls(4)]
+    replies = {m.metadata.dst_node_id: r for m, r in zip(messages, _train_replies(messages, [5, 1, 30, 4]))}
+
+    def together(messages, contexts):
+        for context in contexts:
+            context.state["trained"] = MetricRecord({"n": 1})
+        return [Message(replies[m.metadata.dst_node_id].content, reply_to=m) for m in messages]
+
+    app = _app_with_cohort(together)
+    grid = RayGrid(InProcessPool(app), num_nodes=4, run_config={}, seed=0, run_id=1, client_app=app, cohort_size=2)
+
+    def send():
+        return grid.send_and_receive([Message(RecordDict(), 1000 + p, MessageType.TRAIN) for p in range(4)])
+
+    each = send()
+    assert len(each) == 4 and [grid.nodes_in(r) for r in each] == [1, 1, 1, 1]
+    with grid.combining("num-examples"):
+        folded = send()
+    assert [r.metadata.src_node_id for r in folded] == [1000, 1002]  # replies from nodes 0 and 2, for their cohorts
+    assert [grid.nodes_in(r) for r in folded] == [2, 2] and reply_counts(folded, "num-examples", grid.nodes_in) == (
+        4,
+        40,
+    )
+    assert all("trained" in grid.contexts[1000 + p].state for p in range(4))
+    arrays, _ = _fedavg(folded)
+    np.testing.assert_allclose(arrays["w"], _fedavg(each)[0]["w"], rtol=1e-6)
+    assert grid.weighting_key is None and len(send()) == 4
+
+
 # -- runs -------------------------------------------------------------------------------------------
 
 
@@ -289,7 +449,8 @@ def cohort_run(**settings):
 
 @pytest.fixture(scope="module")
 def reference(ray_local):
-    """Cohorts of 2 or 1 (4 a round's 6 training nodes), each its own Ray call, 2 workers."""
+    """Cohorts of up to 4 (a round's 6 training nodes make two of 3), each its own Ray call, 2 workers; FedAvg, so
+    each cohort's replies reach the server folded into one."""
     return cohort_run(cohort_size=4, max_parallel_clients=2, nodes_per_call=1)
 
 
@@ -300,6 +461,7 @@ def reference(ray_local):
 )
 def test_a_runs_numbers_are_the_same_for_any_workers_with_cohorts(settings, reference):
     end = cohort_run(cohort_size=4, **settings)
+    assert [row["train_clients"] for row in end.history] == [6, 6, 6]  # nodes, not the folded replies
     assert model_metrics(end.history) == model_metrics(reference.history)
     assert same_arrays(end.state.arrays, reference.state.arrays)
 

@@ -70,7 +70,7 @@ class SizesPool:
     def wait_ready(self):
         return ["cpu"]
 
-    def run(self, items, report=None, *, sizes=None, spans=None):
+    def run(self, items, report=None, *, common=(), sizes=None, spans=None):
         self.seen.append(sizes)
         return [
             [
@@ -126,7 +126,7 @@ def test_each_call_of_a_group_gets_its_own_copy_of_the_shared_content(message_id
             )
         )
     worker = types.SimpleNamespace(client_app=client_app)
-    out = list(ClientAppWorker.handle(worker, [[item] for item in items]))  # cohorts of one: one call each
+    out = list(ClientAppWorker.handle(worker, None, [[item] for item in items]))  # cohorts of one: one call each
     assert seen == [0.1, 0.1, 0.1]
     assert content["config"]["lr"] == 0.1
     assert isinstance(out[1], Raised) and "ValueError: node 1 fails" in out[1].detail

@@ -102,9 +102,12 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
     device = pick_device()
     # In the model's dtypes, as load_state_dict casts them (a strategy such as FedAdam sends float64 arrays).
     dtypes = {k: v.dtype for k, v in working_model(str(device)).state_dict().items()}
-    states = [
-        {k: v.to(device, dtypes[k]) for k, v in msg.content["arrays"].to_torch_state_dict().items()} for msg in msgs
-    ]
+    received: dict[int, dict] = {}  # the nodes were sent one ArrayRecord (fl_core.cohorts): converted once, read only
+    for msg in msgs:
+        arrays = msg.content["arrays"]
+        if id(arrays) not in received:
+            received[id(arrays)] = {k: v.to(device, dtypes[k]) for k, v in arrays.to_torch_state_dict().items()}
+    states = [received[id(msg.content["arrays"])] for msg in msgs]
     data = [_partition(context, "train", device) for context in contexts]
     seeds = [
         client_seed(run_config["seed"], c["server-round"], x.node_config["partition-id"])
@@ -112,7 +115,8 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
     ]
     scaffold = run_config["strategy"] == "scaffold"
     if scaffold:
-        x_globals = [{k: v.cpu().numpy() for k, v in state.items()} for state in states]
+        x_globals = {key: {k: v.cpu().numpy() for k, v in state.items()} for key, state in received.items()}
+        x_globals = [x_globals[id(msg.content["arrays"])] for msg in msgs]
         controls = [client_controls(msg, context, x) for msg, context, x in zip(msgs, contexts, x_globals)]
     finals, losses = train_cohort(
         states,
