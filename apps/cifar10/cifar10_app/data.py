@@ -106,10 +106,14 @@ def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 SYNTHETIC_CHUNK = 1024  # images drawn at a time by make_synthetic (12 MB of float32)
+NOISE_WIDTH = np.float32(40.0 * 12**0.5)  # uniform noise on this width has a standard deviation of 40
 
 
 def make_synthetic(num_train: int, seed: int, labels_only: bool = False):
     """A learnable CIFAR-shaped set: each class is a smooth random template plus noise.
+
+    The noise is uniform with a standard deviation of 40 (a fifth of the
+    time of normal noise's draws, which took 7 of a 200,000-image set's 8 s).
 
     (train images, train labels, test images, test labels); the test set has
     num_train // 5 images (at least 10). Same (size, seed), same bytes. With
@@ -128,8 +132,9 @@ def make_synthetic(num_train: int, seed: int, labels_only: bool = False):
         # In chunks that stay in cache: the same draws in the same order as one call, twice as fast at 200,000 images.
         for start in range(0, n, SYNTHETIC_CHUNK):
             end = min(start + SYNTHETIC_CHUNK, n)
-            pixels = rng.standard_normal(size=(end - start, 3, 32, 32), dtype=np.float32)
-            pixels *= 40.0
+            pixels = rng.random(size=(end - start, 3, 32, 32), dtype=np.float32)
+            pixels -= 0.5
+            pixels *= NOISE_WIDTH
             pixels += templates[labels[start:end]]
             images[start:end] = np.clip(pixels, 0, 255, out=pixels)
         return images, labels.astype(np.int64)
