@@ -24,7 +24,7 @@ it is never called.
 Where the strategy's aggregate is a weighted mean of the replies (Flower's
 FedAvg family: fl_core.strategies.mean_weighting_key), the worker also folds a
 cohort's replies into one (`combine`): their weighted mean, weighted by their
-`num-examples`, which that sum carries. The strategy's mean of the cohorts'
+`num-examples`, which that sum carries, computed by Flower's own aggregation. The strategy's mean of the cohorts'
 means is the mean of the nodes' replies; only the order of the sums changes
 (the last digits). Fewer, smaller replies cross to the server, which then
 aggregates one reply per cohort instead of one per node.
@@ -42,8 +42,8 @@ import pickle
 import weakref
 from collections.abc import Callable
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from fl_core.seeding import seeded_call
 
@@ -116,16 +116,15 @@ def handle(client_app, calls: list[tuple], weighting_key: str | None = None) -> 
 
 
 def combine(message: Message, replies: list[Message], weighting_key: str) -> Message | None:
-    """The cohort's replies as one reply to `message` (its first): their weighted mean and their weights' sum.
+    """The cohort's replies as one reply to `message` (its first): Flower's weighted mean of their arrays and
+    metrics (what FedAvg computes of them), with the weights' sum as `weighting_key`.
 
-    Each reply must hold what Flower's FedAvg aggregates and nothing else: one
+    Each reply must hold what FedAvg aggregates and nothing else: one
     MetricRecord with a numeric `weighting_key`, and at most one ArrayRecord,
-    with the same record names, keys and list lengths in every reply. Arrays
-    are averaged in float64 and given back in their own float dtype (integer
-    arrays stay float64, as FedAvg's weighted sums make them); metrics,
-    numbers or lists, are averaged as FedAvg averages them. None when the
-    replies have another shape or an error, or weigh nothing: they then go to
-    the server one by one.
+    with the same record names, metric names and list lengths, and array
+    names, shapes and dtypes in every reply. None when the replies have
+    another shape or an error, or weigh nothing: they then go to the server
+    one by one.
     """
     if any(reply.has_error() for reply in replies):
         return None
@@ -140,11 +139,12 @@ def combine(message: Message, replies: list[Message], weighting_key: str) -> Mes
     weights = [reply.content[metrics_key].get(weighting_key) for reply in replies]
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) or not sum(weights):
         return None
-    content = RecordDict(
-        {metrics_key: _mean_metrics([r.content[metrics_key] for r in replies], weights, weighting_key)}
-    )
+    contents = [reply.content for reply in replies]
+    metrics = aggregate_metricrecords(contents, weighting_key)  # leaves the weighting key out
+    metrics[weighting_key] = sum(weights)
+    content = RecordDict({metrics_key: metrics})
     for key in array_keys:
-        content[key] = _mean_arrays([r.content[key] for r in replies], weights)
+        content[key] = aggregate_arrayrecords(contents, weighting_key)
     return Message(content, reply_to=message)
 
 
@@ -159,33 +159,3 @@ def _shape(content: RecordDict, metrics_key: str, array_keys: list[str]) -> tupl
         sorted((name, len(v) if isinstance(v, list) else -1) for name, v in metrics.items()),
         [[(name, tuple(a.shape), a.dtype) for name, a in content[k].items()] for k in array_keys],
     )
-
-
-def _mean_metrics(records: list, weights: list, weighting_key: str) -> MetricRecord:
-    """Each metric's weighted mean over the records (lists element by element); the weights' sum as `weighting_key`."""
-    total = sum(weights)
-    mean = MetricRecord()
-    for name in records[0].keys():
-        if name == weighting_key:
-            mean[name] = total
-        elif isinstance(records[0][name], list):
-            length = len(records[0][name])
-            mean[name] = [sum(w * r[name][i] for r, w in zip(records, weights)) / total for i in range(length)]
-        else:
-            mean[name] = sum(w * r[name] for r, w in zip(records, weights)) / total
-    return mean
-
-
-def _mean_arrays(records: list[ArrayRecord], weights: list) -> ArrayRecord:
-    """The weighted mean of each array over the records, in float64, then in the array's own float dtype."""
-    total = sum(weights)
-    mean = {}
-    for name in records[0].keys():
-        values = [record[name].numpy() for record in records]
-        acc = np.zeros(values[0].shape, np.float64)
-        for value, weight in zip(values, weights):
-            acc += weight * value.astype(np.float64, copy=False)
-        acc /= total
-        dtype = values[0].dtype
-        mean[name] = acc.astype(dtype) if np.issubdtype(dtype, np.floating) else acc
-    return ArrayRecord({name: Array(value) for name, value in mean.items()})
