@@ -23,10 +23,10 @@ it is never called.
 
 Where the strategy's aggregate is a weighted mean of the replies (Flower's
 FedAvg family: fl_core.strategies.mean_weighting_key), the worker also folds a
-cohort's replies into one (`combine`): their weighted mean, weighted by their
-`num-examples`, which that sum carries, computed by Flower's own aggregation. The strategy's mean of the cohorts'
-means is the mean of the nodes' replies; only the order of the sums changes
-(the last digits). Fewer, smaller replies cross to the server, which then
+cohort's replies into one (`combine`): their weighted mean by Flower's own
+aggregation, weighted by their `num-examples`, which that sum carries. The
+strategy's mean of the cohorts' means is the mean of the nodes' replies; only
+the order of the sums changes (the last digits). Fewer, smaller replies cross to the server, which then
 aggregates one reply per cohort instead of one per node.
 
 fedsweep splits a phase's messages into cohorts by their order alone (`split`:
@@ -143,8 +143,8 @@ def combine(message: Message, replies: list[Message], weighting_key: str) -> Mes
     metrics = aggregate_metricrecords(contents, weighting_key)  # leaves the weighting key out
     metrics[weighting_key] = sum(weights)
     content = RecordDict({metrics_key: metrics})
-    for key in array_keys:
-        content[key] = aggregate_arrayrecords(contents, weighting_key)
+    if array_keys:
+        content[array_keys[0]] = aggregate_arrayrecords(contents, weighting_key)
     return Message(content, reply_to=message)
 
 
