@@ -26,8 +26,9 @@ FedAvg family: fl_core.strategies.mean_weighting_key), the worker also folds a
 cohort's replies into one (`combine`): their weighted mean by Flower's own
 aggregation, weighted by their `num-examples`, which that sum carries. The
 strategy's mean of the cohorts' means is the mean of the nodes' replies; only
-the order of the sums changes (the last digits). Fewer, smaller replies cross to the server, which then
-aggregates one reply per cohort instead of one per node.
+the order of the sums changes (the last digits). Fewer, smaller replies cross
+to the server, which then aggregates one reply per cohort instead of one per
+node.
 
 fedsweep splits a phase's messages into cohorts by their order alone (`split`:
 near-equal runs of at most --cohort-size), never by worker, so a run's numbers

@@ -115,8 +115,8 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
     ]
     scaffold = run_config["strategy"] == "scaffold"
     if scaffold:
-        x_globals = {key: {k: v.cpu().numpy() for k, v in state.items()} for key, state in received.items()}
-        x_globals = [x_globals[id(msg.content["arrays"])] for msg in msgs]
+        as_numpy = {key: {k: v.cpu().numpy() for k, v in state.items()} for key, state in received.items()}
+        x_globals = [as_numpy[id(msg.content["arrays"])] for msg in msgs]
         controls = [client_controls(msg, context, x) for msg, context, x in zip(msgs, contexts, x_globals)]
     finals, losses = train_cohort(
         states,
