@@ -28,7 +28,9 @@ aggregation, weighted by their `num-examples`, which that sum carries. The
 strategy's mean of the cohorts' means is the mean of the nodes' replies; only
 the order of the sums changes (the last digits). Fewer, smaller replies cross
 to the server, which then aggregates one reply per cohort instead of one per
-node.
+node. A cohort function can skip building replies only to have them averaged:
+while `folding()` names the weighting key, it may return that mean itself, one
+Message (what `combine` would make of its replies, up to rounding).
 
 fedsweep splits a phase's messages into cohorts by their order alone (`split`:
 near-equal runs of at most --cohort-size), never by worker, so a run's numbers
@@ -42,6 +44,7 @@ from __future__ import annotations
 import pickle
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
@@ -49,6 +52,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggre
 from fl_core.seeding import seeded_call
 
 _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ClientApp -> {message type: function}
+_FOLDING: ContextVar[str | None] = ContextVar("fl_core_cohort_folding", default=None)
 
 
 def cohort(client_app, message_type: str = "train") -> Callable:
@@ -64,6 +68,12 @@ def cohort(client_app, message_type: str = "train") -> Callable:
 def cohort_function(client_app, message_type: str) -> Callable | None:
     """The cohort function registered for `client_app` and `message_type`, or None."""
     return None if client_app is None else _FUNCTIONS.get(client_app, {}).get(message_type)
+
+
+def folding() -> str | None:
+    """In a cohort function: the metric its replies are weighted by when they are to be folded into their weighted
+    mean (the function may then return that mean, one Message); None when every reply is wanted."""
+    return _FOLDING.get()
 
 
 def split(count: int, size: int) -> list[list[int]]:
@@ -87,7 +97,8 @@ def handle(client_app, calls: list[tuple], weighting_key: str | None = None) -> 
     """(reply, Context state) of each (message, Context, seed) of a cohort: by its cohort function, or one by one.
 
     With a `weighting_key`, a cohort's replies are folded into the first
-    node's (`combine`) where they can be, and the others' replies are None.
+    node's (`combine`, or by the cohort function itself: `folding`) where they
+    can be, and the others' replies are None.
 
     The cohort function runs with the global generators seeded by the first
     call's seed and gets the messages as they came, sharing what they share
@@ -99,7 +110,16 @@ def handle(client_app, calls: list[tuple], weighting_key: str | None = None) -> 
     messages = [message for message, _, _ in calls]
     contexts = [context for _, context, _ in calls]
     function = cohort_function(client_app, messages[0].metadata.message_type) if len(calls) > 1 else None
-    replies = None if function is None else seeded_call(calls[0][2], function, messages, contexts)
+    replies = None
+    if function is not None:
+        token = _FOLDING.set(weighting_key)
+        try:
+            replies = seeded_call(calls[0][2], function, messages, contexts)
+        finally:
+            _FOLDING.reset(token)
+    if isinstance(replies, Message):
+        _check_mean(function, replies, weighting_key)
+        return [(replies, contexts[0].state)] + [(None, context.state) for context in contexts[1:]]
     if replies is None:
         copies = [pickle.loads(pickle.dumps(call, protocol=5)) for call in calls]
         contexts = [context for _, context, _ in copies]
@@ -114,6 +134,22 @@ def handle(client_app, calls: list[tuple], weighting_key: str | None = None) -> 
     if combined is not None:
         replies = [combined] + [None] * (len(replies) - 1)
     return [(reply, context.state) for reply, context in zip(replies, contexts)]
+
+
+def _check_mean(function: Callable, reply: Message, weighting_key: str | None) -> None:
+    """Raise ValueError unless `reply`, a cohort function's one reply, can stand for its cohort's replies folded."""
+    if weighting_key is None:
+        raise ValueError(
+            f"the cohort function {function.__qualname__} returned one Message while fl_core.cohorts.folding() "
+            "was None: return one reply per message, in order"
+        )
+    records = [] if reply.has_error() else list(reply.content.metric_records.values())
+    weight = records[0].get(weighting_key) if len(records) == 1 else None
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+        raise ValueError(
+            f"the cohort function {function.__qualname__} returned a folded reply without one MetricRecord holding "
+            f"a positive {weighting_key!r} (the sum of its replies' weights)"
+        )
 
 
 def combine(message: Message, replies: list[Message], weighting_key: str) -> Message | None:

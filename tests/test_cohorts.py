@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 
 from fl_core import cohort, run_app
 from fl_core.checkpoint import check_resume
-from fl_core.cohorts import cohort_function, combine, handle, split
+from fl_core.cohorts import cohort_function, combine, folding, handle, split
 from fl_core.failures import Raised
 from fl_core.grid import RayGrid
 from fl_core.metrics import reply_counts
@@ -139,6 +139,32 @@ def test_a_cohort_function_sees_the_shared_content_once_and_the_clientapp_its_ow
     assert shared == [1]
     assert [reply.content["metrics"]["v"] for reply, _ in out] == [2.0, 2.0, 2.0]
     assert content["config"]["x"] == 1.0 and all("alone" in state for _, state in out)
+
+
+def test_a_cohort_function_may_return_the_fold_itself_while_folding():
+    """While folding() names the weighting key, one Message stands for the cohort's replies, the others None."""
+    seen = []
+
+    def mean_of_x(messages, contexts):
+        seen.append(folding())
+        for context in contexts:
+            context.state["together"] = MetricRecord({"n": 1})
+        if folding() is None:
+            return [_reply(m, m.content["config"]["x"]) for m in messages]
+        xs = [m.content["config"]["x"] for m in messages]
+        metrics = MetricRecord({"v": sum(xs) / len(xs), "num-examples": len(xs)})
+        return Message(RecordDict({"metrics": metrics}), reply_to=messages[0])
+
+    app = _app_with_cohort(mean_of_x)
+    out = handle(app, _calls(3), "num-examples")
+    assert out[0][0].content["metrics"]["v"] == 1.0 and [reply for reply, _ in out[1:]] == [None, None]
+    assert all("together" in state for _, state in out)
+    assert len(handle(app, _calls(3))) == 3 and seen == ["num-examples", None] and folding() is None
+    unasked = _app_with_cohort(lambda messages, contexts: _reply(messages[0], 0.0))
+    with pytest.raises(ValueError, match="returned one Message while fl_core.cohorts.folding\\(\\) was None"):
+        handle(unasked, _calls(2))
+    with pytest.raises(ValueError, match="without one MetricRecord holding a positive 'num-examples'"):
+        handle(unasked, _calls(2), "num-examples")
 
 
 def test_a_worker_reports_a_cohort_that_raised_as_one_failure():
@@ -290,6 +316,21 @@ def test_the_apps_cohort_replies_are_its_clientapps_up_to_rounding(strategy, dty
             for name, array in reply.content[key].items():
                 np.testing.assert_allclose(array.numpy(), alone.content[key][name].numpy(), rtol=1e-4, atol=1e-5)
         assert sorted(context.state) == sorted(alone_context.state)  # SCAFFOLD's c_i kept in the node's state
+
+
+@pytest.mark.parametrize("partition, size", [("dirichlet", 800), ("iid", 12)], ids=["unequal", "3-image"])
+def test_the_apps_folded_reply_is_the_fold_of_its_replies_bit_for_bit(partition, size):
+    """While fedsweep folds, the built-in app returns the cohort's mean itself: what combine makes of its replies."""
+    run_config = {**tiny_run(synthetic_size=size)[1], "partition": partition, "alpha": 0.3}
+    messages, contexts = _messages(run_config, [0, 1, 2])
+    calls = [(m, c, 7) for m, c in zip(messages, contexts)]
+    replies = [reply for reply, _ in handle(client_app, calls)]
+    expected = combine(messages[0], replies, "num-examples")
+    [(folded, _), *rest] = handle(client_app, calls, "num-examples")
+    assert [reply for reply, _ in rest] == [None, None]
+    assert dict(folded.content["metrics"]) == dict(expected.content["metrics"])
+    for name, array in expected.content["arrays"].items():
+        np.testing.assert_array_equal(folded.content["arrays"][name].numpy(), array.numpy())
 
 
 def test_the_apps_cohort_declines_client_side_dp_and_mixed_settings():

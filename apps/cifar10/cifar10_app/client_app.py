@@ -6,9 +6,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import fl_core
-from cifar10_app.cohort import train_cohort
+from cifar10_app.cohort import train_cohort, weighted_mean
 from cifar10_app.data import load_data
 from cifar10_app.scaffold import DELTA_KEY, client_controls, correction, parameter_arrays, store_control
 from cifar10_app.task import client_seed, evaluate, local_steps, pick_device, to_tensor, train, working_model
@@ -92,7 +93,8 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
 
     None (each node through `train_fn`) under client-side DP, whose clipping
     mod wraps one message at a time, and when the nodes were sent different
-    training settings.
+    training settings. When fedsweep folds the replies by num-examples, their
+    mean alone (fl_core.cohorts.folding), without building each reply.
     """
     run_config = contexts[0].run_config
     configs = [msg.content["config"] for msg in msgs]
@@ -125,9 +127,12 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
         corrections=[correction(c, c_i, device) for c, c_i in controls] if scaffold else None,
         **options,
     )
+    sizes = [len(y) for _, y in data]
+    if fl_core.cohorts.folding() == "num-examples" and not scaffold and sum(sizes) > 0:
+        return _mean_reply(msgs[0], finals, losses, sizes)
     replies = []
     for k, (msg, context) in enumerate(zip(msgs, contexts)):
-        num_examples = len(data[k][1])
+        num_examples = sizes[k]
         metrics = MetricRecord({"train_loss": losses[k], "num-examples": num_examples})
         content = RecordDict({"arrays": ArrayRecord(finals[k]), "metrics": metrics})
         if scaffold:
@@ -136,6 +141,16 @@ def train_cohort_fn(msgs: list[Message], contexts: list[Context]) -> list[Messag
             content[DELTA_KEY] = store_control(context, *controls[k], x_globals[k], y, steps, options["lr"])
         replies.append(Message(content, reply_to=msg))
     return replies
+
+
+def _mean_reply(msg: Message, states: list[dict], losses: list[float], sizes: list[int]) -> Message:
+    """The cohort's replies folded as fedsweep folds them (fl_core.cohorts.combine): the weighted mean of the new
+    weights and of train_loss by num-examples, which holds their sum. One ArrayRecord instead of one per node."""
+    each = [RecordDict({"metrics": MetricRecord({"train_loss": x, "num-examples": n})}) for x, n in zip(losses, sizes)]
+    mean_metrics = aggregate_metricrecords(each, "num-examples")
+    mean_metrics["num-examples"] = sum(sizes)
+    content = RecordDict({"arrays": ArrayRecord(weighted_mean(states, sizes)), "metrics": mean_metrics})
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -140,3 +140,15 @@ def train_cohort(
             corrected = {n: c[index] for n, c in corrected.items()} if corrected is not None else None
             active = [active[j] for j in keep]
     return finals, [total / max(s, 1) for total, s in zip(loss_sums.tolist(), steps)]
+
+
+def weighted_mean(states: list[State], weights: list[float]) -> State:
+    """FedAvg's weighted mean of floating-point `states`, in Flower's arithmetic (aggregate_arrayrecords: each state
+    times its share of the weights, added in order), so that it is the mean of their replies bit for bit."""
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    mean = {n: t * shares[0] for n, t in states[0].items()}
+    for state, share in zip(states[1:], shares[1:]):
+        for n, t in state.items():
+            mean[n].add_(t * share)
+    return mean
