@@ -7,7 +7,15 @@ import pickle
 
 import numpy as np
 import pytest
-from cifar10_app.data import label_histograms, load_cifar10, make_synthetic, partition_summary, partitioner
+from cifar10_app.data import (
+    ClientIndices,
+    label_histograms,
+    load_cifar10,
+    make_synthetic,
+    partition_summary,
+    partitioner,
+    split_validation,
+)
 from cifar10_app.data import load_data as shared_load_data
 
 from fl_core import fuse_run_config, load_app_folder
@@ -32,9 +40,9 @@ def test_partitions_are_disjoint_deterministic_and_seeded(partition):
     a, b = load_federated_data(cfg), load_federated_data(cfg)
     other = load_federated_data(_config(partition=partition, alpha=0.3, classes_per_client=2, seed=1))
     assert a.num_clients == 20
-    every = np.concatenate(a.client_train + a.client_val)
+    every = np.concatenate([*a.client_train, *a.client_val])
     assert len(every) == len(np.unique(every)), "a sample belongs to two clients"
-    for x, y in zip(a.client_train + a.client_val, b.client_train + b.client_val):
+    for x, y in zip([*a.client_train, *a.client_val], [*b.client_train, *b.client_val]):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in zip(a.client_train, other.client_train))
 
@@ -103,6 +111,19 @@ def test_dirichlet_small_alpha_is_skewed():
 def test_large_dirichlet_pool_still_partitions():
     data = load_federated_data(_config(synthetic_size=20000, pool_size=1000, partition="dirichlet", alpha=0.5))
     assert data.num_clients == 1000 and min(len(t) for t in data.client_train) >= 1
+
+
+def test_client_indices_hold_each_clients_array_in_one():
+    parts = [np.array([5, 1]), np.array([], np.int64), np.array([7, 3, 2])]
+    indices = ClientIndices(parts)
+    assert len(indices) == 3 and indices.sizes().tolist() == [2, 0, 3] and indices.values.dtype == np.int64
+    assert [x.tolist() for x in indices] == [[5, 1], [], [7, 3, 2]] and indices[-1].tolist() == [7, 3, 2]
+    with pytest.raises(IndexError):
+        indices[3]
+    copy = pickle.loads(pickle.dumps(indices))
+    assert [x.tolist() for x in copy] == [x.tolist() for x in indices] and len(ClientIndices([])) == 0
+    train, val = split_validation(parts, 0.0, seed=0)  # no validation: each client's indices sorted
+    assert [x.tolist() for x in train] == [[1, 5], [], [2, 3, 7]] and val.sizes().tolist() == [0, 0, 0]
 
 
 def test_validation_split_ratio():
