@@ -5,13 +5,15 @@
     python bench/bench_cli.py --nodes                                    # the default grid of nodes, ~6 minutes
     python bench/bench_cli.py --data-dir DIR --commit acaa1ea --repeats 4   # alternating with an earlier commit
     python bench/bench_cli.py --smoke                                    # synthetic data, 2 rounds
+    python bench/bench_cli.py --nodes 100000:1000 --variants cohort-size=8 cohort-size=32 --repeats 2   # settings
 
 Without --nodes: the README's main command (the built-in app's defaults on --data-dir). --nodes P:C ...: the
 app's synthetic set (--synthetic-size images), no validation split, P nodes of which C train a round. Per run,
 seconds since spawn (lines stamped as they arrive): Ray up ("starting:"), round 1's start (its line minus its
 own seconds) and end, the last round, "done:" and the exit; medians of rounds 2..N of the round, train phase and
 central evaluation (metrics.csv); the driver's peak RSS (the fl_core process alone); this checkout's checkpoint
-size and the time to write it again. With --commit the earlier commit runs first in each pair.
+size and the time to write it again. With --commit the earlier commit runs first in each pair; with --variants
+each configuration runs once with each variant's extra flags in turn.
 """
 
 from __future__ import annotations
@@ -38,9 +40,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="runs of each configuration (and checkout)")
     p.add_argument("--commit", help="also run this earlier commit's command line, alternating")
     p.add_argument("--smoke", action="store_true", help="synthetic data (6,000 images), 2 rounds")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=[""],
+        help="extra fl_core flags, NAME=VALUE[,NAME=VALUE...] per variant; the variants alternate",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds a run may take")
     p.add_argument("--out", default=os.path.join("results", "bench_cli.json"))
     args = p.parse_args(argv)
+    try:
+        args.variants = [dict(kv.split("=", 1) for kv in v.split(",") if kv) for v in args.variants]
+    except ValueError:
+        p.error("--variants takes NAME=VALUE pairs, comma-separated: --variants cohort-size=8 cohort-size=32")
     if args.nodes == []:
         args.nodes = DEFAULT_NODES
     if args.nodes and args.rounds is None:
@@ -119,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "bench_cli", "versions": versions(), "settings": vars(args), "runs": []}
     with checkouts(args.commit) as trees:
         for repeat in range(args.repeats):
-            for flags in configurations(args):
+            for flags, variant in ((f, v) for f in configurations(args) for v in args.variants):
                 for label, repo in trees:
                     inspect = checkpoint if label == "current" else None  # the checkpoint format of this checkout
-                    run = run_cli(dict(flags), repo, args.timeout, echo=not args.nodes, inspect=inspect)
+                    run = run_cli({**flags, **variant}, repo, args.timeout, echo=not args.nodes, inspect=inspect)
                     result = {"checkout": label, "repeat": repeat + 1, "command": run["command"], **figures(run)}
                     payload["runs"].append(result)
                     write_results(args.out, payload)

@@ -231,7 +231,11 @@ class PeakMemory:
         import psutil
 
         while not self._stop.is_set():
-            for proc in self.find():
+            try:
+                procs = self.find()
+            except psutil.NoSuchProcess:  # it ended since the last sample
+                procs = []
+            for proc in procs:
                 try:
                     mem = proc.memory_full_info() if self.uss else proc.memory_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
