@@ -471,10 +471,37 @@ def test_the_grid_folds_a_cohorts_replies_only_while_combining(message_identity)
         4,
         40,
     )
-    assert all("trained" in grid.contexts[1000 + p].state for p in range(4))
+    assert all("trained" in grid.node_states()[1000 + p] for p in range(4))
     arrays, _ = _fedavg(folded)
     np.testing.assert_allclose(arrays["w"], _fedavg(each)[0]["w"], rtol=1e-6)
     assert grid.weighting_key is None and len(send()) == 4
+
+
+def test_the_grid_keeps_only_the_states_that_hold_something(message_identity):
+    """A node's Context is made for each call from its kept state: nodes that keep none cost nothing."""
+    app = ClientApp()
+
+    @app.train()
+    def remember(message, context):
+        had = "seen" in context.state
+        if message.content["config"]["x"] > 0:
+            context.state["seen"] = MetricRecord({"x": message.content["config"]["x"]})
+        elif had:
+            del context.state["seen"]
+        return _reply(message, float(had))
+
+    restored = {1003: RecordDict({"seen": MetricRecord({"x": 9.0})})}
+    grid = RayGrid(InProcessPool(app), num_nodes=4, run_config={}, seed=0, run_id=1, node_states=restored)
+    sent = [
+        Message(RecordDict({"config": ConfigRecord({"x": x})}), node, MessageType.TRAIN)
+        for node, x in [(1000, 1.0), (1001, 0.0), (1003, 0.0)]
+    ]
+    replies = grid.send_and_receive(sent)
+    assert [r.content["metrics"]["v"] for r in replies] == [0.0, 0.0, 1.0]  # node 1003 got its restored state
+    assert list(grid.node_states()) == [1000]  # 1003's state is empty now; 1001 and 1002 never held any
+    assert grid.context(1002).node_config == {"partition-id": 2, "num-partitions": 4}
+    with pytest.raises(ValueError, match="node 1004, which does not exist"):
+        grid.push_messages([Message(RecordDict(), 1004, MessageType.TRAIN)])
 
 
 # -- runs -------------------------------------------------------------------------------------------
