@@ -13,7 +13,7 @@ In an app (these work under Flower's own engine too)::
     def load_data(run_config, num_partitions): ...
 
     @fl_core.cohort(app, "train")                    # several nodes' messages in one call (fedsweep only)
-    def train_cohort(messages, contexts): ...
+    def train_cohort(messages, contexts): ...        # their replies (or, while fl_core.cohorts.folding(), their mean)
 
 Library use (what `python -m fl_core` and each Tune trial do)::
 
