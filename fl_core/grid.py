@@ -97,8 +97,8 @@ class RayGrid(Grid):
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + p for p in range(num_nodes)]
         self.run_id, self.run_config = run_id, run_config
-        # Only states that hold something: a node's Context is made for each call (`context`), so nodes that
-        # keep no state cost no memory (100,000 Contexts took 1.1 s and 62 MB).
+        # Only states that hold something: a node's Context is made for each call (`context`), so that nodes that
+        # keep no state cost no memory or start-up time (bench/README.md, "Contexts made per call").
         self._states = {node_id: state for node_id, state in (node_states or {}).items() if len(state) > 0}
         self.listeners: list[Callable[[list[Message], list[Message], float], None]] = []
         self._pushed: dict[str, Message] = {}

@@ -37,8 +37,9 @@ class ClientIndices(Sequence):
     """Each client's indices into the training set, all in one array: client i's are `values[offsets[i]:offsets[i+1]]`.
 
     One array instead of one per client: Ray's object store writes and reads
-    small arrays one by one (100,000 clients' took seconds each way, on every
-    worker, before its first round).
+    small arrays one by one, which for many clients took seconds on the driver
+    and on every worker before its first round (bench/README.md, "A cohort's
+    mean from the app, client indices in one array").
     """
 
     def __init__(self, per_client: list[np.ndarray]) -> None:
