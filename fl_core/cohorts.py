@@ -145,7 +145,7 @@ def _check_mean(function: Callable, reply: Message, weighting_key: str | None) -
         )
     records = [] if reply.has_error() else list(reply.content.metric_records.values())
     weight = records[0].get(weighting_key) if len(records) == 1 else None
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+    if not _is_weight(weight) or not weight > 0:
         raise ValueError(
             f"the cohort function {function.__qualname__} returned a folded reply without one MetricRecord holding "
             f"a positive {weighting_key!r} (the sum of its replies' weights)"
@@ -174,7 +174,7 @@ def combine(message: Message, replies: list[Message], weighting_key: str) -> Mes
     if shape is None or any(_shape(reply.content, metrics_key, array_keys) != shape for reply in replies[1:]):
         return None
     weights = [reply.content[metrics_key].get(weighting_key) for reply in replies]
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) or not sum(weights):
+    if not all(_is_weight(w) for w in weights) or not sum(weights):
         return None
     contents = [reply.content for reply in replies]
     metrics = aggregate_metricrecords(contents, weighting_key)  # leaves the weighting key out
@@ -183,6 +183,11 @@ def combine(message: Message, replies: list[Message], weighting_key: str) -> Mes
     if array_keys:
         content[array_keys[0]] = aggregate_arrayrecords(contents, weighting_key)
     return Message(content, reply_to=message)
+
+
+def _is_weight(value) -> bool:
+    """Whether a metric can weigh a reply: a number (not a bool), not negative."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def _shape(content: RecordDict, metrics_key: str, array_keys: list[str]) -> tuple | None:
